@@ -1,0 +1,1 @@
+"""Thin adapters between the domain and Kafka, Redis, Prometheus and HTTP."""

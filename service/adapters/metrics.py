@@ -1,0 +1,70 @@
+"""Prometheus metrics of the worker, all in one registry the HTTP adapter exposes.
+
+Label values are bound once per topic and reason at start, so the hot path never looks up
+label sets per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.domain.events import RejectReason
+
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_ROUND_TRIP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class PipelineMetrics:
+    def __init__(self, topics: Iterable[str], registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "cx_events_consumed", "Input messages consumed, valid or not.", ["topic"], registry=r
+        )
+        self.applied = Counter(
+            "cx_events_applied",
+            "Valid events whose effects were stored in Redis for the first time.",
+            ["topic"], registry=r,
+        )
+        self.duplicates = Counter(
+            "cx_events_duplicate",
+            "Valid events dropped because their event_id was already applied.",
+            ["topic"], registry=r,
+        )
+        self.invalid = Counter(
+            "cx_events_invalid",
+            "Input messages sent to the dead-letter topic, by reason.",
+            ["topic", "reason"], registry=r,
+        )
+        self.retries = Counter(
+            "cx_dependency_retries",
+            "Failed attempts to reach a dependency that the worker retried.",
+            ["dependency"], registry=r,
+        )
+        self.batch_events = Histogram(
+            "cx_batch_events", "Events per applied batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.redis_round_trip = Histogram(
+            "cx_redis_round_trip_seconds",
+            "Time of one pipelined Redis round trip applying a batch.",
+            buckets=_ROUND_TRIP_BUCKETS, registry=r,
+        )
+        self.dependency_up = Gauge(
+            "cx_dependency_up",
+            "1 when the last call to the dependency succeeded, 0 while it fails.",
+            ["dependency"], registry=r,
+        )
+        self.topics = tuple(topics)
+        self.consumed_by_topic = {t: self.consumed.labels(t) for t in self.topics}
+        self.applied_by_topic = {t: self.applied.labels(t) for t in self.topics}
+        self.duplicates_by_topic = {t: self.duplicates.labels(t) for t in self.topics}
+        self.invalid_by_topic_reason = {
+            (t, reason): self.invalid.labels(t, reason.value)
+            for t in self.topics
+            for reason in RejectReason
+        }
+        for dependency in ("redis", "kafka"):
+            self.dependency_up.labels(dependency).set(1)
+            self.retries.labels(dependency)

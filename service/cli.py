@@ -1,0 +1,113 @@
+"""The `cx-stream` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from service.config import ConfigError, Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"cx-stream: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from service.worker import run_worker
+
+    return run_worker(_settings())
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from service.adapters.kafka_admin import ensure_topics
+
+    settings = _settings()
+    created = asyncio.run(ensure_topics(settings))
+    print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from service.tools.simulate import run_simulation
+
+    return run_simulation(_settings(), args)
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from service.tools.produce import run_produce
+
+    return run_produce(_settings(), args)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from service.tools.anonymous_bank import run_import
+
+    return run_import(_settings(), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cx-stream",
+        description="First Contact Resolution, repeat contacts and perception, live from Kafka.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="consume the input topics and serve HTTP")
+    worker.set_defaults(func=_cmd_worker)
+
+    topics = sub.add_parser("topics", help="create the input and output topics")
+    topics.set_defaults(func=_cmd_topics)
+
+    sim = sub.add_parser("simulate", help="publish realistic live contact-centre traffic")
+    sim.add_argument("--rate", type=float, default=20.0,
+                     help="contacts per wall-clock second, averaged over a day (default 20)")
+    sim.add_argument("--customers", type=int, default=5000, help="customer base size")
+    sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable traffic)")
+    sim.add_argument("--duration", type=str, default=None,
+                     help="stop after this much wall-clock time, e.g. 60s, 10m (default: run on)")
+    sim.add_argument("--start", type=str, default=None,
+                     help="event time of the first contact, RFC 3339 (default: now)")
+    sim.add_argument("--speed", type=float, default=1.0,
+                     help="event-time seconds per wall-clock second (3600 = an hour a second)")
+    sim.add_argument("--duplicates", type=float, default=0.01,
+                     help="share of events sent twice (default 0.01)")
+    sim.add_argument("--malformed", type=float, default=0.002,
+                     help="share of malformed events (default 0.002)")
+    sim.add_argument("--out", type=str, default=None,
+                     help="write JSONL to this file instead of publishing to Kafka")
+    sim.set_defaults(func=_cmd_simulate)
+
+    produce = sub.add_parser("produce", help="publish events from a JSONL file")
+    produce.add_argument("file", help='JSONL, one {"topic": ..., "event": {...}} per line')
+    produce.add_argument("--quiet", action="store_true", help="no progress bar")
+    produce.set_defaults(func=_cmd_produce)
+
+    imp = sub.add_parser("import", help="import call records from other formats")
+    imp_sub = imp.add_subparsers(dest="format", required=True)
+    bank = imp_sub.add_parser(
+        "anonymous-bank", help="Technion 'Anonymous Bank' call records (TSV) as call-ended events"
+    )
+    bank.add_argument("file", help="the TSV file")
+    bank.add_argument("--out", default=None,
+                      help="write JSONL here (for `cx-stream produce`) instead of publishing")
+    bank.add_argument("--utc-offset", default="+03:00",
+                      help="UTC offset of the records' local times (default +03:00, Israel "
+                           "summer time)")
+    bank.add_argument("--quiet", action="store_true", help="no progress bar")
+    bank.set_defaults(func=_cmd_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "worker":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,221 @@
+"""Configuration from `CX_` environment variables, validated once at start.
+
+Every variable is declared once in `VARIABLES`; `docs/configuration.md` is checked against it
+by a test, so the documented table and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.domain.durations import parse_duration
+
+
+class ConfigError(ValueError):
+    """A `CX_` variable holds a value the service cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    meaning: str
+    parse: Callable[[str], Any]
+    field: str
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above zero, got {text!r}")
+    return seconds
+
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _topic(text: str) -> str:
+    if not _TOPIC_RE.match(text) or text in {".", ".."}:
+        raise ValueError(f"not a valid Kafka topic name: {text!r}")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _bootstrap(text: str) -> str:
+    servers = [s.strip() for s in text.split(",") if s.strip()]
+    if not servers:
+        raise ValueError("expected host:port[,host:port...]")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {server!r}")
+    return ",".join(servers)
+
+
+def _redis_url(text: str) -> str:
+    if not re.match(r"^(redis|rediss|unix)://", text):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"expected debug, info, warning or error, got {text!r}")
+    return level
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("CX_KAFKA_BOOTSTRAP", "127.0.0.1:19092",
+             "Kafka bootstrap servers, `host:port[,host:port...]`.", _bootstrap, "kafka_bootstrap"),
+    Variable("CX_REDIS_URL", "redis://127.0.0.1:16379/0",
+             "Redis URL (`redis://`, `rediss://` for TLS, `unix://`).", _redis_url, "redis_url"),
+    Variable("CX_GROUP_ID", "cx-stream",
+             "Kafka consumer group of the workers; also the Faust application id.",
+             _nonempty, "group_id"),
+    Variable("CX_KEY_PREFIX", "cx",
+             "Prefix of every Redis key the service writes, so several deployments can share "
+             "one Redis.", _nonempty, "key_prefix"),
+    Variable("CX_TOPIC_CALL_ENDED", "call-ended", "Input topic of call-ended events.",
+             _topic, "topic_call_ended"),
+    Variable("CX_TOPIC_TRANSFER", "transfer", "Input topic of transfer events.",
+             _topic, "topic_transfer"),
+    Variable("CX_TOPIC_SURVEY_ANSWERED", "survey-answered",
+             "Input topic of survey-answered events.", _topic, "topic_survey_answered"),
+    Variable("CX_TOPIC_DEAD_LETTER", "dead-letter",
+             "Output topic for events that cannot be applied, with the reason.",
+             _topic, "topic_dead_letter"),
+    Variable("CX_TOPIC_CONTACT_ENRICHED", "contact-enriched",
+             "Output topic of enriched contacts (compacted, key contact_id).",
+             _topic, "topic_contact_enriched"),
+    Variable("CX_TOPIC_CUSTOMER_ALERTS", "customer-alerts",
+             "Output topic of customer at-risk alerts (key customer_id).",
+             _topic, "topic_customer_alerts"),
+    Variable("CX_TOPIC_PARTITIONS", "6",
+             "Partitions of each input topic when `cx-stream topics` creates them. The three "
+             "input topics always get the same count, so one customer's events share a "
+             "partition number.", _int_range(1, 10_000), "topic_partitions"),
+    Variable("CX_TOPIC_REPLICATION", "1",
+             "Replication factor of the topics `cx-stream topics` creates.",
+             _int_range(1, 32), "topic_replication"),
+    Variable("CX_MAX_EVENT_BYTES", "65536",
+             "Largest accepted event value in bytes; larger ones are dead-lettered as "
+             "`too_large`.", _int_range(64, 16 * 1024 * 1024), "max_event_bytes"),
+    Variable("CX_BATCH_MAX_EVENTS", "500",
+             "Most events the worker applies in one batch (one Redis round trip).",
+             _int_range(1, 100_000), "batch_max_events"),
+    Variable("CX_BATCH_MAX_WAIT", "50ms",
+             "Longest time the worker waits to fill a batch before applying what it has.",
+             _positive_seconds, "batch_max_wait"),
+    Variable("CX_KAFKA_SESSION_TIMEOUT", "45s",
+             "How long the group waits for a silent worker before giving its partitions to "
+             "the others (Kafka's session.timeout.ms; the broker allows 6s to 5m).",
+             _positive_seconds, "kafka_session_timeout"),
+    Variable("CX_COMMIT_INTERVAL", "1s",
+             "How often the worker commits the offsets of applied events to Kafka.",
+             _positive_seconds, "commit_interval"),
+    Variable("CX_DEDUP_RETENTION", "15d",
+             "How long an applied event id is remembered, so a redelivered or re-sent event "
+             "is not applied twice.", _positive_seconds, "dedup_retention"),
+    Variable("CX_RETRY_MAX_BACKOFF", "5s",
+             "Longest pause between retries while Redis or Kafka is unreachable (the worker "
+             "retries without end and never skips the event).",
+             _positive_seconds, "retry_max_backoff"),
+    Variable("CX_SHUTDOWN_TIMEOUT", "30s",
+             "On SIGTERM, how long the worker may take to finish the batch in hand.",
+             _positive_seconds, "shutdown_timeout"),
+    Variable("CX_HTTP_HOST", "127.0.0.1",
+             "Address the HTTP server (metrics, health, API) binds; `0.0.0.0` in containers.",
+             _nonempty, "http_host"),
+    Variable("CX_HTTP_PORT", "6066", "Port of the HTTP server.", _int_range(1, 65535),
+             "http_port"),
+    Variable("CX_DATA_DIR", "",
+             "Folder for the worker's local files; empty means a fresh temporary folder.",
+             str, "data_dir"),
+    Variable("CX_LOG_LEVEL", "info", "Log level: debug, info, warning or error.",
+             _log_level, "log_level"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    redis_url: str
+    group_id: str
+    key_prefix: str
+    topic_call_ended: str
+    topic_transfer: str
+    topic_survey_answered: str
+    topic_dead_letter: str
+    topic_contact_enriched: str
+    topic_customer_alerts: str
+    topic_partitions: int
+    topic_replication: int
+    max_event_bytes: int
+    batch_max_events: int
+    batch_max_wait: float
+    kafka_session_timeout: float
+    commit_interval: float
+    dedup_retention: float
+    retry_max_backoff: float
+    shutdown_timeout: float
+    http_host: str
+    http_port: int
+    data_dir: str
+    log_level: str
+
+    @property
+    def input_topics(self) -> tuple[str, str, str]:
+        return (self.topic_call_ended, self.topic_transfer, self.topic_survey_answered)
+
+    @property
+    def output_topics(self) -> tuple[str, str, str]:
+        return (self.topic_dead_letter, self.topic_contact_enriched, self.topic_customer_alerts)
+
+    def kind_of_topic(self, topic: str) -> str:
+        """The event kind (`call-ended`, `transfer`, `survey-answered`) a topic carries."""
+        return {
+            self.topic_call_ended: "call-ended",
+            self.topic_transfer: "transfer",
+            self.topic_survey_answered: "survey-answered",
+        }[topic]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every `CX_` variable; raise ConfigError naming the first bad one."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = env.get(var.name, var.default)
+        try:
+            values[var.field] = var.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var.name}: {exc}") from None
+    settings = Settings(**values)
+    if len(set(settings.input_topics + settings.output_topics)) != 6:
+        raise ConfigError(
+            "CX_TOPIC_*: the three input and three output topics must have six distinct names"
+        )
+    return settings

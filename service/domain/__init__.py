@@ -1,0 +1,1 @@
+"""Pure contact-centre domain: events, validation, time arithmetic. Standard library only."""

@@ -1,0 +1,303 @@
+"""Validation of decoded event objects against the event contract (schemas/*.schema.json).
+
+Pure: takes what a JSON decoder produced and returns an event or a Rejection. The first
+problem found is reported, with a message that names the field. The JSON Schemas in `schemas/`
+state the same contract; a test runs one corpus through both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from service.domain.events import (
+    CHANNELS,
+    OUTCOMES,
+    SURVEY_SOURCES,
+    TRANSFER_KINDS,
+    CallEnded,
+    ContactEvent,
+    EventHeader,
+    EventKind,
+    Rejection,
+    RejectReason,
+    SurveyAnswered,
+    Transfer,
+)
+
+MAX_ID_LENGTH = 128
+
+_RFC3339_RE = re.compile(
+    r"^(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):([0-5]\d):([0-5]\d)"
+    r"(?:\.(\d{1,9}))?(?:(Z)|([+-])([01]\d|2[0-3]):([0-5]\d))$"
+)
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.rejection = Rejection(reason, message)
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    """An aware datetime from an RFC 3339 timestamp with offset, or None if it is not one."""
+    match = _RFC3339_RE.match(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
+    if zulu:
+        tz = UTC
+    else:
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        tz = timezone(-offset if sign == "-" else offset)
+    micro = int((frac or "0").ljust(6, "0")[:6])
+    try:
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
+        )
+    except ValueError:
+        return None
+
+
+class _Reader:
+    """Reads typed fields from one event object, raising _Invalid with the field's path."""
+
+    __slots__ = ("kind", "obj")
+
+    def __init__(self, kind: str, obj: Mapping[str, Any]) -> None:
+        self.kind = kind
+        self.obj = obj
+
+    def _fail(self, reason: RejectReason, name: str, what: str) -> _Invalid:
+        return _Invalid(reason, f"{self.kind}.{name}: {what}")
+
+    def _get(self, name: str, required: bool) -> Any:
+        if name not in self.obj:
+            if required:
+                raise self._fail(RejectReason.MISSING_FIELD, name, "required field is missing")
+            return None
+        return self.obj[name]
+
+    def string(self, name: str, *, required: bool = True, nullable: bool = False) -> str | None:
+        value = self._get(name, required)
+        if value is None:
+            if name in self.obj and not nullable:
+                raise self._fail(RejectReason.WRONG_TYPE, name, "must be a string, got null")
+            return None
+        if not isinstance(value, str):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be a string, got {_json_type(value)}"
+            )
+        if not 1 <= len(value) <= MAX_ID_LENGTH:
+            raise self._fail(
+                RejectReason.INVALID_VALUE, name,
+                f"must be 1 to {MAX_ID_LENGTH} characters, got {len(value)}",
+            )
+        return value
+
+    def required_string(self, name: str) -> str:
+        value = self.string(name)
+        if value is None:  # string() already raised for absent or null; kept for the type
+            raise self._fail(RejectReason.MISSING_FIELD, name, "required field is missing")
+        return value
+
+    def required_choice(self, name: str, allowed: tuple[str, ...]) -> str:
+        value = self.choice(name, allowed)
+        if value is None:
+            raise self._fail(RejectReason.MISSING_FIELD, name, "required field is missing")
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], *, required: bool = True) -> str | None:
+        value = self._get(name, required)
+        if value is None:
+            if name in self.obj and required:
+                raise self._fail(RejectReason.WRONG_TYPE, name, "must be a string, got null")
+            return None
+        if not isinstance(value, str):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be a string, got {_json_type(value)}"
+            )
+        if value not in allowed:
+            raise self._fail(
+                RejectReason.INVALID_VALUE, name,
+                f"must be one of {', '.join(allowed)}, got {value[:40]!r}",
+            )
+        return value
+
+    def timestamp(self, name: str) -> datetime:
+        value = self._get(name, True)
+        if not isinstance(value, str):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name,
+                f"must be an RFC 3339 timestamp string, got {_json_type(value)}",
+            )
+        parsed = parse_rfc3339(value)
+        if parsed is None:
+            raise self._fail(
+                RejectReason.BAD_TIMESTAMP, name,
+                f"must be an RFC 3339 timestamp with offset, got {value[:40]!r}",
+            )
+        return parsed
+
+    def seconds(self, name: str) -> float:
+        value = self._get(name, False)
+        if value is None:
+            if name in self.obj:
+                raise self._fail(RejectReason.WRONG_TYPE, name, "must be a number, got null")
+            return 0.0
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be a number, got {_json_type(value)}"
+            )
+        if value < 0:
+            raise self._fail(RejectReason.INVALID_VALUE, name, f"must be >= 0, got {value}")
+        return float(value)
+
+    def score(self, name: str, low: int, high: int) -> int | None:
+        value = self._get(name, False)
+        if value is None:
+            if name in self.obj:
+                raise self._fail(RejectReason.WRONG_TYPE, name, "must be an integer, got null")
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be an integer, got {_json_type(value)}"
+            )
+        if not low <= value <= high:
+            raise self._fail(
+                RejectReason.INVALID_VALUE, name, f"must be from {low} to {high}, got {value}"
+            )
+        return value
+
+    def boolean(self, name: str) -> bool | None:
+        value = self._get(name, False)
+        if value is None:
+            if name in self.obj:
+                raise self._fail(RejectReason.WRONG_TYPE, name, "must be a boolean, got null")
+            return None
+        if not isinstance(value, bool):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be a boolean, got {_json_type(value)}"
+            )
+        return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _header(r: _Reader) -> EventHeader:
+    return EventHeader(
+        event_id=r.required_string("event_id"),
+        occurred_at=r.timestamp("occurred_at"),
+        contact_id=r.required_string("contact_id"),
+        customer_id=r.string("customer_id", nullable=True),
+    )
+
+
+def _call_ended(r: _Reader) -> CallEnded:
+    header = _header(r)
+    started_at = r.timestamp("started_at")
+    channel = r.required_choice("channel", CHANNELS)
+    queue = r.required_string("queue")
+    outcome = r.required_choice("outcome", OUTCOMES)
+    if outcome == "handled":
+        if r.obj.get("agent_id") is None:
+            raise r._fail(
+                RejectReason.MISSING_FIELD, "agent_id", "required when outcome is handled"
+            )
+        agent_id = r.string("agent_id")
+    else:
+        if r.obj.get("agent_id") is not None:
+            raise r._fail(
+                RejectReason.INVALID_VALUE, "agent_id",
+                f"must be null when outcome is {outcome}",
+            )
+        agent_id = None
+    reason = r.string("reason", required=False, nullable=True)
+    segment = r.string("segment", required=False, nullable=True)
+    wait_seconds = r.seconds("wait_seconds")
+    hold_seconds = r.seconds("hold_seconds")
+    talk_seconds = r.seconds("talk_seconds")
+    if started_at > header.occurred_at:
+        raise r._fail(
+            RejectReason.STARTED_AFTER_OCCURRED, "started_at", "must not be after occurred_at"
+        )
+    return CallEnded(
+        header, started_at, channel, queue, outcome, agent_id, reason, segment,
+        wait_seconds, hold_seconds, talk_seconds, r.obj,
+    )
+
+
+def _transfer(r: _Reader) -> Transfer:
+    header = _header(r)
+    return Transfer(
+        header,
+        from_queue=r.required_string("from_queue"),
+        to_queue=r.required_string("to_queue"),
+        from_agent=r.string("from_agent", required=False, nullable=True),
+        to_agent=r.string("to_agent", required=False, nullable=True),
+        transfer_kind=r.choice("kind", TRANSFER_KINDS, required=False),
+        fields=r.obj,
+    )
+
+
+_SURVEY_ANSWERS = ("csat", "nps", "ces", "resolved")
+
+
+def _survey_answered(r: _Reader) -> SurveyAnswered:
+    header = _header(r)
+    source = r.required_choice("source", SURVEY_SOURCES)
+    survey = SurveyAnswered(
+        header,
+        source=source,
+        csat=r.score("csat", 1, 5),
+        nps=r.score("nps", 0, 10),
+        ces=r.score("ces", 1, 7),
+        resolved=r.boolean("resolved"),
+        fields=r.obj,
+    )
+    if not any(name in r.obj for name in _SURVEY_ANSWERS):
+        raise _Invalid(
+            RejectReason.MISSING_FIELD,
+            "survey-answered.csat: at least one of csat, nps, ces, resolved is required",
+        )
+    return survey
+
+
+_BUILDERS: dict[str, Callable[[_Reader], ContactEvent]] = {
+    EventKind.CALL_ENDED: _call_ended,
+    EventKind.TRANSFER: _transfer,
+    EventKind.SURVEY_ANSWERED: _survey_answered,
+}
+
+
+def validate_event(kind: str, obj: Any) -> ContactEvent | Rejection:
+    """Validate one decoded event of `kind` (`call-ended`, `transfer`, `survey-answered`)."""
+    builder = _BUILDERS.get(kind)
+    if builder is None:
+        return Rejection(RejectReason.UNKNOWN_TOPIC, f"no event kind {kind!r}")
+    if not isinstance(obj, dict):
+        got = _json_type(obj)
+        message = f"{kind}: the event must be a JSON object, got {got}"
+        return Rejection(RejectReason.NOT_OBJECT, message)
+    try:
+        return builder(_Reader(kind, obj))
+    except _Invalid as exc:
+        return exc.rejection

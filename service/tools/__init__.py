@@ -1,0 +1,1 @@
+"""User commands around the worker: traffic simulation, file producer, importers."""

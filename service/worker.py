@@ -1,0 +1,174 @@
+"""The cx-stream worker: a Faust app consuming the three input topics.
+
+One agent (concurrency 1) reads all assigned partitions of the three topics, each partition
+in order. Events are taken in batches with `noack_take`, applied, and only then acknowledged:
+Faust commits an offset only once every event up to it was acknowledged, so an offset is never
+committed ahead of stored effects. (Faust's plain `take` acknowledges a batch even when the
+agent raised on it; that is why it is not used.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from typing import Any
+
+import faust
+from faust.types import EventT, StreamT
+
+from service.adapters import redis_store
+from service.adapters.http import install_routes
+from service.adapters.kafka_admin import ensure_topics
+from service.adapters.metrics import PipelineMetrics
+from service.config import Settings
+from service.service_layer.ingest import IngestProcessor, InputMessage
+
+log = logging.getLogger(__name__)
+
+
+class KafkaDeadLetters:
+    """Publishes dead-letter records through the Faust app's producer and waits for the acks."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self._app = app
+        self._topic = topic
+
+    async def send(self, records: Any) -> None:
+        producer = self._app.producer
+        pending = [
+            await producer.send(self._topic, key, value, None, None, None)
+            for key, value in records
+        ]
+        await asyncio.gather(*pending)
+
+
+def _message_of(event: EventT[Any]) -> InputMessage:
+    msg = event.message
+    timestamp = msg.timestamp
+    return InputMessage(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        timestamp_ms=int(timestamp * 1000) if timestamp else None,
+    )
+
+
+def build_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        autodiscover=False,
+        datadir=settings.data_dir or tempfile.mkdtemp(prefix="cx-stream-"),
+        web_enabled=True,
+        web_bind=settings.http_host,
+        web_port=settings.http_port,
+        web_host=settings.http_host,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        topic_replication_factor=settings.topic_replication,
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval,
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
+        producer_acks=-1,
+        stream_wait_empty=True,
+    )
+    metrics = PipelineMetrics(settings.input_topics)
+    redis_client = redis_store.connect(settings.redis_url)
+    store = redis_store.RedisEventStore(
+        redis_client, settings.key_prefix, settings.dedup_retention
+    )
+    processor = IngestProcessor(
+        store=store,
+        dead_letters=KafkaDeadLetters(app, settings.topic_dead_letter),
+        metrics=metrics,
+        kind_of_topic=settings.kind_of_topic,
+        max_event_bytes=settings.max_event_bytes,
+        retry_max_backoff=settings.retry_max_backoff,
+        round_trip_seconds=lambda: store.last_round_trip_seconds,
+    )
+    group_joined = asyncio.Event()
+
+    input_topic = app.topic(
+        *settings.input_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+    )
+
+    async def contact_events(stream: StreamT[Any]) -> None:
+        # noack_take is on faust's Stream but not on its StreamT interface.
+        async for events in stream.noack_take(  # type: ignore[attr-defined]
+            settings.batch_max_events, within=settings.batch_max_wait
+        ):
+            batch = [_message_of(event) for event in events]
+            task = asyncio.ensure_future(processor.process(batch))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # Shutting down: finish the batch in hand, acknowledge it, then stop.
+                try:
+                    await asyncio.wait_for(task, settings.shutdown_timeout)
+                except BaseException:
+                    log.warning("shutdown: batch of %d not finished; it will be redelivered",
+                                len(events))
+                    raise
+                for event in events:
+                    await stream.ack(event)
+                raise
+            for event in events:
+                await stream.ack(event)
+
+    app.agent(input_topic, name="contact-events", concurrency=1, sink=None)(contact_events)
+
+    @app.on_rebalance_complete.connect
+    async def _joined(*args: Any, **kwargs: Any) -> None:
+        group_joined.set()
+
+    async def readiness() -> dict[str, bool]:
+        try:
+            redis_ok = await store.ping()
+        except Exception:
+            redis_ok = False
+        return {
+            "redis": redis_ok and processor.healthy["redis"],
+            "kafka": processor.healthy["kafka"] and await _kafka_reachable(app),
+            "partitions_assigned": group_joined.is_set() and not app.rebalancing,
+        }
+
+    install_routes(app, metrics.registry, readiness)
+    return app
+
+
+async def _kafka_reachable(app: faust.App) -> bool:
+    """Ask the broker for metadata through the app's producer client."""
+    client = getattr(getattr(app.producer, "_producer", None), "client", None)
+    if client is None:
+        return False
+    try:
+        return bool(await asyncio.wait_for(client.fetch_all_metadata(), timeout=2.0))
+    except Exception:
+        return False
+
+
+def run_worker(settings: Settings) -> int:
+    """Create missing topics, then run the Faust worker until SIGTERM/SIGINT."""
+    loop = asyncio.new_event_loop()
+    try:
+        created = loop.run_until_complete(ensure_topics(settings))
+    finally:
+        loop.close()
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,189 @@
+"""A real worker process against the real Kafka and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from service.adapters.kafka_admin import ensure_topics
+from service.adapters.redis_store import RedisEventStore, connect
+from service.config import load_settings
+from service.tools.traffic import TrafficModel
+from tests.support.stack import (
+    Namespace,
+    Stack,
+    Worker,
+    committed_offsets,
+    end_offsets,
+    event_records,
+    produce,
+    read_topic,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = json.loads((ROOT / "schemas/examples/corpus.json").read_text())["cases"]
+KINDS = ("call-ended", "transfer", "survey-answered")
+
+
+def _create_topics(ns: Namespace) -> None:
+    asyncio.run(ensure_topics(load_settings(ns.settings_env())))
+
+
+def _applied_in_redis(ns: Namespace) -> dict[str, int]:
+    async def read() -> dict[str, int]:
+        client = connect(ns.stack.redis_url)
+        try:
+            return await RedisEventStore(client, ns.name, 60).applied_counts()
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def _raw_invalid(ns: Namespace) -> list[tuple[str, bytes | None, bytes | None, str]]:
+    """Messages that are not even JSON objects, with the reason each must get."""
+    big = orjson.dumps({**CORPUS[0]["event"], "notes": "x" * 70_000})
+    return [
+        (ns.topic("call-ended"), b"cust-1", b'{"event_id": "broken', "not_json"),
+        (ns.topic("transfer"), b"cust-1", b"\xff\xfe\x00binary", "not_json"),
+        (ns.topic("survey-answered"), b"cust-1", None, "not_json"),
+        (ns.topic("call-ended"), b"cust-1", big, "too_large"),
+    ]
+
+
+def test_valid_counted_invalid_dead_lettered_with_reason(stack: Stack, tmp_path: Path) -> None:
+    ns = stack.namespace()
+    _create_topics(ns)
+    records = event_records(ns, CORPUS)
+    expectations = [c["expect"] for c in CORPUS]
+    for topic, key, value, reason in _raw_invalid(ns):
+        records.append((topic, key, value))  # type: ignore[arg-type]
+        expectations.append(reason)
+    # The first valid event again: a duplicate must not be applied twice.
+    first_valid = next(i for i, c in enumerate(CORPUS) if c["expect"] == "valid")
+    records.append(records[first_valid])
+    expectations.append("duplicate")
+    metas = asyncio.run(produce(stack.kafka_bootstrap, records))
+
+    valid_by_topic = Counter(
+        ns.topic(c["kind"]) for c in CORPUS if c["expect"] == "valid"
+    )
+    invalid_expected = {
+        (m.topic, m.partition, m.offset): reason
+        for m, reason in zip(metas, expectations, strict=True)
+        if reason not in ("valid", "duplicate")
+    }
+
+    worker = Worker(ns, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        wait_until(lambda: _applied_in_redis(ns) == dict(valid_by_topic), timeout=60,
+                   what=f"valid events applied in Redis: {dict(valid_by_topic)}")
+        dead = asyncio.run(read_topic(stack.kafka_bootstrap, ns.topic("dead-letter"),
+                                      len(invalid_expected)))
+        got = {}
+        for rec in dead:
+            body = orjson.loads(rec.value)
+            got[(body["topic"], body["partition"], body["offset"])] = body
+        assert {k: v["reason"] for k, v in got.items()} == invalid_expected
+        # Each dead letter carries the original bytes and a message naming the field.
+        for meta, (_, key, value) in zip(metas, records, strict=True):
+            body = got.get((meta.topic, meta.partition, meta.offset))
+            if body is None:
+                continue
+            original = None if body["value_base64"] is None else base64.b64decode(
+                body["value_base64"])
+            assert original == value
+            assert body["key"] == (key.decode() if key else None)
+            assert body["message"]
+        starts_after = next(b for b in got.values() if b["reason"] == "started_after_occurred")
+        assert "started_at" in starts_after["message"]
+
+        wait_until(lambda: worker.metric("cx_events_duplicate_total",
+                                         topic=ns.topic("call-ended")) == 1, timeout=20,
+                   what="the duplicate counted")
+        for topic, n in valid_by_topic.items():
+            assert worker.metric("cx_events_applied_total", topic=topic) == n
+        reasons = Counter((k[0], r) for k, r in invalid_expected.items())
+        for (topic, reason), n in reasons.items():
+            assert worker.metric("cx_events_invalid_total", topic=topic, reason=reason) == n
+        consumed = sum(worker.metric("cx_events_consumed_total", topic=ns.topic(k))
+                       for k in KINDS)
+        assert consumed == len(records)
+    finally:
+        assert worker.stop() == 0, worker.logs()
+
+
+def _traffic(n_hours: float, seed: int) -> list[Any]:
+    start = 1_780_000_000.0
+    model = TrafficModel(start=start, contacts_per_second=0.4, customers=500, seed=seed,
+                         duplicate_share=0.0, malformed_share=0.0)
+    return model.advance(start + n_hours * 3600)
+
+
+def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
+    stack: Stack, tmp_path: Path
+) -> None:
+    ns = stack.namespace()
+    _create_topics(ns)
+    messages = _traffic(12, seed=11)
+    expected = Counter(ns.topic(m.kind) for m in messages)
+    assert sum(expected.values()) > 4000
+    records = [(ns.topic(m.kind), m.key, m.value) for m in messages]
+
+    worker = Worker(ns, tmp_path / "worker-1.log", CX_BATCH_MAX_EVENTS="50")
+    worker.wait_ready()
+    # Produce while the worker runs, and kill it -9 in the middle of the stream.
+    producer = threading.Thread(
+        target=lambda: asyncio.run(produce(stack.kafka_bootstrap, records))
+    )
+    producer.start()
+    wait_until(lambda: sum(_applied_in_redis(ns).values()) > 1000, timeout=60,
+               what="part of the stream applied")
+    worker.kill()
+    applied_at_kill = sum(_applied_in_redis(ns).values())
+    producer.join()
+    assert applied_at_kill < sum(expected.values())
+
+    restarted = Worker(ns, tmp_path / "worker-2.log")
+    try:
+        restarted.wait_ready()
+        wait_until(lambda: _applied_in_redis(ns) == dict(expected), timeout=120,
+                   what="every event applied exactly once")
+        topics = [ns.topic(k) for k in KINDS]
+        ends = asyncio.run(end_offsets(stack.kafka_bootstrap, topics, 6))
+        wait_until(
+            lambda: asyncio.run(committed_offsets(stack.kafka_bootstrap, ns.name, topics, 6))
+            == ends,
+            timeout=30, what="offsets committed up to the end",
+        )
+    finally:
+        assert restarted.stop() == 0, restarted.logs()
+    assert _applied_in_redis(ns) == dict(expected)
+
+
+def test_sigterm_finishes_commits_and_exits_cleanly(stack: Stack, tmp_path: Path) -> None:
+    ns = stack.namespace()
+    _create_topics(ns)
+    messages = _traffic(2, seed=5)
+    records = [(ns.topic(m.kind), m.key, m.value) for m in messages]
+    asyncio.run(produce(stack.kafka_bootstrap, records))
+    worker = Worker(ns, tmp_path / "worker.log")
+    worker.wait_ready()
+    wait_until(lambda: sum(_applied_in_redis(ns).values()) == len(records), timeout=60,
+               what="all events applied")
+    assert worker.stop() == 0, worker.logs()
+    topics = [ns.topic(k) for k in KINDS]
+    committed = asyncio.run(committed_offsets(stack.kafka_bootstrap, ns.name, topics, 6))
+    assert committed == asyncio.run(end_offsets(stack.kafka_bootstrap, topics, 6))
+    assert "Signal received: 15" in worker.logs()

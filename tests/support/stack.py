@@ -1,0 +1,232 @@
+"""Handles on the real servers and worker processes the tests drive."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    kafka_bootstrap: str
+    redis_url: str
+    redis_port: int
+    script: str
+    env: dict[str, str]
+    state_dir: Path
+
+    def namespace(self) -> Namespace:
+        """Topics, consumer group and Redis key prefix of one test's own."""
+        return Namespace(self, f"t{uuid.uuid4().hex[:10]}")
+
+
+@dataclass
+class Namespace:
+    stack: Stack
+    name: str
+    http_port: int = field(default_factory=free_port)
+
+    def topic(self, kind: str) -> str:
+        return f"{self.name}-{kind}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            CX_KAFKA_BOOTSTRAP=self.stack.kafka_bootstrap,
+            CX_REDIS_URL=self.stack.redis_url,
+            CX_GROUP_ID=self.name,
+            CX_KEY_PREFIX=self.name,
+            CX_TOPIC_CALL_ENDED=self.topic("call-ended"),
+            CX_TOPIC_TRANSFER=self.topic("transfer"),
+            CX_TOPIC_SURVEY_ANSWERED=self.topic("survey-answered"),
+            CX_TOPIC_DEAD_LETTER=self.topic("dead-letter"),
+            CX_TOPIC_CONTACT_ENRICHED=self.topic("contact-enriched"),
+            CX_TOPIC_CUSTOMER_ALERTS=self.topic("customer-alerts"),
+            CX_HTTP_PORT=str(self.http_port),
+            CX_COMMIT_INTERVAL="200ms",
+            CX_KAFKA_SESSION_TIMEOUT="6s",
+        )
+        env.update(extra)
+        return env
+
+    def settings_env(self) -> dict[str, str]:
+        return {k: v for k, v in self.env().items() if k.startswith("CX_")}
+
+
+class Worker:
+    """A `cx-stream worker` subprocess."""
+
+    def __init__(self, ns: Namespace, log_path: Path, **extra_env: str) -> None:
+        self.ns = ns
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            env=ns.env(**extra_env), stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ns.http_port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.logs()}")
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, body = self.get("/metrics")
+        out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics().get((name, frozenset(labels.items())), 0.0)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._log.close()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+def wait_until(check: Any, timeout: float = 60, interval: float = 0.25, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+
+
+async def produce(
+    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]]
+) -> list[Any]:
+    """Publish and return each record's metadata (topic, partition, offset), in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(t, value=v, key=k) for t, k, v in records]
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[Any]:
+    """Read a topic from the start until `expected` records arrived (or the time ran out)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        while not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+        consumer.assign([TopicPartition(topic, p) for p in parts])
+        await consumer.seek_to_beginning()
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                records.extend(msgs)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topics: Iterable[str],
+                            partitions: int) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = {}
+        for topic in topics:
+            for p in range(partitions):
+                out[(topic, p)] = await consumer.committed(TopicPartition(topic, p)) or 0
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topics: Iterable[str],
+                      partitions: int) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def event_records(
+    ns: Namespace, cases: Iterable[Mapping[str, Any]]
+) -> list[tuple[str, bytes | None, bytes]]:
+    from service.adapters.kafka_publish import key_of
+
+    out = []
+    for case in cases:
+        event = case["event"]
+        key = key_of(event) if isinstance(event, dict) else b"k"
+        out.append((ns.topic(case["kind"]), key, orjson.dumps(event)))
+    return out
