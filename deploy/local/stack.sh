@@ -97,8 +97,10 @@ EOF
 stop_redis() {
   local pidf=$STACK_DIR/redis/redis.pid
   if pid_alive "$pidf"; then
-    redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || kill "$(cat "$pidf")" 2>/dev/null || true
-    wait_gone "$pidf" redis
+    local pid
+    pid=$(cat "$pidf")  # redis removes its pid file as it exits
+    redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    wait_gone "$pid" redis
   fi
   rm -f "$pidf"
 }
@@ -155,13 +157,17 @@ start_kafka() {
 
 stop_kafka() {
   local pidf=$STACK_DIR/kafka/kafka.pid
-  if pid_alive "$pidf"; then kill "$(cat "$pidf")" 2>/dev/null || true; wait_gone "$pidf" kafka; fi
+  if pid_alive "$pidf"; then
+    local pid
+    pid=$(cat "$pidf")
+    kill "$pid" 2>/dev/null || true
+    wait_gone "$pid" kafka
+  fi
   rm -f "$pidf"
 }
 
 wait_gone() {
-  local pidf=$1 name=$2 pid
-  pid=$(cat "$pidf")
+  local pid=$1 name=$2
   for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || { log "$name: stopped"; return; }; sleep 0.1; done
   log "$name: did not stop within 30 s, killing"; kill -9 "$pid" 2>/dev/null || true
 }
