@@ -1,0 +1,129 @@
+"""Hour-bucket counters: what one contact adds to the counts of its hour, per dimension.
+
+Each contact is counted in the hour bucket of its `occurred_at`, under every dimension it has:
+`all`, `queue:<q>`, `channel:<c>`, `agent:<a>` (handled contacts) and `segment:<s>` (when
+known). When a contact's verdict changes, its old contribution is retracted and the new one
+added, so any hour-aligned range sums exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+HOUR = 3600
+
+# Fields of one dimension in one hour bucket.
+FIELDS = (
+    "contacts", "abandoned", "self_service", "handled",
+    "fcr_total", "unresolved", "resolved", "repeats", "transferred",
+    "surveys", "survey_unresolved", "csat_sum", "csat_count",
+    "nps_promoters", "nps_detractors", "nps_count", "ces_sum", "ces_count",
+)
+
+STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """Everything a contact's contribution depends on (stored, so it can be retracted)."""
+
+    hour: int
+    outcome: str
+    queue: str
+    channel: str
+    agent: str | None
+    segment: str | None
+    participates: bool
+    status: int
+    is_repeat: bool
+    transferred: bool
+    surveys: int
+    survey_unresolved: int
+    csat_sum: int
+    csat_count: int
+    nps_promoters: int
+    nps_detractors: int
+    nps_count: int
+    ces_sum: int
+    ces_count: int
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
+                self.participates, self.status, self.is_repeat, self.transferred, self.surveys,
+                self.survey_unresolved, self.csat_sum, self.csat_count, self.nps_promoters,
+                self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count)
+
+    @staticmethod
+    def from_tuple(v: tuple[Any, ...]) -> Counted:
+        return Counted(*v)
+
+
+def hour_of(t: float) -> int:
+    return int(t // HOUR) * HOUR
+
+
+def dimensions(c: Counted) -> Iterator[str]:
+    yield "all"
+    yield f"queue:{c.queue}"
+    yield f"channel:{c.channel}"
+    if c.agent is not None:
+        yield f"agent:{c.agent}"
+    if c.segment is not None:
+        yield f"segment:{c.segment}"
+
+
+def values(c: Counted) -> dict[str, int]:
+    """The non-zero counts of one contact."""
+    v = {
+        "contacts": 1,
+        "abandoned": int(c.outcome == "abandoned"),
+        "self_service": int(c.outcome == "self_service"),
+        "handled": int(c.outcome == "handled"),
+        "fcr_total": int(c.participates),
+        "unresolved": int(c.status == STATUS_UNRESOLVED),
+        "resolved": int(c.status == STATUS_RESOLVED),
+        "repeats": int(c.is_repeat),
+        "transferred": int(c.transferred),
+        "surveys": c.surveys,
+        "survey_unresolved": c.survey_unresolved,
+        "csat_sum": c.csat_sum,
+        "csat_count": c.csat_count,
+        "nps_promoters": c.nps_promoters,
+        "nps_detractors": c.nps_detractors,
+        "nps_count": c.nps_count,
+        "ces_sum": c.ces_sum,
+        "ces_count": c.ces_count,
+    }
+    return {k: n for k, n in v.items() if n}
+
+
+def field_name(dimension: str, name: str) -> str:
+    return f"{dimension}|{name}"
+
+
+def contribution(c: Counted, sign: int = 1) -> dict[str, int]:
+    """Hash field -> count, for every dimension of the contact."""
+    counts = values(c)
+    return {
+        field_name(dim, name): sign * n for dim in dimensions(c) for name, n in counts.items()
+    }
+
+
+def add_delta(
+    deltas: dict[int, dict[str, int]], old: Counted | None, new: Counted | None
+) -> None:
+    """Accumulate the change from `old` to `new` into per-hour field deltas."""
+    for counted, sign in ((old, -1), (new, 1)):
+        if counted is None:
+            continue
+        bucket = deltas.setdefault(counted.hour, {})
+        for name, n in contribution(counted, sign).items():
+            total = bucket.get(name, 0) + n
+            if total:
+                bucket[name] = total
+            else:
+                bucket.pop(name, None)
+    for hour in [h for h, b in deltas.items() if not b]:
+        del deltas[hour]

@@ -1,0 +1,160 @@
+"""The perception curve: how a customer's satisfaction evolves across contacts.
+
+A score from 0 to 100 starts at the baseline (per segment when set). Each experience is a
+signal with a target and a weight: the score moves that share of the way toward the target.
+Between signals the score drifts back toward the baseline with a half-life. Surveys (the
+customer's own words) weigh more than implicit signals (waits, abandons, transfers, repeats,
+resolutions). The curve is a function of the signals in event-time order only, so the order
+in which events arrive cannot change it. docs/perception.md gives the reasons for each number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.domain.policy import PerceptionPolicy
+from service.domain.records import PerceptionSnapshot
+
+# Rank orders signals that share a time: the contact, its transfers, the repeat it revealed,
+# surveys, then resolutions.
+RANK_CONTACT, RANK_TRANSFER, RANK_REPEAT, RANK_SURVEY, RANK_RESOLUTION = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    t: float
+    rank: int
+    ref: str
+    target: float
+    weight: float
+    cause: str
+    contact_id: str | None = None
+
+    def key(self) -> tuple[float, int, str, str]:
+        return (self.t, self.rank, self.ref, self.cause)
+
+
+def contact_signal(
+    policy: PerceptionPolicy, outcome: str, wait: float, hold: float
+) -> tuple[float, float, str]:
+    """(target, weight, cause) of a contact's own experience."""
+    if outcome == "abandoned":
+        return 15.0, 0.25, "abandoned"
+    if outcome == "self_service":
+        return 65.0, 0.05, "self_service"
+    target = policy.wait_target
+    over = max(0.0, wait - target) / (4 * target)
+    value = 85.0 - 70.0 * min(over, 1.0) - min(25.0, hold / 12.0)
+    cause = "long_wait" if wait > 2 * target else ("long_hold" if hold > 300 else "handled")
+    return max(10.0, value), 0.15, cause
+
+
+def survey_signals(
+    csat: int | None, nps: int | None, ces: int | None, resolved: bool | None
+) -> list[tuple[float, float, str]]:
+    out: list[tuple[float, float, str]] = []
+    if csat is not None:
+        out.append(((csat - 1) * 25.0, 0.5, "survey_csat"))
+    if nps is not None:
+        out.append((nps * 10.0, 0.35, "survey_nps"))
+    if ces is not None:
+        out.append(((7 - ces) / 6 * 100.0, 0.25, "survey_ces"))
+    if resolved is not None:
+        out.append((100.0 if resolved else 0.0, 0.3,
+                    "survey_resolved" if resolved else "survey_unresolved"))
+    return out
+
+
+TRANSFER = (30.0, 0.15, "transfer")
+REPEAT = (15.0, 0.3, "repeat_contact")
+RESOLVED = (90.0, 0.2, "resolved")
+
+
+@dataclass
+class CurveState:
+    """The running state of the curve while signals are applied in order."""
+
+    t: float | None
+    score: float
+    at_risk: bool
+    points: list[tuple[float, float, str]]
+    recent: list[tuple[float, float]]  # (time, score) within the drop period, for the drop rule
+
+    def drift_to(self, t: float, baseline: float, half_life: float) -> None:
+        if self.t is not None and t > self.t:
+            self.score = baseline + (self.score - baseline) * 0.5 ** ((t - self.t) / half_life)
+        self.t = t if self.t is None else max(self.t, t)
+
+    def drop(self, period: float) -> float:
+        if self.t is None:
+            return 0.0
+        horizon = self.t - period
+        peak = max((s for (t, s) in self.recent if t >= horizon), default=self.score)
+        return max(0.0, peak - self.score)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPerception:
+    before: float
+    after: float
+
+
+@dataclass
+class CurveResult:
+    state: CurveState
+    by_contact: dict[str, ContactPerception]
+    causes: list[str]
+
+
+def start_state(snapshot: PerceptionSnapshot, baseline: float) -> CurveState:
+    if snapshot.t is None or snapshot.score is None:
+        return CurveState(None, baseline, False, [], [])
+    return CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points),
+                      list(snapshot.recent))
+
+
+def run_curve(
+    state: CurveState,
+    signals: list[Signal],
+    policy: PerceptionPolicy,
+    baseline: float,
+) -> CurveResult:
+    """Apply signals (sorted by key) to the state; track at-risk with hysteresis."""
+    by_contact: dict[str, ContactPerception] = {}
+    causes: list[str] = []
+    for sig in signals:
+        state.drift_to(sig.t, baseline, policy.half_life)
+        before = state.score
+        state.recent.append((sig.t, before))
+        state.score = before + sig.weight * (sig.target - before)
+        state.points.append((sig.t, state.score, sig.cause))
+        state.recent.append((sig.t, state.score))
+        _trim(state, policy)
+        if sig.weight * (sig.target - before) < 0:
+            causes.append(sig.cause)
+            del causes[:-5]
+        evaluate_at_risk(state, policy)
+        if sig.contact_id is not None:
+            seen = by_contact.get(sig.contact_id)
+            by_contact[sig.contact_id] = ContactPerception(
+                seen.before if seen else before, state.score
+            )
+    return CurveResult(state, by_contact, causes)
+
+
+def evaluate_at_risk(state: CurveState, policy: PerceptionPolicy) -> None:
+    drop = state.drop(policy.at_risk_drop_period)
+    if not state.at_risk:
+        if state.score < policy.at_risk_below or drop >= policy.at_risk_drop:
+            state.at_risk = True
+    elif state.score >= policy.at_risk_recover_at and drop < policy.at_risk_drop / 2:
+        state.at_risk = False
+
+
+def _trim(state: CurveState, policy: PerceptionPolicy) -> None:
+    if state.t is not None:
+        horizon = state.t - policy.at_risk_drop_period
+        if state.recent and state.recent[0][0] < horizon:
+            state.recent = [(t, s) for (t, s) in state.recent if t >= horizon]
+    if len(state.points) > policy.curve_points:
+        del state.points[: len(state.points) - policy.curve_points]

@@ -1,0 +1,198 @@
+"""What cx-stream remembers of one customer: recent contacts, transfers and surveys, a perception
+snapshot, and what it last said about each contact.
+
+The state is plain data with a compact dict form (`to_dict` / `from_dict`) so an adapter can
+store it anywhere. Event times are seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.domain.events import CallEnded, SurveyAnswered, Transfer
+
+_STANDARD_CALL_FIELDS = frozenset({
+    "event_id", "occurred_at", "contact_id", "customer_id", "started_at", "channel", "queue",
+    "outcome", "agent_id", "reason", "segment", "wait_seconds", "hold_seconds", "talk_seconds",
+})
+
+
+@dataclass(slots=True)
+class ContactRecord:
+    contact_id: str
+    event_id: str
+    t: float
+    occurred_at: str
+    started_at: str
+    channel: str
+    queue: str
+    outcome: str
+    agent: str | None
+    reason: str | None
+    segment: str | None
+    wait: float
+    hold: float
+    talk: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def of(event: CallEnded) -> ContactRecord:
+        f = event.fields
+        return ContactRecord(
+            contact_id=event.header.contact_id,
+            event_id=event.header.event_id,
+            t=event.header.occurred_at.timestamp(),
+            occurred_at=str(f["occurred_at"]),
+            started_at=str(f["started_at"]),
+            channel=event.channel,
+            queue=event.queue,
+            outcome=event.outcome,
+            agent=event.agent_id,
+            reason=event.reason,
+            segment=event.segment,
+            wait=event.wait_seconds,
+            hold=event.hold_seconds,
+            talk=event.talk_seconds,
+            extra={k: v for k, v in f.items() if k not in _STANDARD_CALL_FIELDS},
+        )
+
+    def order(self) -> tuple[float, str]:
+        """Contacts are ordered by event time, ties broken by contact_id."""
+        return (self.t, self.contact_id)
+
+    def to_list(self) -> list[Any]:
+        return [self.contact_id, self.event_id, self.t, self.occurred_at, self.started_at,
+                self.channel, self.queue, self.outcome, self.agent, self.reason, self.segment,
+                self.wait, self.hold, self.talk, self.extra or None]
+
+    @staticmethod
+    def from_list(v: list[Any]) -> ContactRecord:
+        return ContactRecord(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
+                             v[11], v[12], v[13], v[14] or {})
+
+
+@dataclass(slots=True)
+class TransferRecord:
+    contact_id: str
+    event_id: str
+    t: float
+    from_queue: str
+    to_queue: str
+
+    @staticmethod
+    def of(event: Transfer) -> TransferRecord:
+        return TransferRecord(event.header.contact_id, event.header.event_id,
+                              event.header.occurred_at.timestamp(), event.from_queue,
+                              event.to_queue)
+
+    def to_list(self) -> list[Any]:
+        return [self.contact_id, self.event_id, self.t, self.from_queue, self.to_queue]
+
+    @staticmethod
+    def from_list(v: list[Any]) -> TransferRecord:
+        return TransferRecord(*v)
+
+
+@dataclass(slots=True)
+class SurveyRecord:
+    contact_id: str
+    event_id: str
+    t: float
+    answered_at: str
+    csat: int | None
+    nps: int | None
+    ces: int | None
+    resolved: bool | None
+
+    @staticmethod
+    def of(event: SurveyAnswered) -> SurveyRecord:
+        return SurveyRecord(event.header.contact_id, event.header.event_id,
+                            event.header.occurred_at.timestamp(),
+                            str(event.fields["occurred_at"]), event.csat, event.nps, event.ces,
+                            event.resolved)
+
+    def to_list(self) -> list[Any]:
+        return [self.contact_id, self.event_id, self.t, self.answered_at, self.csat, self.nps,
+                self.ces, self.resolved]
+
+    @staticmethod
+    def from_list(v: list[Any]) -> SurveyRecord:
+        return SurveyRecord(*v)
+
+
+@dataclass(slots=True)
+class Emitted:
+    """What was last published about a contact: its version, a digest of the view, and the
+    counter key its counts were added under (so a change can be retracted exactly)."""
+
+    version: int
+    digest: int
+    counted: tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class PerceptionSnapshot:
+    """The curve folded up to `t`: signals before it can no longer change."""
+
+    t: float | None = None
+    score: float | None = None
+    at_risk: bool = False
+    points: list[tuple[float, float, str]] = field(default_factory=list)
+    recent: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str | None
+    contacts: dict[str, ContactRecord] = field(default_factory=dict)
+    transfers: list[TransferRecord] = field(default_factory=list)
+    surveys: list[SurveyRecord] = field(default_factory=list)
+    superseded: list[tuple[str, float]] = field(default_factory=list)
+    emitted: dict[str, Emitted] = field(default_factory=dict)
+    snapshot: PerceptionSnapshot = field(default_factory=PerceptionSnapshot)
+    alerted_at_risk: bool = False
+    alert_version: int = 0
+
+    def seen(self, event_id: str) -> bool:
+        if any(e == event_id for e, _ in self.superseded):
+            return True
+        if any(c.event_id == event_id for c in self.contacts.values()):
+            return True
+        return any(r.event_id == event_id for r in self.transfers) or any(
+            r.event_id == event_id for r in self.surveys
+        )
+
+    def is_empty(self) -> bool:
+        return not (self.contacts or self.transfers or self.surveys)
+
+    def to_dict(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return {
+            "cu": self.customer_id,
+            "c": [c.to_list() for c in self.contacts.values()],
+            "t": [r.to_list() for r in self.transfers],
+            "s": [r.to_list() for r in self.surveys],
+            "x": [list(x) for x in self.superseded],
+            "e": {k: [e.version, e.digest, list(e.counted)] for k, e in self.emitted.items()},
+            "p": [snap.t, snap.score, snap.at_risk, [list(p) for p in snap.points],
+                  [list(r) for r in snap.recent]],
+            "a": [self.alerted_at_risk, self.alert_version],
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> CustomerState:
+        t, score, at_risk, points, recent = d["p"]
+        contacts = [ContactRecord.from_list(v) for v in d["c"]]
+        return CustomerState(
+            customer_id=d["cu"],
+            contacts={c.contact_id: c for c in contacts},
+            transfers=[TransferRecord.from_list(v) for v in d["t"]],
+            surveys=[SurveyRecord.from_list(v) for v in d["s"]],
+            superseded=[(x[0], x[1]) for x in d["x"]],
+            emitted={k: Emitted(v[0], v[1], tuple(v[2])) for k, v in d["e"].items()},
+            snapshot=PerceptionSnapshot(t, score, at_risk, [(p[0], p[1], p[2]) for p in points],
+                                        [(r[0], r[1]) for r in recent]),
+            alerted_at_risk=d["a"][0],
+            alert_version=d["a"][1],
+        )

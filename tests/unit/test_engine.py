@@ -1,0 +1,214 @@
+"""Table-driven tests of the fold: every rule of repeats, FCR and versions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from service.domain.counters import FIELDS, hour_of
+from service.domain.engine import Settled, apply_event, fold, new_state, settle, state_key
+from service.domain.events import ContactEvent
+from service.domain.policy import Policy
+from service.domain.records import CustomerState
+from tests.unit.builders import DAY, H, call, survey, transfer, ts
+
+POLICY = Policy()
+
+
+def run(events: Sequence[ContactEvent], watermark_hours: float,
+        policy: Policy = POLICY) -> tuple[dict[str, CustomerState], dict[str, dict[str, Any]],
+                                           dict[int, dict[str, int]]]:
+    """Fold events in the given order, the watermark at the end; return states, the latest
+    view of each contact, and the summed counters."""
+    states: dict[str, CustomerState] = {}
+    views: dict[str, dict[str, Any]] = {}
+    counters: dict[int, dict[str, int]] = {}
+    wm = ts(watermark_hours)
+    for event in events:
+        key = state_key(event)
+        state, settled, _ = fold(states.get(key), event, wm, policy)
+        states[key] = state
+        _collect(settled, views, counters)
+    return states, views, counters
+
+
+def _collect(settled: Settled, views: dict[str, dict[str, Any]],
+             counters: dict[int, dict[str, int]]) -> None:
+    for update in settled.updates:
+        views[update.contact_id] = update.view
+    for hour, delta in settled.counter_deltas.items():
+        bucket = counters.setdefault(hour, {})
+        for name, n in delta.items():
+            bucket[name] = bucket.get(name, 0) + n
+
+
+def total(counters: dict[int, dict[str, int]], name: str, dim: str = "all") -> int:
+    return sum(b.get(f"{dim}|{name}", 0) for b in counters.values())
+
+
+@pytest.mark.parametrize(
+    ("events", "wm", "expect"),
+    [
+        pytest.param([call("a", 0)], 1, {"a": ("pending", (), False, None)}, id="fresh: pending"),
+        pytest.param([call("a", 0)], 24 * 7 + 1, {"a": ("resolved", (), False, None)},
+                     id="window passed: resolved"),
+        pytest.param([call("a", 0)], 24 * 7, {"a": ("pending", (), False, None)},
+                     id="watermark exactly at the window end: still pending"),
+        pytest.param([call("a", 0), call("b", 24)], 30,
+                     {"a": ("unresolved", ("repeat_contact",), False, None),
+                      "b": ("pending", (), True, "a")}, id="repeat within the window"),
+        pytest.param([call("a", 0), call("b", 24 * 7)], 24 * 7,
+                     {"a": ("unresolved", ("repeat_contact",), False, None),
+                      "b": ("pending", (), True, "a")}, id="repeat exactly W later"),
+        pytest.param([call("a", 0), call("b", 24 * 7 + 1 / 3600)], 24 * 7 + 1,
+                     {"a": ("resolved", (), False, None), "b": ("pending", (), False, None)},
+                     id="one second past W: no repeat"),
+        pytest.param([call("b", 5), call("a", 5)], 6,
+                     {"a": ("unresolved", ("repeat_contact",), False, None),
+                      "b": ("pending", (), True, "a")}, id="same time: contact_id breaks the tie"),
+        pytest.param([call("a", 0), call("b", 10), call("c", 20)], 21,
+                     {"a": ("unresolved", ("repeat_contact",), False, None),
+                      "b": ("unresolved", ("repeat_contact",), True, "a"),
+                      "c": ("pending", (), True, "b")}, id="repeat_of is the latest earlier"),
+        pytest.param([transfer("a", -0.05), call("a", 0)], 1,
+                     {"a": ("unresolved", ("transferred",), False, None)},
+                     id="transfer before its call-ended"),
+        pytest.param([survey("a", 30, resolved=False), call("a", 0)], 31,
+                     {"a": ("unresolved", ("survey_unresolved",), False, None)},
+                     id="survey before its call-ended"),
+        pytest.param([call("a", 0), survey("a", 30, resolved=True, csat=5)], 24 * 8,
+                     {"a": ("resolved", (), False, None)}, id="happy survey keeps resolved"),
+        pytest.param([call("a", 0), transfer("a", 0.5), survey("a", 40, resolved=False),
+                      call("b", 48)], 49,
+                     {"a": ("unresolved", ("repeat_contact", "transferred", "survey_unresolved"),
+                            False, None), "b": ("pending", (), True, "a")},
+                     id="every reason, listed"),
+        pytest.param([call("a", 0, customer=None), call("b", 1, customer=None)], 2,
+                     {"a": (None, (), False, None), "b": (None, (), False, None)},
+                     id="unidentified callers take no part"),
+        pytest.param([call("a", 0, outcome="abandoned"), call("b", 1)], 2,
+                     {"a": (None, (), False, None), "b": ("pending", (), False, None)},
+                     id="an abandoned contact is neither repeat-origin nor FCR"),
+        pytest.param([call("a", 0, reason="billing"), call("b", 2, reason="router")], 3,
+                     {"a": ("unresolved", ("repeat_contact",), False, None),
+                      "b": ("pending", (), True, "a")}, id="any reason by default"),
+    ],
+)
+def test_verdicts(events: list[ContactEvent], wm: float,
+                  expect: dict[str, tuple[Any, ...]]) -> None:
+    _, views, _ = run(events, wm)
+    got = {cid: (v["resolution"], tuple(v["resolution_reasons"]), v["is_repeat"], v["repeat_of"])
+           for cid, v in views.items()}
+    assert got == expect
+
+
+def test_scope_narrowed_to_same_reason_and_channel() -> None:
+    policy = Policy(default=Policy().default.__class__(repeat_same_reason=True,
+                                                      repeat_same_channel=True))
+    events = [call("a", 0, reason="bill"), call("b", 1, reason="router"),
+              call("c", 2, reason="bill", channel="chat"), call("d", 3, reason="bill")]
+    _, views, _ = run(events, 4, policy)
+    assert views["a"]["resolution_reasons"] == ["repeat_contact"]
+    assert views["d"]["repeat_of"] == "a"
+    assert views["b"]["is_repeat"] is False
+    assert views["c"]["is_repeat"] is False
+
+
+def test_per_queue_overrides() -> None:
+    policy = POLICY.with_queue("sales", transfer_breaks_fcr=False, repeat_window=24 * H)
+    events = [call("a", 0, queue="sales"), transfer("a", -0.05), call("b", 30),
+              call("c", 100, queue="billing"), call("d", 140)]
+    _, views, _ = run(events, 24 * 10, policy)
+    assert views["a"]["resolution"] == "resolved"  # transfer allowed, b is 30h later > 24h
+    assert views["b"]["is_repeat"] is False
+    assert views["c"]["repeat_of"] == "b"  # billing keeps 7 days
+    assert views["d"]["repeat_of"] == "c"
+    _, default_views, _ = run(events, 24 * 10)
+    assert default_views["a"]["resolution_reasons"] == ["repeat_contact", "transferred"]
+
+
+def test_late_repeat_corrects_the_earlier_contacts_counts() -> None:
+    states, views, counters = run([call("a", 0)], 2)
+    assert total(counters, "unresolved") == 0
+    assert total(counters, "fcr_total") == 1
+    # b arrives; a turns unresolved, in a's own hour bucket, for each of a's dimensions.
+    state = states["c:cust-1"]
+    assert apply_event(state, call("b", 1)) is True
+    settled = settle(state, ts(2), POLICY)
+    delta = settled.counter_deltas[hour_of(ts(0))]
+    assert delta["all|unresolved"] == 1
+    assert delta["queue:billing|unresolved"] == 1
+    assert delta["agent:agent-1|unresolved"] == 1
+    assert [u.contact_id for u in settled.updates] == ["a", "b"]
+    assert [u.version for u in settled.updates] == [2, 1]
+
+
+def test_window_close_emits_resolved_as_a_new_version() -> None:
+    state = new_state(call("a", 0))
+    apply_event(state, call("a", 0))
+    first = settle(state, ts(1), POLICY)
+    assert first.updates[0].view["resolution"] == "pending"
+    assert first.next_due == ts(24 * 7)
+    assert settle(state, ts(24 * 7), POLICY).updates == []
+    closed = settle(state, ts(24 * 7 + 1), POLICY)
+    assert closed.updates[0].version == 2
+    assert closed.updates[0].view["resolution"] == "resolved"
+    assert closed.counter_deltas[hour_of(ts(0))] == {
+        "all|resolved": 1, "queue:billing|resolved": 1, "channel:voice|resolved": 1,
+        "agent:agent-1|resolved": 1,
+    }
+
+
+def test_duplicate_event_changes_nothing() -> None:
+    state, settled, applied = fold(None, call("a", 0), ts(1), POLICY)
+    assert applied is True
+    assert settled.updates
+    again, settled2, applied2 = fold(state, call("a", 0), ts(1), POLICY)
+    assert applied2 is False
+    assert settled2.updates == []
+    assert settled2.counter_deltas == {}
+
+
+def test_second_call_ended_for_a_contact_replaces_it_by_time() -> None:
+    early = call("a", 0, event_id="e1", queue="billing")
+    late = call("a", 1, event_id="e2", queue="sales")
+    for order in ([early, late], [late, early]):
+        _, views, counters = run(order, 2)
+        assert views["a"]["queue"] == "sales"
+        assert total(counters, "contacts", "queue:billing") == 0
+        assert total(counters, "contacts", "queue:sales") == 1
+
+
+def test_counters_of_surveys_and_volumes() -> None:
+    events = [call("a", 0, segment="gold"), survey("a", 5, csat=4, nps=10, ces=2),
+              call("b", 1, outcome="abandoned"), call("c", 2, outcome="self_service"),
+              transfer("d", 3, customer=None), call("d", 3.1, customer=None)]
+    _, _, counters = run(events, 4)
+    assert total(counters, "contacts") == 4
+    assert total(counters, "abandoned") == 1
+    assert total(counters, "self_service") == 1
+    assert total(counters, "handled") == 2
+    assert total(counters, "fcr_total") == 1  # d is unidentified
+    assert total(counters, "transferred") == 1
+    assert total(counters, "csat_sum", "segment:gold") == 4
+    assert total(counters, "nps_promoters") == 1
+    assert total(counters, "ces_count") == 1
+    assert set(n.split("|")[1] for b in counters.values() for n in b) <= set(FIELDS)
+
+
+def test_too_late_and_state_is_bounded() -> None:
+    from service.domain.engine import is_too_late
+
+    assert is_too_late(call("a", 0), ts(24 * 7 + 1), POLICY)
+    assert not is_too_late(call("a", 0), ts(24 * 7), POLICY)
+    state = new_state(call("a", 0))
+    for i in range(40):
+        apply_event(state, call(f"c{i:02d}", i * 24))
+        settle(state, ts(i * 24), POLICY)
+    # Only contacts within 2L + 2W (28 days) of the watermark are kept.
+    assert len(state.contacts) <= 29
+    assert min(c.t for c in state.contacts.values()) >= ts(39 * 24) - 28 * DAY
+    # Idle long enough, the customer is forgotten.
+    assert settle(state, ts(39 * 24) + 40 * DAY, POLICY).forget is True

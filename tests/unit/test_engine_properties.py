@@ -1,0 +1,171 @@
+"""Order-independence and exactly-once, checked against a straightforward reference.
+
+For random sets of events (all within the allowed lateness of each other, so none is too late
+in any order), every arrival order and every duplication must give the same final verdicts,
+counters and perception scores, and those must equal what the reference computes from the
+whole sorted history. The reference is written here, separately from service.domain.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.domain.engine import apply_event, new_state, settle, state_key
+from service.domain.events import CallEnded, ContactEvent, SurveyAnswered, Transfer
+from service.domain.policy import DAY, Policy, QueuePolicy
+from service.domain.records import CustomerState
+from tests.unit.builders import call, survey, transfer
+
+WINDOW = 2 * DAY
+POLICY = Policy(default=QueuePolicy(repeat_window=WINDOW), allowed_lateness=7 * DAY)
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str
+    contact: int
+    customer: int | None
+    hours: float
+    outcome: str = "handled"
+    resolved: bool | None = None
+
+
+def spec_strategy() -> st.SearchStrategy[Spec]:
+    # Coarse times make ties and gaps of exactly one window common.
+    hours = st.integers(min_value=0, max_value=26).map(lambda h: h * 6.0)
+    contact = st.integers(0, 11)
+    calls = st.builds(Spec, st.just("call"), contact, st.sampled_from([0, 0, 0, 1, 1, None]),
+                      hours, st.sampled_from(["handled", "handled", "handled", "abandoned"]))
+    return st.one_of(
+        calls, calls, calls,
+        st.builds(Spec, st.just("transfer"), contact, st.just(0), hours),
+        st.builds(Spec, st.just("survey"), contact, st.just(0), hours,
+                  st.just("handled"), st.booleans()),
+    )
+
+
+def build(specs: list[Spec]) -> list[ContactEvent]:
+    """Events from specs: one call-ended per contact id (the first spec for it wins), and
+    transfers/surveys of the same customer as their contact."""
+    contacts: dict[int, Spec] = {}
+    for s in specs:
+        if s.kind == "call" and s.contact not in contacts:
+            contacts[s.contact] = s
+    events: list[ContactEvent] = []
+    for i, s in enumerate(specs):
+        owner = contacts.get(s.contact)
+        customer_num = owner.customer if owner else 0
+        customer = None if customer_num is None else f"cust-{customer_num}"
+        cid = f"ct-{s.contact}"
+        if s.kind == "call":
+            if contacts[s.contact] is s:
+                events.append(call(cid, s.hours, customer, outcome=s.outcome))
+        elif s.kind == "transfer":
+            events.append(transfer(cid, s.hours, customer, event_id=f"tr-{i}"))
+        else:
+            events.append(survey(cid, s.hours, customer, resolved=s.resolved,
+                                 csat=5 if s.resolved else 2, event_id=f"sv-{i}"))
+    return events
+
+
+def run_stream(events: list[ContactEvent]) -> tuple[dict[str, Any], Counter[str], dict[str, float]]:
+    """Fold in arrival order with a watermark = newest time seen, then settle at the end."""
+    states: dict[str, CustomerState] = {}
+    views: dict[str, Any] = {}
+    counts: Counter[str] = Counter()
+    wm = float("-inf")
+
+    def collect(settled: Any) -> None:
+        for u in settled.updates:
+            views[u.contact_id] = u.view
+        for delta in settled.counter_deltas.values():
+            counts.update(delta)
+
+    for event in events:
+        wm = max(wm, event.header.occurred_at.timestamp())
+        key = state_key(event)
+        state = states.setdefault(key, new_state(event))
+        apply_event(state, event)
+        collect(settle(state, wm, POLICY))
+    for state in states.values():
+        collect(settle(state, wm, POLICY))
+    scores = {}
+    from service.domain.engine import derive_verdicts, perception_curve
+
+    for key, state in states.items():
+        if state.customer_id is not None:
+            curve = perception_curve(state, derive_verdicts(state, wm, POLICY), wm, POLICY)
+            scores[key] = curve.state.score
+    return views, +counts, scores
+
+
+def reference(events: list[ContactEvent]) -> tuple[dict[str, tuple[Any, ...]], Counter[str]]:
+    """Verdicts and 'all' counters from the whole history, the plain way."""
+    wm = max(e.header.occurred_at.timestamp() for e in events)
+    calls = [e for e in events if isinstance(e, CallEnded)]
+    transferred = {e.header.contact_id for e in events if isinstance(e, Transfer)
+                   and any(c.header.contact_id == e.header.contact_id
+                           and c.header.customer_id == e.header.customer_id for c in calls)}
+    unhappy = {e.header.contact_id for e in events if isinstance(e, SurveyAnswered)
+               and e.resolved is False}
+    verdicts: dict[str, tuple[Any, ...]] = {}
+    counts: Counter[str] = Counter()
+    for c in calls:
+        cid, t = c.header.contact_id, c.header.occurred_at.timestamp()
+        counts["all|contacts"] += 1
+        if c.outcome != "handled" or c.header.customer_id is None:
+            verdicts[cid] = (None, False, None)
+            continue
+        same = sorted((o.header.occurred_at.timestamp(), o.header.contact_id) for o in calls
+                      if o.header.customer_id == c.header.customer_id and o.outcome == "handled")
+        earlier = [o for o in same if o < (t, cid) and t - o[0] <= WINDOW]
+        later = [o for o in same if o > (t, cid) and o[0] - t <= WINDOW]
+        reasons = (bool(later), cid in transferred, cid in unhappy)
+        status = ("unresolved" if any(reasons) else
+                  "resolved" if wm > t + WINDOW else "pending")
+        verdicts[cid] = (status, bool(earlier), earlier[-1][1] if earlier else None)
+        counts["all|fcr_total"] += 1
+        counts[f"all|{status}"] += status != "pending"
+        counts["all|repeats"] += bool(earlier)
+    return verdicts, +counts
+
+
+def summary(views: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    return {cid: (v["resolution"], v["is_repeat"], v["repeat_of"]) for cid, v in views.items()}
+
+
+def only(counts: Counter[str], names: set[str]) -> Counter[str]:
+    return Counter({k: n for k, n in counts.items() if k.startswith("all|")
+                    and k.split("|")[1] in names})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(spec_strategy(), min_size=2, max_size=30), st.randoms(use_true_random=False))
+def test_any_order_and_duplication_gives_the_reference(specs: list[Spec], rnd: Any) -> None:
+    events = build(specs)
+    if not events:
+        return
+    ordered = sorted(events, key=lambda e: e.header.occurred_at)
+    base_views, base_counts, base_scores = run_stream(ordered)
+
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    duplicated = shuffled + [rnd.choice(events) for _ in range(3)]
+    rnd.shuffle(duplicated)
+    for variant in (shuffled, duplicated):
+        views, counts, scores = run_stream(variant)
+        assert summary(views) == summary(base_views)
+        assert counts == base_counts
+        assert scores.keys() == base_scores.keys()
+        for key, score in scores.items():
+            assert abs(score - base_scores[key]) < 1e-6
+
+    expected_verdicts, expected_counts = reference(events)
+    assert summary(base_views) == expected_verdicts
+    names = {"contacts", "fcr_total", "unresolved", "resolved", "repeats"}
+    assert only(base_counts, names) == expected_counts
