@@ -6,13 +6,15 @@ by a test, so the documented table and the code cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service.domain.durations import parse_duration
+from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
 
 
 class ConfigError(ValueError):
@@ -80,6 +82,67 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _optional_seconds(text: str) -> float | None:
+    return _positive_seconds(text) if text.strip() else None
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number from 0 to 100, got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise ValueError(f"expected a number from 0 to 100, got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+_QUEUE_KEYS = {"repeat_window": _positive_seconds, "transfer_breaks_fcr": bool,
+               "repeat_same_reason": bool, "repeat_same_channel": bool}
+
+
+def _queue_policies(text: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for queue, rules in _json_object(text).items():
+        if not isinstance(rules, dict):
+            raise ValueError(f"queue {queue!r}: expected an object of rules")
+        parsed: dict[str, Any] = {}
+        for name, value in rules.items():
+            if name not in _QUEUE_KEYS:
+                raise ValueError(f"queue {queue!r}: unknown rule {name!r} "
+                                 f"(known: {', '.join(sorted(_QUEUE_KEYS))})")
+            if name == "repeat_window":
+                parsed[name] = _positive_seconds(str(value))
+            elif not isinstance(value, bool):
+                raise ValueError(f"queue {queue!r}: {name} must be true or false")
+            else:
+                parsed[name] = value
+        out[queue] = parsed
+    return out
+
+
+def _segment_baselines(text: str) -> dict[str, float]:
+    return {segment: _score(str(v)) for segment, v in _json_object(text).items()}
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -136,9 +199,62 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_COMMIT_INTERVAL", "1s",
              "How often the worker commits the offsets of applied events to Kafka.",
              _positive_seconds, "commit_interval"),
-    Variable("CX_DEDUP_RETENTION", "15d",
-             "How long an applied event id is remembered, so a redelivered or re-sent event "
-             "is not applied twice.", _positive_seconds, "dedup_retention"),
+    Variable("CX_REPEAT_WINDOW", "7d",
+             "Repeat window W: a handled contact followed by another handled contact of the "
+             "same customer within W is unresolved, and the later one is a repeat.",
+             _positive_seconds, "repeat_window"),
+    Variable("CX_ALLOWED_LATENESS", "",
+             "How far behind the watermark an event may be and still count; older ones are "
+             "dead-lettered as `too_late`. Empty means the repeat window.",
+             _optional_seconds, "allowed_lateness"),
+    Variable("CX_TRANSFER_BREAKS_FCR", "true",
+             "Whether a transferred contact counts as not resolved first time.",
+             _boolean, "transfer_breaks_fcr"),
+    Variable("CX_REPEAT_SAME_REASON", "false",
+             "Count a repeat only when both contacts have the same `reason`.",
+             _boolean, "repeat_same_reason"),
+    Variable("CX_REPEAT_SAME_CHANNEL", "false",
+             "Count a repeat only when both contacts have the same `channel`.",
+             _boolean, "repeat_same_channel"),
+    Variable("CX_QUEUE_POLICIES", "{}",
+             "Per-queue overrides, JSON: `{\"sales\": {\"repeat_window\": \"72h\", "
+             "\"transfer_breaks_fcr\": false, \"repeat_same_reason\": true}}`.",
+             _queue_policies, "queue_policies"),
+    Variable("CX_POLICY_VERSION", "1",
+             "Names the rules in force; carried on every enriched contact.",
+             _nonempty, "policy_version"),
+    Variable("CX_PERCEPTION_BASELINE", "70",
+             "Perception score (0-100) of a customer with no history.",
+             _score, "perception_baseline"),
+    Variable("CX_PERCEPTION_SEGMENT_BASELINES", "{}",
+             "Baselines per segment, JSON: `{\"gold\": 75}`.",
+             _segment_baselines, "perception_segment_baselines"),
+    Variable("CX_PERCEPTION_HALF_LIFE", "14d",
+             "Time for the distance between the score and the baseline to halve, with no "
+             "new contact.", _positive_seconds, "perception_half_life"),
+    Variable("CX_PERCEPTION_WAIT_TARGET", "60s",
+             "Wait the centre aims for; longer waits lower the score.",
+             _positive_seconds, "perception_wait_target"),
+    Variable("CX_AT_RISK_BELOW", "40",
+             "A customer whose score falls below this is at risk.", _score, "at_risk_below"),
+    Variable("CX_AT_RISK_RECOVER_AT", "50",
+             "An at-risk customer leaves at-risk when the score is back at this (hysteresis).",
+             _score, "at_risk_recover_at"),
+    Variable("CX_AT_RISK_DROP", "25",
+             "A fall of this many points within CX_AT_RISK_DROP_PERIOD also puts a customer "
+             "at risk.", _score, "at_risk_drop"),
+    Variable("CX_AT_RISK_DROP_PERIOD", "7d", "The period of CX_AT_RISK_DROP.",
+             _positive_seconds, "at_risk_drop_period"),
+    Variable("CX_STATE_IDLE_TTL", "90d",
+             "Wall-clock time after which a customer's state that was not written is dropped "
+             "by Redis (event-time pruning normally comes first).",
+             _positive_seconds, "state_idle_ttl"),
+    Variable("CX_COUNTER_RETENTION", "400d",
+             "Wall-clock time an hour bucket of counters is kept after its last change.",
+             _positive_seconds, "counter_retention"),
+    Variable("CX_CONTACT_VIEW_TTL", "30d",
+             "Wall-clock time the latest enriched view of a contact stays available to "
+             "`GET /api/v1/contacts/{id}`.", _positive_seconds, "contact_view_ttl"),
     Variable("CX_RETRY_MAX_BACKOFF", "5s",
              "Longest pause between retries while Redis or Kafka is unreachable (the worker "
              "retries without end and never skips the event).",
@@ -178,7 +294,24 @@ class Settings:
     batch_max_wait: float
     kafka_session_timeout: float
     commit_interval: float
-    dedup_retention: float
+    repeat_window: float
+    allowed_lateness: float | None
+    transfer_breaks_fcr: bool
+    repeat_same_reason: bool
+    repeat_same_channel: bool
+    queue_policies: dict[str, dict[str, Any]]
+    policy_version: str
+    perception_baseline: float
+    perception_segment_baselines: dict[str, float]
+    perception_half_life: float
+    perception_wait_target: float
+    at_risk_below: float
+    at_risk_recover_at: float
+    at_risk_drop: float
+    at_risk_drop_period: float
+    state_idle_ttl: float
+    counter_retention: float
+    contact_view_ttl: float
     retry_max_backoff: float
     shutdown_timeout: float
     http_host: str
@@ -203,6 +336,32 @@ class Settings:
         }[topic]
 
 
+def policy_of(settings: Settings) -> Policy:
+    """The operator's rules, from the settings."""
+    default = QueuePolicy(
+        repeat_window=settings.repeat_window,
+        transfer_breaks_fcr=settings.transfer_breaks_fcr,
+        repeat_same_reason=settings.repeat_same_reason,
+        repeat_same_channel=settings.repeat_same_channel,
+    )
+    return Policy(
+        default=default,
+        per_queue={q: replace(default, **rules) for q, rules in settings.queue_policies.items()},
+        allowed_lateness=settings.allowed_lateness or settings.repeat_window,
+        perception=PerceptionPolicy(
+            baseline=settings.perception_baseline,
+            segment_baselines=settings.perception_segment_baselines,
+            half_life=settings.perception_half_life,
+            wait_target=settings.perception_wait_target,
+            at_risk_below=settings.at_risk_below,
+            at_risk_recover_at=settings.at_risk_recover_at,
+            at_risk_drop=settings.at_risk_drop,
+            at_risk_drop_period=settings.at_risk_drop_period,
+        ),
+        version=settings.policy_version,
+    )
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every `CX_` variable; raise ConfigError naming the first bad one."""
     env = os.environ if environ is None else environ
@@ -214,6 +373,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             raise ConfigError(f"{var.name}: {exc}") from None
     settings = Settings(**values)
+    if settings.at_risk_recover_at < settings.at_risk_below:
+        raise ConfigError("CX_AT_RISK_RECOVER_AT: must not be below CX_AT_RISK_BELOW")
     if len(set(settings.input_topics + settings.output_topics)) != 6:
         raise ConfigError(
             "CX_TOPIC_*: the three input and three output topics must have six distinct names"

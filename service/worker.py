@@ -12,34 +12,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
-from service.adapters import redis_store
+from service.adapters import redis_state
 from service.adapters.http import install_routes
-from service.adapters.kafka_admin import ensure_topics
+from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
-from service.config import Settings
-from service.service_layer.ingest import IngestProcessor, InputMessage
+from service.adapters.redis_state import RedisState
+from service.config import Settings, policy_of
+from service.service_layer.ingest import IngestProcessor, InputMessage, Topics
 
 log = logging.getLogger(__name__)
 
 
-class KafkaDeadLetters:
-    """Publishes dead-letter records through the Faust app's producer and waits for the acks."""
+class KafkaOutputs:
+    """Publishes records through the Faust app's producer and waits for the broker's acks."""
 
-    def __init__(self, app: faust.App, topic: str) -> None:
+    def __init__(self, app: faust.App) -> None:
         self._app = app
-        self._topic = topic
 
-    async def send(self, records: Any) -> None:
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
         producer = self._app.producer
-        pending = [
-            await producer.send(self._topic, key, value, None, None, None)
-            for key, value in records
-        ]
+        pending = [await producer.send(topic, key, value, None, None, None)
+                   for topic, key, value in records]
         await asyncio.gather(*pending)
 
 
@@ -56,7 +55,7 @@ def _message_of(event: EventT[Any]) -> InputMessage:
     )
 
 
-def build_app(settings: Settings) -> faust.App:
+def build_app(settings: Settings, partitions: int) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -79,18 +78,35 @@ def build_app(settings: Settings) -> faust.App:
         stream_wait_empty=True,
     )
     metrics = PipelineMetrics(settings.input_topics)
-    redis_client = redis_store.connect(settings.redis_url)
-    store = redis_store.RedisEventStore(
-        redis_client, settings.key_prefix, settings.dedup_retention
+    policy = policy_of(settings)
+    state = RedisState(
+        redis_state.connect(settings.redis_url), settings.key_prefix,
+        state_ttl=settings.state_idle_ttl, counter_ttl=settings.counter_retention,
+        contact_ttl=settings.contact_view_ttl,
     )
+
+    def lagging(topic: str, partition: int, last_applied: int | None) -> bool:
+        """True while the topic-partition has messages this worker has not applied yet."""
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except Exception:
+            return True
+        if highwater is None:
+            return True
+        return int(highwater) > (-1 if last_applied is None else last_applied) + 1
+
     processor = IngestProcessor(
-        store=store,
-        dead_letters=KafkaDeadLetters(app, settings.topic_dead_letter),
+        state=state,
+        sink=KafkaOutputs(app),
+        topics=Topics(settings.topic_dead_letter, settings.topic_contact_enriched,
+                      settings.topic_customer_alerts),
         metrics=metrics,
+        policy=policy,
         kind_of_topic=settings.kind_of_topic,
         max_event_bytes=settings.max_event_bytes,
         retry_max_backoff=settings.retry_max_backoff,
-        round_trip_seconds=lambda: store.last_round_trip_seconds,
+        lagging=lagging,
+        input_topics=settings.input_topics,
     )
     group_joined = asyncio.Event()
 
@@ -134,7 +150,7 @@ def build_app(settings: Settings) -> faust.App:
 
     async def readiness() -> dict[str, bool]:
         try:
-            redis_ok = await store.ping()
+            redis_ok = await state.ping()
         except Exception:
             redis_ok = False
         return {
@@ -143,7 +159,7 @@ def build_app(settings: Settings) -> faust.App:
             "partitions_assigned": group_joined.is_set() and not app.rebalancing,
         }
 
-    install_routes(app, metrics.registry, readiness)
+    install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions)
     return app
 
 
@@ -162,13 +178,13 @@ def run_worker(settings: Settings) -> int:
     """Create missing topics, then run the Faust worker until SIGTERM/SIGINT."""
     loop = asyncio.new_event_loop()
     try:
-        created = loop.run_until_complete(ensure_topics(settings))
+        created, partitions = loop.run_until_complete(ensure_layout(settings))
     finally:
         loop.close()
     if created:
         log.info("created topics: %s", ", ".join(created))
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app = build_app(settings)
+    app = build_app(settings, partitions)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -1,4 +1,4 @@
-"""HTTP endpoints of the worker, served by Faust's web server: metrics and health."""
+"""HTTP endpoints of the worker, served by Faust's web server: metrics, health and the API."""
 
 from __future__ import annotations
 
@@ -7,15 +7,72 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
+import orjson
 from aiohttp import web
+from aiokafka.partitioner import murmur2
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from service.adapters.redis_state import RedisState
+from service.domain.counters import HOUR
+from service.domain.engine import rfc3339
+from service.domain.policy import Policy
+from service.domain.summary import customer_summary
+from service.domain.validation import parse_rfc3339
+from service.service_layer.ingest import clock_summary
+
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+MAX_RANGE_HOURS = 24 * 400
+_DIMENSIONS = ("queue", "channel", "agent", "segment")
 
 
-def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck) -> None:
-    """Register /metrics, /healthz and /readyz on the app's web server."""
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key (murmur2, as the Java client)."""
+    return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    response = web.Response(body=orjson.dumps(body), status=status,
+                            content_type="application/json")
+    return cast(Response, response)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+def fcr_query(params: dict[str, str]) -> tuple[int, int, str] | str:
+    """(from hour, to hour, dimension) from the query, or the message of a 400."""
+    unknown = set(params) - {"from", "to", *_DIMENSIONS}
+    if unknown:
+        return f"unknown parameter(s): {', '.join(sorted(unknown))}"
+    bounds = []
+    for name in ("from", "to"):
+        text = params.get(name)
+        if not text:
+            return f"'{name}' is required (RFC 3339, on the hour, e.g. 2026-11-24T09:00:00Z)"
+        moment = parse_rfc3339(text)
+        if moment is None:
+            return f"'{name}' is not an RFC 3339 timestamp with offset: {text!r}"
+        epoch = moment.timestamp()
+        if epoch % HOUR:
+            return f"'{name}' must be on the hour: {text!r}"
+        bounds.append(int(epoch))
+    start, end = bounds
+    if end <= start:
+        return "'to' must be after 'from'"
+    if (end - start) // HOUR > MAX_RANGE_HOURS:
+        return f"the range may cover at most {MAX_RANGE_HOURS} hours"
+    given = [(d, params[d]) for d in _DIMENSIONS if params.get(d)]
+    if len(given) > 1:
+        return "give at most one of queue, channel, agent, segment"
+    dimension = f"{given[0][0]}:{given[0][1]}" if given else "all"
+    return start, end, dimension
+
+
+def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
+                   state: RedisState, policy: Policy, partitions: Callable[[], int]) -> None:
+    """Register /metrics, /healthz, /readyz and /api/v1/* on the app's web server."""
 
     @app.page("/metrics")
     class Metrics(View):
@@ -28,15 +85,57 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     @app.page("/healthz")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "alive"})
+            return _json({"status": "alive"})
 
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
             try:
                 checks = await asyncio.wait_for(readiness(), timeout=3.0)
-            except (TimeoutError, Exception):
+            except Exception:
                 checks = {"checks_completed": False}
             ready = all(checks.values())
-            body: dict[str, Any] = {"status": "ready" if ready else "not ready", **checks}
-            return self.json(body, status=200 if ready else 503)
+            return _json({"status": "ready" if ready else "not ready", **checks},
+                         200 if ready else 503)
+
+    @app.page("/api/v1/contacts/{contact_id}")
+    class Contact(View):
+        async def get(self, request: Request, contact_id: str) -> Response:
+            raw = await state.read_contact(contact_id)
+            if raw is None:
+                return _error(404, f"no contact {contact_id!r}")
+            return cast(Response, web.Response(body=raw, content_type="application/json"))
+
+    @app.page("/api/v1/customers/{customer_id}")
+    class Customer(View):
+        async def get(self, request: Request, customer_id: str) -> Response:
+            partition = partition_of(customer_id, partitions())
+            found, clock = await state.read_state(partition, f"c:{customer_id}")
+            if found is None or clock.watermark is None:
+                return _error(404, f"no customer {customer_id!r}")
+            return _json(customer_summary(found, clock.watermark, policy))
+
+    @app.page("/api/v1/fcr")
+    class Fcr(View):
+        async def get(self, request: Request) -> Response:
+            query = fcr_query(dict(request.query))
+            if isinstance(query, str):
+                return _error(400, query)
+            start, end, dimension = query
+            n = partitions()
+            hours = list(range(start, end, HOUR))
+            names = ("fcr_total", "unresolved", "resolved")
+            total, unresolved, resolved = await state.read_counters(
+                n, hours, [f"{dimension}|{name}" for name in names])
+            watermark = clock_summary(await state.read_clocks(n))
+            final = watermark is not None and watermark >= end + policy.max_window
+            return _json({
+                "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
+                "total": total, "unresolved": unresolved, "resolved": resolved,
+                "pending": total - unresolved - resolved,
+                "fcr": None if total == 0 else round(1 - unresolved / total, 6),
+                "final": final,
+                "watermark": None if watermark is None else rfc3339(watermark),
+            })
+
+

@@ -41,6 +41,12 @@ async def _describe(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, 
 
 async def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> list[str]:
     """Create the missing topics; return their names. Raise if the input layout is unusable."""
+    created, _ = await ensure_layout(settings, timeout=timeout)
+    return created
+
+
+async def ensure_layout(settings: Settings, *, timeout: float = 60.0) -> tuple[list[str], int]:
+    """Create the missing topics; return their names and the input topics' partitions."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000
     )
@@ -75,7 +81,7 @@ async def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> list[st
                 break
             await asyncio.sleep(0.2)
         check_input_layout({t: counts.get(t, 0) for t in settings.input_topics})
-        return missing
+        return missing, counts[settings.topic_call_ended]
     finally:
         await admin.close()
 

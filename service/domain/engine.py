@@ -312,8 +312,10 @@ class Settled:
     forget: bool = False
 
 
-def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+def rfc3339(t: float) -> str:
+    """Event time as RFC 3339 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def enriched_view(
@@ -452,5 +454,5 @@ def alert_payload(alert: CustomerAlert) -> dict[str, Any]:
         "score": alert.score,
         "drop": alert.drop,
         "causes": list(alert.causes),
-        "at": _rfc3339(alert.at),
+        "at": rfc3339(alert.at),
     }

@@ -37,6 +37,7 @@ class RejectReason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     STARTED_AFTER_OCCURRED = "started_after_occurred"
     UNKNOWN_TOPIC = "unknown_topic"
+    TOO_LATE = "too_late"
     PROCESSING_ERROR = "processing_error"
 
 

@@ -1,9 +1,14 @@
-"""Applying one batch of input messages: decode, validate, store, dead-letter, count.
+"""Applying one batch of input messages: decode, validate, fold, store, publish, count.
 
-The worker acknowledges a batch to Kafka only after `IngestProcessor.process` returned, and
-`process` returns only once every valid event is stored and every invalid one is in the
-dead-letter topic. While Redis or Kafka fails it retries without end (with back-off); it never
-skips a message. Cancellation (shutdown) propagates, and the batch is then not acknowledged.
+For each input partition in the batch: read its clock, the states of the customers in the
+batch and the timers that fall due; fold the events into the states; settle every touched or
+due customer at the new watermark; then write states, counter deltas, timers, clock and the
+outbox of outputs in one atomic script per partition. Outputs are published to Kafka from the
+outbox (so a crash between the commit and the publish loses nothing), then the outbox is
+trimmed. The worker acknowledges the batch to Kafka only after `process` returned.
+
+While Redis or Kafka fails, `process` retries without end (with back-off) and never skips a
+message. Cancellation (shutdown) propagates, and the batch is then not acknowledged.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -20,11 +25,30 @@ import orjson
 
 from service.adapters.codec import decode_event
 from service.adapters.metrics import PipelineMetrics
-from service.adapters.redis_store import EventToApply
-from service.domain.events import Rejection, RejectReason
+from service.adapters.redis_state import (
+    Conflict,
+    PartitionClock,
+    PartitionCommit,
+    PartitionData,
+    RedisState,
+)
+from service.domain import watermark as clocks
+from service.domain.engine import (
+    Settled,
+    alert_payload,
+    apply_event,
+    is_too_late,
+    new_state,
+    settle,
+    state_key,
+)
+from service.domain.events import ContactEvent, Rejection, RejectReason
+from service.domain.policy import Policy
+from service.domain.records import CustomerState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+TOO_LATE = RejectReason.TOO_LATE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,26 +61,31 @@ class InputMessage:
     timestamp_ms: int | None
 
 
-class EventStore(Protocol):
-    async def apply(
-        self, by_partition: Mapping[int, Sequence[EventToApply]]
-    ) -> dict[int, list[bool]]: ...
-
-
-class DeadLetterSink(Protocol):
-    async def send(self, records: Sequence[tuple[bytes | None, bytes]]) -> None:
-        """Publish (key, value) records; return once the broker acknowledged all of them."""
+class OutputSink(Protocol):
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        """Publish (topic, key, value) records; return once the broker acknowledged them."""
 
 
 @dataclass(frozen=True, slots=True)
+class Topics:
+    dead_letter: str
+    contact_enriched: str
+    customer_alerts: str
+
+
+@dataclass
 class BatchOutcome:
-    applied: int
-    duplicates: int
-    invalid: int
+    applied: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    too_late: int = 0
+    updates: int = 0
+    alerts: int = 0
 
 
-def dead_letter_record(msg: InputMessage, rejection: Rejection, now: datetime) -> dict[str, Any]:
-    """The dead-letter JSON object (schemas/dead-letter.schema.json) for one rejected message."""
+def dead_letter_record(msg: InputMessage, reason: str, message: str, now: datetime
+                       ) -> dict[str, Any]:
+    """The dead-letter JSON object (schemas/dead-letter.schema.json) for one message."""
     key_text: str | None = None
     if msg.key is not None:
         try:
@@ -64,7 +93,7 @@ def dead_letter_record(msg: InputMessage, rejection: Rejection, now: datetime) -
         except UnicodeDecodeError:
             key_text = None
     event_id: str | None = None
-    if rejection.reason not in (RejectReason.TOO_LARGE, RejectReason.NOT_JSON) and msg.value:
+    if reason not in (RejectReason.TOO_LARGE, RejectReason.NOT_JSON) and msg.value:
         try:
             obj = orjson.loads(msg.value)
         except orjson.JSONDecodeError:
@@ -79,86 +108,280 @@ def dead_letter_record(msg: InputMessage, rejection: Rejection, now: datetime) -
         "key": key_text,
         "key_base64": None if msg.key is None else base64.b64encode(msg.key).decode(),
         "value_base64": None if msg.value is None else base64.b64encode(msg.value).decode(),
-        "reason": rejection.reason.value,
-        "message": rejection.message,
+        "reason": reason,
+        "message": message,
         "event_id": event_id,
-        "dead_lettered_at": now.astimezone(UTC).isoformat(timespec="milliseconds").replace(
-            "+00:00", "Z"
-        ),
+        "dead_lettered_at": _now_text(now),
     }
+
+
+def _now_text(now: datetime) -> str:
+    return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Plan:
+    commit: PartitionCommit
+    outcome: BatchOutcome
+    per_topic: dict[str, list[int]] = field(default_factory=dict)  # applied, dup, late
+    late: list[tuple[str, str]] = field(default_factory=list)  # (topic, reason) for metrics
+    due_unloaded: list[str] = field(default_factory=list)
 
 
 class IngestProcessor:
     def __init__(
         self,
         *,
-        store: EventStore,
-        dead_letters: DeadLetterSink,
+        state: RedisState,
+        sink: OutputSink,
+        topics: Topics,
         metrics: PipelineMetrics,
+        policy: Policy,
         kind_of_topic: Callable[[str], str],
         max_event_bytes: int,
         retry_max_backoff: float,
-        round_trip_seconds: Callable[[], float] = lambda: 0.0,
+        lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False,
+        input_topics: Sequence[str] = (),
     ) -> None:
-        self._store = store
-        self._dead_letters = dead_letters
+        self._state = state
+        self._sink = sink
+        self._topics = topics
         self._metrics = metrics
+        self._policy = policy
         self._kind_of_topic = kind_of_topic
         self._max_event_bytes = max_event_bytes
         self._retry_max_backoff = retry_max_backoff
-        self._round_trip_seconds = round_trip_seconds
+        self._lagging = lagging
+        self._input_topics = tuple(input_topics)
         self.healthy = {"redis": True, "kafka": True}
+
+    # -- the batch --------------------------------------------------------------------------
 
     async def process(self, batch: Sequence[InputMessage]) -> BatchOutcome:
         m = self._metrics
-        to_apply: dict[int, list[EventToApply]] = {}
+        valid: dict[int, list[tuple[InputMessage, ContactEvent]]] = {}
         rejected: list[tuple[InputMessage, Rejection]] = []
         for msg in batch:
             m.consumed_by_topic[msg.topic].inc()
-            try:
-                kind = self._kind_of_topic(msg.topic)
-            except KeyError:
-                rejected.append((msg, Rejection(RejectReason.UNKNOWN_TOPIC, msg.topic)))
-                continue
-            try:
-                result = decode_event(kind, msg.value, self._max_event_bytes)
-            except Exception as exc:  # a defect must not stop the partition: dead-letter it
-                log.exception("could not decode %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-                result = Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
+            result = self._decode(msg)
             if isinstance(result, Rejection):
                 rejected.append((msg, result))
-                continue
-            to_apply.setdefault(msg.partition, []).append(
-                EventToApply(msg.topic, msg.offset, result.header.event_id)
-            )
+            else:
+                valid.setdefault(msg.partition, []).append((msg, result))
 
-        applied = duplicates = 0
-        if to_apply:
-            flags = await self._retrying("redis", lambda: self._store.apply(to_apply))
-            m.redis_round_trip.observe(self._round_trip_seconds())
-            for partition, events in to_apply.items():
-                for event, fresh in zip(events, flags[partition], strict=True):
-                    if fresh:
-                        applied += 1
-                        m.applied_by_topic[event.topic].inc()
-                    else:
-                        duplicates += 1
-                        m.duplicates_by_topic[event.topic].inc()
-
+        outcome = BatchOutcome(invalid=len(rejected))
         if rejected:
             now = datetime.now(UTC)
             records = [
-                (msg.key, orjson.dumps(dead_letter_record(msg, rejection, now)))
-                for msg, rejection in rejected
+                (self._topics.dead_letter, msg.key, orjson.dumps(
+                    dead_letter_record(msg, r.reason.value, r.message, now)))
+                for msg, r in rejected
             ]
-            await self._retrying("kafka", lambda: self._dead_letters.send(records))
-            for msg, rejection in rejected:
-                m.invalid_by_topic_reason[(msg.topic, rejection.reason)].inc()
-                log.debug("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset,
-                          rejection.message)
-
+            await self._retrying("kafka", lambda: self._sink.send(records))
+            for msg, r in rejected:
+                m.invalid_by_topic_reason[(msg.topic, r.reason.value)].inc()
+        if valid:
+            plans = await self._apply(valid)
+            for plan in plans.values():
+                for name in ("applied", "duplicates", "too_late", "updates", "alerts"):
+                    setattr(outcome, name, getattr(outcome, name) + getattr(plan.outcome, name))
+                for topic, (applied, dups, _late) in plan.per_topic.items():
+                    m.applied_by_topic[topic].inc(applied)
+                    m.duplicates_by_topic[topic].inc(dups)
+                for topic, reason in plan.late:
+                    m.invalid_by_topic_reason[(topic, reason)].inc()
+        for seconds in self._state.round_trips:
+            m.redis_round_trip.observe(seconds)
+        self._state.round_trips.clear()
         m.batch_events.observe(len(batch))
-        return BatchOutcome(applied, duplicates, len(rejected))
+        return outcome
+
+    def _decode(self, msg: InputMessage) -> ContactEvent | Rejection:
+        try:
+            kind = self._kind_of_topic(msg.topic)
+        except KeyError:
+            return Rejection(RejectReason.UNKNOWN_TOPIC, msg.topic)
+        try:
+            return decode_event(kind, msg.value, self._max_event_bytes)
+        except Exception as exc:  # a defect must not stop the partition: dead-letter it
+            log.exception("could not decode %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+            return Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
+
+    async def _apply(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+                     ) -> dict[int, _Plan]:
+        plans, leftovers = await self._retrying("redis", lambda: self._commit(valid))
+        records, published, contacts = self._outbox_records(plans, leftovers)
+        if records:
+            await self._retrying("kafka", lambda: self._sink.send(records))
+        await self._retrying("redis", lambda: self._state.finish_outbox(published, contacts))
+        return plans
+
+    async def _commit(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+                      ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
+        """Read, fold, commit; on a write conflict read again and redo those partitions."""
+        pending = dict(valid)
+        done: dict[int, _Plan] = {}
+        leftovers: dict[int, list[bytes]] = {}
+        for attempt in range(20):
+            plans, outboxes = await self._plan(pending)
+            conflicts = await self._state.commit({p: plan.commit for p, plan in plans.items()})
+            for partition, plan in plans.items():
+                if partition not in conflicts:
+                    done[partition] = plan
+                    leftovers[partition] = outboxes[partition]
+            if not conflicts:
+                return done, leftovers
+            log.warning("partitions %s were written by another worker; redoing them",
+                        sorted(conflicts))
+            pending = {p: valid[p] for p in conflicts}
+            await asyncio.sleep(min(0.05 * 2 ** attempt, 2.0))
+        raise Conflict(f"partitions {sorted(pending)} kept changing under this worker")
+
+    async def _plan(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+                    ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
+        wanted = {p: list(dict.fromkeys(state_key(e) for _, e in items))
+                  for p, items in valid.items()}
+        data = await self._state.load(wanted)
+        plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
+        # Timers that fell due at the new watermark need their states: read those, settle.
+        missing = {p: plan.due_unloaded for p, plan in plans.items() if plan.due_unloaded}
+        if missing:
+            more = await self._state.load_states(missing)
+            for partition, states in more.items():
+                data[partition].states.update(states)
+            plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
+        return plans, {p: data[p].outbox for p in valid}
+
+    def _plan_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
+                        data: PartitionData) -> _Plan:
+        clock = data.clock
+        policy = self._policy
+        outcome = BatchOutcome()
+        plan = _Plan(PartitionCommit(clock.seq, {}, {}, {}, [], {}, []), outcome)
+        states: dict[str, CustomerState] = {}
+        touched: set[str] = set()
+        offsets = dict(clock.offsets)
+        newest = dict(clock.newest)
+        applied_counts = dict(clock.applied)
+        now = datetime.now(UTC)
+        for msg, event in items:
+            counts = plan.per_topic.setdefault(msg.topic, [0, 0, 0])
+            last = offsets.get(msg.topic)
+            if last is not None and msg.offset <= last:
+                counts[1] += 1  # applied before a restart: Kafka delivered it again
+                outcome.duplicates += 1
+                continue
+            offsets[msg.topic] = msg.offset
+            t = event.header.occurred_at.timestamp()
+            if is_too_late(event, clock.watermark, policy):
+                counts[2] += 1
+                outcome.too_late += 1
+                plan.late.append((msg.topic, TOO_LATE))
+                record = dead_letter_record(
+                    msg, TOO_LATE,
+                    f"{self._kind_of_topic(msg.topic)}.occurred_at: older than the watermark "
+                    f"minus the allowed lateness ({_now_text(datetime.fromtimestamp(t, UTC))})",
+                    now)
+                plan.commit.outbox.append(orjson.dumps(
+                    {"t": "dead", "k": msg.key.decode("utf-8", "replace") if msg.key else None,
+                     "v": record}))
+                continue
+            newest[msg.topic] = max(newest.get(msg.topic, t), t)
+            key = state_key(event)
+            state = states.get(key)
+            if state is None:
+                state = data.state(key) or new_state(event)
+                states[key] = state
+            if apply_event(state, event):
+                counts[0] += 1
+                outcome.applied += 1
+                applied_counts[msg.topic] = applied_counts.get(msg.topic, 0) + 1
+                touched.add(key)
+            else:
+                counts[1] += 1
+                outcome.duplicates += 1
+
+        lagging = [t for t in self._input_topics
+                   if self._lagging(t, partition, offsets.get(t))]
+        watermark = clocks.advance(clock.watermark, newest, lagging)
+        for member, due_at in data.due:
+            if watermark is None or due_at >= watermark:
+                break  # timers come sorted by due time
+            if member not in states:
+                if member not in data.states:
+                    plan.due_unloaded.append(member)
+                    continue
+                loaded = data.state(member)
+                if loaded is None:  # expired meanwhile
+                    plan.commit.timers_remove.append(member)
+                    continue
+                states[member] = loaded
+            touched.add(member)
+        if watermark is not None:
+            for key in touched:
+                self._settle(key, states[key], watermark, plan)
+        fields: dict[str, str] = {}
+        if watermark is not None:
+            fields["wm"] = repr(watermark)
+        for topic, t in newest.items():
+            fields[f"m:{topic}"] = repr(t)
+        for topic, offset in offsets.items():
+            fields[f"o:{topic}"] = str(offset)
+        for topic, n in applied_counts.items():
+            fields[f"n:{topic}"] = str(n)
+        plan.commit.clock_fields = fields
+        return plan
+
+    def _settle(self, key: str, state: CustomerState, watermark: float, plan: _Plan) -> None:
+        settled: Settled = settle(state, watermark, self._policy)
+        commit = plan.commit
+        for hour, deltas in settled.counter_deltas.items():
+            bucket = commit.counters.setdefault(hour, {})
+            for name, n in deltas.items():
+                bucket[name] = bucket.get(name, 0) + n
+        for update in settled.updates:
+            commit.outbox.append(orjson.dumps(
+                {"t": "contact", "k": update.contact_id, "ver": update.version,
+                 "v": update.view}))
+        for alert in settled.alerts:
+            commit.outbox.append(orjson.dumps(
+                {"t": "alert", "k": alert.customer_id, "v": alert_payload(alert)}))
+        plan.outcome.updates += len(settled.updates)
+        plan.outcome.alerts += len(settled.alerts)
+        if settled.forget:
+            commit.states[key] = None
+            commit.timers_remove.append(key)
+        else:
+            commit.states[key] = state
+            if settled.next_due is not None:
+                commit.timers_add[key] = settled.next_due
+
+    def _outbox_records(
+        self, plans: dict[int, _Plan], leftovers: dict[int, list[bytes]]
+    ) -> tuple[list[tuple[str, bytes | None, bytes]], dict[int, int],
+               list[tuple[str, int, bytes]]]:
+        """Kafka records for the outbox items (left over from before, then this batch's),
+        how many items to trim per partition, and the contact views to store."""
+        records: list[tuple[str, bytes | None, bytes]] = []
+        contacts: dict[str, tuple[int, bytes]] = {}
+        published: dict[int, int] = {}
+        for partition, plan in plans.items():
+            items = leftovers.get(partition, []) + plan.commit.outbox
+            published[partition] = len(items)
+            for raw in items:
+                item = orjson.loads(raw)
+                value = orjson.dumps(item["v"])
+                key = item["k"].encode() if item["k"] is not None else None
+                if item["t"] == "contact":
+                    records.append((self._topics.contact_enriched, key, value))
+                    seen = contacts.get(item["k"])
+                    if seen is None or seen[0] < item["ver"]:
+                        contacts[item["k"]] = (item["ver"], value)
+                elif item["t"] == "alert":
+                    records.append((self._topics.customer_alerts, key, value))
+                else:
+                    records.append((self._topics.dead_letter, key, value))
+        return records, published, [(c, ver, view) for c, (ver, view) in contacts.items()]
 
     async def _retrying(self, dependency: str, call: Callable[[], Awaitable[T]]) -> T:
         """Call until it succeeds, backing off up to the configured maximum between tries."""
@@ -182,3 +405,9 @@ class IngestProcessor:
                 self.healthy[dependency] = True
                 self._metrics.dependency_up.labels(dependency).set(1)
             return result
+
+
+def clock_summary(clocks_by_partition: dict[int, PartitionClock]) -> float | None:
+    """The watermark of the whole service: the slowest partition that has seen events."""
+    marks = [c.watermark for c in clocks_by_partition.values() if c.watermark is not None]
+    return min(marks) if marks else None

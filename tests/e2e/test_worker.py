@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from service.adapters.kafka_admin import ensure_topics
-from service.adapters.redis_store import RedisEventStore, connect
+from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.tools.traffic import TrafficModel
 from tests.support.stack import (
@@ -40,12 +40,19 @@ def _create_topics(ns: Namespace) -> None:
 
 
 def _applied_in_redis(ns: Namespace) -> dict[str, int]:
+    """Events applied per input topic, summed over the partitions' clocks."""
+
     async def read() -> dict[str, int]:
-        client = connect(ns.stack.redis_url)
+        state = RedisState(connect(ns.stack.redis_url), ns.name, state_ttl=60, counter_ttl=60,
+                           contact_ttl=60)
         try:
-            return await RedisEventStore(client, ns.name, 60).applied_counts()
+            totals: dict[str, int] = {}
+            for clock in (await state.read_clocks(6)).values():
+                for topic, n in clock.applied.items():
+                    totals[topic] = totals.get(topic, 0) + n
+            return totals
         finally:
-            await client.aclose()
+            await state.client.aclose()
 
     return asyncio.run(read())
 

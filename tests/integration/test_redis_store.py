@@ -6,61 +6,63 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from service.adapters.redis_store import EventToApply, RedisEventStore, connect
+from service.adapters.redis_state import PartitionCommit, RedisState, connect
+from service.domain.engine import apply_event, new_state
 from tests.support.stack import Stack
+from tests.unit.builders import call
 
 pytestmark = pytest.mark.integration
 
 
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
+def _store(stack: Stack) -> RedisState:
+    return RedisState(connect(stack.redis_url), f"t{uuid.uuid4().hex[:8]}", state_ttl=3600,
+                      counter_ttl=3600, contact_ttl=3600)
 
 
-def test_apply_is_idempotent_per_event_id(stack: Stack) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
+def test_commit_writes_everything_and_guards_against_a_second_writer(stack: Stack) -> None:
+    async def scenario() -> None:
+        store = _store(stack)
+        state = new_state(call("a", 0))
+        apply_event(state, call("a", 0))
+        commit = PartitionCommit(
+            seq="", states={"c:cust-1": state}, counters={3600: {"all|contacts": 2}},
+            timers_add={"c:cust-1": 99.5}, timers_remove=[], clock_fields={"wm": "12.5"},
+            outbox=[b'{"t":"contact"}'],
+        )
+        assert await store.commit({4: commit}) == set()
+        data = (await store.load({4: ["c:cust-1", "c:nobody"]}))[4]
+        assert data.clock.seq == "1"
+        assert data.clock.watermark == 12.5
+        assert data.due == [("c:cust-1", 99.5)]
+        assert data.outbox == [b'{"t":"contact"}']
+        loaded = data.states["c:cust-1"]
+        assert loaded is not None
+        assert loaded.to_dict() == state.to_dict()
+        assert data.states["c:nobody"] is None
+        assert await store.read_counters(6, [3600], ["all|contacts"]) == [2]
+        # A writer that read before this commit (seq "") must be refused.
+        stale = PartitionCommit("", {}, {3600: {"all|contacts": 5}}, {}, [], {}, [])
+        assert await store.commit({4: stale}) == {4}
+        assert await store.read_counters(6, [3600], ["all|contacts"]) == [2]
+        # Deleting a state and trimming the outbox.
+        gone = PartitionCommit("1", {"c:cust-1": None}, {}, {}, ["c:cust-1"], {}, [])
+        assert await store.commit({4: gone}) == set()
+        await store.finish_outbox({4: 1}, [("a", 2, b'{"v":2}'), ("b", 1, b'{"v":1}')])
+        await store.finish_outbox({}, [("a", 1, b'{"v":1}')])  # an older version loses
+        data = (await store.load({4: ["c:cust-1"]}))[4]
+        assert data.states["c:cust-1"] is None
+        assert data.due == []
+        assert data.outbox == []
+        assert await store.read_contact("a") == b'{"v":2}'
+        await store.client.aclose()
 
-    async def scenario() -> tuple[object, ...]:
-        client = connect(stack.redis_url)
-        store = RedisEventStore(client, prefix, dedup_seconds=3600)
-        first = await store.apply({
-            0: [EventToApply("call-ended", 5, "a"), EventToApply("transfer", 2, "b")],
-            3: [EventToApply("call-ended", 9, "c")],
-        })
-        again = await store.apply({
-            0: [EventToApply("call-ended", 6, "a"), EventToApply("call-ended", 7, "d")],
-        })
-        counts = await store.applied_counts()
-        offsets = await store.applied_offsets()
-        ttl = await client.ttl(f"{prefix}:{{p0}}:seen:a")
-        await client.aclose()
-        return first, again, counts, offsets, ttl
-
-    first, again, counts, offsets, ttl = run(scenario())
-    assert first == {0: [True, True], 3: [True]}
-    assert again == {0: [False, True]}
-    assert counts == {"call-ended": 3, "transfer": 1}
-    assert offsets == {("call-ended", 0): 7, ("transfer", 0): 2, ("call-ended", 3): 9}
-    assert 3500 < ttl <= 3600
-
-
-def test_offsets_never_move_back(stack: Stack) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-
-    async def scenario() -> dict[tuple[str, int], int]:
-        client = connect(stack.redis_url)
-        store = RedisEventStore(client, prefix, dedup_seconds=60)
-        await store.apply({1: [EventToApply("transfer", 40, "x")]})
-        await store.apply({1: [EventToApply("transfer", 12, "y")]})
-        offsets = await store.applied_offsets()
-        await client.aclose()
-        return offsets
-
-    assert run(scenario()) == {("transfer", 1): 40}
+    asyncio.run(scenario())
 
 
 def test_one_partition_keys_share_a_cluster_slot() -> None:
-    prefix = "cx"
-    keys = [f"{prefix}:{{p4}}:applied", f"{prefix}:{{p4}}:offsets",
-            f"{prefix}:{{p4}}:seen:some-event-id", f"{prefix}:{{p4}}:seen:other"]
+    store = RedisState.__new__(RedisState)
+    store.prefix = "cx"
+    keys = [store.key(4, "clock"), store.key(4, "timers"), store.key(4, "outbox"),
+            store.state_key(4, "c:someone"), store.hour_key(4, 1_700_000_000)]
     assert len({key_slot(k.encode()) for k in keys}) == 1
-    assert key_slot(b"cx:{p4}:applied") != key_slot(b"cx:{p5}:applied")
+    assert key_slot(store.key(5, "clock").encode()) != key_slot(keys[0].encode())

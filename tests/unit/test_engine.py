@@ -130,7 +130,7 @@ def test_per_queue_overrides() -> None:
 
 
 def test_late_repeat_corrects_the_earlier_contacts_counts() -> None:
-    states, views, counters = run([call("a", 0)], 2)
+    states, _views, counters = run([call("a", 0)], 2)
     assert total(counters, "unresolved") == 0
     assert total(counters, "fcr_total") == 1
     # b arrives; a turns unresolved, in a's own hour bucket, for each of a's dimensions.
@@ -165,7 +165,7 @@ def test_duplicate_event_changes_nothing() -> None:
     state, settled, applied = fold(None, call("a", 0), ts(1), POLICY)
     assert applied is True
     assert settled.updates
-    again, settled2, applied2 = fold(state, call("a", 0), ts(1), POLICY)
+    _again, settled2, applied2 = fold(state, call("a", 0), ts(1), POLICY)
     assert applied2 is False
     assert settled2.updates == []
     assert settled2.counter_deltas == {}

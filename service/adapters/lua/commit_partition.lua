@@ -1,0 +1,50 @@
+-- Commits one batch of one input partition, atomically: customer states, counter deltas,
+-- timers, the partition clock (watermark, applied offsets) and the outbox of outputs.
+-- Every key carries the partition's hash tag, so this runs on one Redis Cluster slot.
+--
+-- KEYS[1] clock hash, KEYS[2] timers sorted set, KEYS[3] outbox list,
+-- KEYS[4 .. 3+n] customer state keys, KEYS[4+n ..] counter hour keys.
+-- ARGV[1] the clock's seq as read ('' when new): another writer since then -> CONFLICT
+-- ARGV[2] n, the number of state keys
+-- ARGV[3] idle time-to-live of a state, ms; ARGV[4] time-to-live of a counter key, ms
+-- ARGV[5] JSON: {"c": [[key index, field, delta], ...], "ta": [[member, score], ...],
+--                "tr": [member, ...], "k": [field, value, ...], "o": [item, ...]}
+-- ARGV[6 .. 5+n] the new state of each state key ('' deletes it)
+local function call_chunked(cmd, key, items)
+  -- unpack() of thousands of values overflows Lua's stack: send them a thousand at a time.
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+local seq = redis.call('HGET', KEYS[1], 'seq') or ''
+if seq ~= ARGV[1] then
+  return redis.error_reply('CONFLICT partition written by another worker')
+end
+local n = tonumber(ARGV[2])
+local state_ttl = ARGV[3]
+local counter_ttl = ARGV[4]
+local ops = cjson.decode(ARGV[5])
+for i = 1, n do
+  local value = ARGV[5 + i]
+  if value == '' then
+    redis.call('DEL', KEYS[3 + i])
+  else
+    redis.call('SET', KEYS[3 + i], value, 'PX', state_ttl)
+  end
+end
+local touched = {}
+for _, c in ipairs(ops['c']) do
+  redis.call('HINCRBY', KEYS[c[1]], c[2], c[3])
+  touched[c[1]] = true
+end
+for idx, _ in pairs(touched) do
+  redis.call('PEXPIRE', KEYS[idx], counter_ttl)
+end
+for _, t in ipairs(ops['ta']) do
+  redis.call('ZADD', KEYS[2], t[2], t[1])
+end
+call_chunked('ZREM', KEYS[2], ops['tr'])
+call_chunked('HSET', KEYS[1], ops['k'])
+redis.call('HSET', KEYS[1], 'seq', tostring((tonumber(seq) or 0) + 1))
+call_chunked('RPUSH', KEYS[3], ops['o'])
+return 1

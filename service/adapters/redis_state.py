@@ -1,0 +1,265 @@
+"""Redis side of the engine: partition clocks, customer states, hour counters, timers, outbox.
+
+Keys (`P` is the key prefix, `{pN}` the input partition's Redis Cluster hash tag):
+- `P:{pN}:clock` hash: `seq` (write guard), `wm` (watermark), and per input topic `m:` newest
+  event time, `o:` last applied offset, `n:` events applied;
+- `P:{pN}:s:c:<customer_id>` a customer's state; `P:{pN}:s:u:<contact_id>` the state of an
+  unidentified caller's contact (JSON strings);
+- `P:{pN}:timers` sorted set: state keys by the event time they next need attention;
+- `P:{pN}:outbox` list: outputs committed but not yet published to Kafka;
+- `P:{pN}:h:<hour>` hash: counters of the hour starting at epoch second `<hour>`, fields
+  `<dimension>|<name>`;
+- `P:contact:<contact_id>` hash: latest enriched view of a contact (`v` version, `j` JSON).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+
+from service.domain.records import CustomerState
+
+
+def _lua(name: str) -> str:
+    return resources.files("service.adapters").joinpath(f"lua/{name}").read_text()
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client with timeouts: a dead Redis must fail fast so the worker can retry."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=15,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class PartitionClock:
+    seq: str = ""
+    watermark: float | None = None
+    newest: dict[str, float] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def parse(raw: Mapping[Any, Any]) -> PartitionClock:
+        clock = PartitionClock()
+        for key, value in raw.items():
+            name, text = _text(key), _text(value)
+            if name == "seq":
+                clock.seq = text
+            elif name == "wm":
+                clock.watermark = float(text)
+            elif name.startswith("m:"):
+                clock.newest[name[2:]] = float(text)
+            elif name.startswith("o:"):
+                clock.offsets[name[2:]] = int(text)
+            elif name.startswith("n:"):
+                clock.applied[name[2:]] = int(text)
+        return clock
+
+
+@dataclass
+class PartitionData:
+    """What a batch reads of one partition. States stay encoded: each planning pass decodes
+    its own copy, so a pass that is redone starts from what Redis holds."""
+
+    clock: PartitionClock
+    states: dict[str, bytes | None]
+    due: list[tuple[str, float]]
+    outbox: list[bytes]
+
+    def state(self, key: str) -> CustomerState | None:
+        return decode_state(self.states.get(key))
+
+
+@dataclass
+class PartitionCommit:
+    seq: str
+    states: dict[str, CustomerState | None]
+    counters: dict[int, dict[str, int]]
+    timers_add: dict[str, float]
+    timers_remove: list[str]
+    clock_fields: dict[str, str]
+    outbox: list[bytes]
+
+
+class Conflict(Exception):
+    """Another worker wrote the partition since it was read: read again and redo the batch."""
+
+
+class RedisState:
+    def __init__(self, client: aioredis.Redis, key_prefix: str, *, state_ttl: float,
+                 counter_ttl: float, contact_ttl: float) -> None:
+        self.client = client
+        self.prefix = key_prefix
+        self._state_ttl_ms = int(state_ttl * 1000)
+        self._counter_ttl_ms = int(counter_ttl * 1000)
+        self._contact_ttl_ms = int(contact_ttl * 1000)
+        self._commit: AsyncScript = client.register_script(_lua("commit_partition.lua"))
+        self._put_contact: AsyncScript = client.register_script(_lua("put_contact.lua"))
+        self.round_trips: list[float] = []
+        self.timers_per_batch = 500
+
+    # -- key names ------------------------------------------------------------------------
+
+    def key(self, partition: int, name: str) -> str:
+        return f"{self.prefix}:{{p{partition}}}:{name}"
+
+    def state_key(self, partition: int, state: str) -> str:
+        return self.key(partition, f"s:{state}")
+
+    def hour_key(self, partition: int, hour: int) -> str:
+        return self.key(partition, f"h:{hour}")
+
+    def contact_key(self, contact_id: str) -> str:
+        return f"{self.prefix}:contact:{contact_id}"
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def _timed(self, pipe: Any) -> list[Any]:
+        started = time.perf_counter()
+        replies: list[Any] = await pipe.execute()
+        self.round_trips.append(time.perf_counter() - started)
+        return replies
+
+    async def load(self, wanted: Mapping[int, Sequence[str]]) -> dict[int, PartitionData]:
+        """Per partition: its clock, the given states, the earliest timers, the outbox."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition, states in wanted.items():
+            pipe.hgetall(self.key(partition, "clock"))
+            pipe.zrangebyscore(self.key(partition, "timers"), "-inf", "+inf", start=0,
+                               num=self.timers_per_batch, withscores=True)
+            pipe.lrange(self.key(partition, "outbox"), 0, -1)
+            for state in states:
+                pipe.get(self.state_key(partition, state))
+        replies = iter(await self._timed(pipe))
+        out: dict[int, PartitionData] = {}
+        for partition, states in wanted.items():
+            clock = PartitionClock.parse(next(replies))
+            due = [(_text(m), float(s)) for m, s in next(replies)]
+            outbox = list(next(replies))
+            loaded = {state: next(replies) for state in states}
+            out[partition] = PartitionData(clock, loaded, due, outbox)
+        return out
+
+    async def load_states(self, wanted: Mapping[int, Iterable[str]]
+                          ) -> dict[int, dict[str, bytes | None]]:
+        pipe = self.client.pipeline(transaction=False)
+        order = [(p, s) for p, states in wanted.items() for s in states]
+        for partition, state in order:
+            pipe.get(self.state_key(partition, state))
+        replies = await self._timed(pipe) if order else []
+        out: dict[int, dict[str, bytes | None]] = {p: {} for p in wanted}
+        for (partition, state), raw in zip(order, replies, strict=True):
+            out[partition][state] = raw
+        return out
+
+    async def read_state(self, partition: int, state: str) -> tuple[CustomerState | None,
+                                                                     PartitionClock]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.state_key(partition, state))
+        pipe.hgetall(self.key(partition, "clock"))
+        raw, clock = await pipe.execute()
+        return decode_state(raw), PartitionClock.parse(clock)
+
+    async def read_clocks(self, partitions: int) -> dict[int, PartitionClock]:
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(partitions):
+            pipe.hgetall(self.key(partition, "clock"))
+        return {p: PartitionClock.parse(raw) for p, raw in enumerate(await pipe.execute())}
+
+    async def read_contact(self, contact_id: str) -> bytes | None:
+        raw = await self.client.hget(self.contact_key(contact_id), "j")
+        return raw if isinstance(raw, bytes) or raw is None else raw.encode()
+
+    async def read_counters(self, partitions: int, hours: Sequence[int],
+                            fields: Sequence[str]) -> list[int]:
+        """Each field summed over the partitions and hours."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(partitions):
+            for hour in hours:
+                pipe.hmget(self.hour_key(partition, hour), list(fields))
+        totals = [0] * len(fields)
+        for reply in await pipe.execute():
+            for i, value in enumerate(reply):
+                if value is not None:
+                    totals[i] += int(value)
+        return totals
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def commit(self, commits: Mapping[int, PartitionCommit]) -> set[int]:
+        """Run each partition's commit script, all in one round trip; return the conflicted."""
+        pipe = self.client.pipeline(transaction=False)
+        order = list(commits)
+        for partition in order:
+            c = commits[partition]
+            state_names = list(c.states)
+            keys = [self.key(partition, "clock"), self.key(partition, "timers"),
+                    self.key(partition, "outbox")]
+            keys += [self.state_key(partition, s) for s in state_names]
+            hour_index: dict[int, int] = {}
+            for hour in c.counters:
+                keys.append(self.hour_key(partition, hour))
+                hour_index[hour] = len(keys)  # Lua indexes KEYS from 1
+            ops = {
+                "c": [[hour_index[h], name, n] for h, deltas in c.counters.items()
+                      for name, n in deltas.items()],
+                "ta": [[m, s] for m, s in c.timers_add.items()],
+                "tr": c.timers_remove,
+                "k": [v for kv in c.clock_fields.items() for v in kv],
+                "o": [item.decode() for item in c.outbox],
+            }
+            args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
+                               self._counter_ttl_ms, orjson.dumps(ops)]
+            args += [b"" if s is None else orjson.dumps(s.to_dict())
+                     for s in c.states.values()]
+            await self._commit(keys=keys, args=args, client=pipe)
+        replies = await self._timed_raising(pipe)
+        conflicts = set()
+        for partition, reply in zip(order, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                if "CONFLICT" in str(reply):
+                    conflicts.add(partition)
+                else:
+                    raise reply
+        return conflicts
+
+    async def _timed_raising(self, pipe: Any) -> list[Any]:
+        started = time.perf_counter()
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        self.round_trips.append(time.perf_counter() - started)
+        return replies
+
+    async def finish_outbox(self, published: Mapping[int, int],
+                            contacts: Sequence[tuple[str, int, bytes]]) -> None:
+        """Store the contact views and drop the published outbox items, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for contact_id, version, view in contacts:
+            await self._put_contact(keys=[self.contact_key(contact_id)],
+                                    args=[version, view, self._contact_ttl_ms], client=pipe)
+        for partition, n in published.items():
+            if n:
+                pipe.ltrim(self.key(partition, "outbox"), n, -1)
+        if contacts or any(published.values()):
+            await self._timed(pipe)
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+
+def decode_state(raw: bytes | None) -> CustomerState | None:
+    if raw is None:
+        return None
+    return CustomerState.from_dict(orjson.loads(raw))
