@@ -153,6 +153,16 @@ class RedisState:
             out[partition] = PartitionData(clock, loaded, due, outbox)
         return out
 
+    async def due_timers(self, bounds: Mapping[int, float]) -> dict[int, list[tuple[str, float]]]:
+        """Every timer of each partition due before its bound (the new watermark)."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition, bound in bounds.items():
+            pipe.zrangebyscore(self.key(partition, "timers"), "-inf", f"({bound!r}",
+                               withscores=True)
+        replies = await self._timed(pipe)
+        return {p: [(_text(m), float(s)) for m, s in reply]
+                for p, reply in zip(bounds, replies, strict=True)}
+
     async def load_states(self, wanted: Mapping[int, Iterable[str]]
                           ) -> dict[int, dict[str, bytes | None]]:
         pipe = self.client.pipeline(transaction=False)
@@ -216,7 +226,7 @@ class RedisState:
             ops = {
                 "c": [[hour_index[h], name, n] for h, deltas in c.counters.items()
                       for name, n in deltas.items()],
-                "ta": [[m, s] for m, s in c.timers_add.items()],
+                "ta": [[m, repr(s)] for m, s in c.timers_add.items()],  # "-inf" is valid
                 "tr": c.timers_remove,
                 "k": [v for kv in c.clock_fields.items() for v in kv],
                 "o": [item.decode() for item in c.outbox],

@@ -40,7 +40,6 @@ from service.domain.perception import (
     REPEAT,
     RESOLVED,
     TRANSFER,
-    ContactPerception,
     CurveResult,
     Signal,
     contact_signal,
@@ -260,8 +259,9 @@ def perception_signals(
 
 
 def _baseline(state: CustomerState, policy: Policy) -> float:
-    segments = sorted(c.segment for c in state.contacts.values() if c.segment)
-    return policy.perception.baseline_for(segments[-1] if segments else None)
+    """The baseline of the segment of the customer's latest contact."""
+    latest = max(state.contacts.values(), key=ContactRecord.order, default=None)
+    return policy.perception.baseline_for(latest.segment if latest else None)
 
 
 def perception_curve(
@@ -273,7 +273,7 @@ def perception_curve(
         signals = [s for s in signals if s.t < until]
     baseline = _baseline(state, policy)
     result = run_curve(start_state(state.snapshot, baseline), signals, policy.perception,
-                       baseline)
+                       baseline, reset_after=policy.allowed_lateness + policy.max_window)
     end = until if until is not None else watermark
     if result.state.t is not None and end > result.state.t:
         result.state.drift_to(end, baseline, policy.perception.half_life)
@@ -319,8 +319,8 @@ def rfc3339(t: float) -> str:
 
 
 def enriched_view(
-    c: ContactRecord, v: Verdict, customer_id: str | None, perception: ContactPerception | None,
-    policy: Policy,
+    c: ContactRecord, v: Verdict, customer_id: str | None,
+    perception: tuple[float, float] | None, policy: Policy,
 ) -> dict[str, Any]:
     latest = v.surveys[-1] if v.surveys else None
     view: dict[str, Any] = dict(c.extra)
@@ -351,7 +351,7 @@ def enriched_view(
         "survey_resolved": latest.resolved if latest else None,
         "survey_answered_at": latest.answered_at if latest else None,
         "perception": None if perception is None else {
-            "before": round(perception.before, 2), "after": round(perception.after, 2)},
+            "before": perception[0], "after": perception[1]},
         "policy_version": policy.version,
     })
     return view
@@ -362,7 +362,11 @@ def _digest(view: dict[str, Any]) -> int:
 
 
 def _prune(state: CustomerState, watermark: float, policy: Policy) -> None:
-    """Fold final perception signals into the snapshot and drop records nothing can change."""
+    """Fold final perception signals into the snapshot and drop records nothing can change.
+
+    Contacts before `live_from` stay as context only: the verdicts of later contacts depend on
+    them, but their own verdicts are final and no longer recomputed (their context may be gone).
+    """
     lateness, window, horizon = policy.allowed_lateness, policy.max_window, policy.join_horizon
     cutoff = watermark - 2 * lateness
     live_from = cutoff - window
@@ -374,50 +378,52 @@ def _prune(state: CustomerState, watermark: float, policy: Policy) -> None:
             verdicts = derive_verdicts(state, watermark, policy)
             curve = perception_curve(state, verdicts, watermark, policy, until=cutoff)
             s = curve.state
-            state.snapshot = PerceptionSnapshot(s.t, s.score, s.at_risk, s.points, s.recent)
+            state.snapshot = PerceptionSnapshot(s.t, s.score, s.at_risk, s.points, s.recent,
+                                                s.last_signal)
     for cid in [cid for cid, c in state.contacts.items() if c.t < live_from - window]:
         del state.contacts[cid]
         state.emitted.pop(cid, None)
     state.transfers = [r for r in state.transfers if r.t >= live_from - horizon]
     state.surveys = [r for r in state.surveys if r.t >= live_from - horizon]
     state.superseded = [x for x in state.superseded if x[1] >= watermark - lateness]
+    if state.live_from is None or live_from > state.live_from:
+        state.live_from = live_from
 
 
 def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
-    """Publish what changed in the state's verdicts at this watermark."""
-    _prune(state, watermark, policy)
+    """Publish what changed in the state's verdicts at this watermark, then prune.
+
+    Publishing comes first: a batch can move the watermark far ahead, and a contact applied in
+    it must be published (with its final verdict) before it is pruned.
+    """
     out = Settled()
-    if state.is_empty():
-        out.forget = True
-        return out
-    lateness, window = policy.allowed_lateness, policy.max_window
-    live_from = watermark - 2 * lateness - window
     verdicts = derive_verdicts(state, watermark, policy)
     curve = None
-    if state.customer_id is not None:
+    if state.customer_id is not None and not state.is_empty():
         curve = perception_curve(state, verdicts, watermark, policy)
-    next_due: float | None = None
     for c in state.contacts.values():
-        if c.t < live_from:
-            continue  # sealed: its last published verdict is final
+        if state.live_from is not None and c.t < state.live_from:
+            continue  # context only: its last published verdict is final
         v = verdicts[c.contact_id]
         counted = counted_of(c, v)
         before = state.emitted.get(c.contact_id)
         old = Counted.from_tuple(before.counted) if before else None
         if old != counted:
             add_delta(out.counter_deltas, old, counted)
-        view = enriched_view(c, v, state.customer_id,
-                             curve.by_contact.get(c.contact_id) if curve else None, policy)
+        seen = curve.by_contact.get(c.contact_id) if curve else None
+        if seen is not None:
+            perception: tuple[float, float] | None = (round(seen.before, 2),
+                                                      round(seen.after, 2))
+        else:  # its signals are folded into the snapshot: keep what was published
+            perception = before.perception if before else None
+        view = enriched_view(c, v, state.customer_id, perception, policy)
         digest = _digest(view)
         version = before.version if before else 0
         if before is None or before.digest != digest:
             version += 1
             view["version"] = version
             out.updates.append(ContactUpdate(c.contact_id, version, view))
-        state.emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple())
-        if v.status == STATUS_PENDING:
-            due = c.t + policy.for_queue(c.queue).repeat_window
-            next_due = due if next_due is None else min(next_due, due)
+        state.emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception)
     if curve is not None and state.customer_id is not None:
         at_risk = curve.state.at_risk
         if at_risk != state.alerted_at_risk:
@@ -429,6 +435,17 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
                 round(curve.state.drop(policy.perception.at_risk_drop_period), 2),
                 tuple(curve.causes), curve.state.t or watermark,
             ))
+    _prune(state, watermark, policy)
+    if state.is_empty():
+        out.forget = True
+        return out
+    next_due: float | None = None
+    for c in state.contacts.values():
+        if state.emitted.get(c.contact_id) is not None and verdicts[c.contact_id].status == \
+                STATUS_PENDING:
+            due = c.t + policy.for_queue(c.queue).repeat_window
+            next_due = due if next_due is None else min(next_due, due)
+    lateness, window = policy.allowed_lateness, policy.max_window
     earliest = min([c.t for c in state.contacts.values()]
                    + [r.t for r in state.transfers] + [r.t for r in state.surveys])
     prune_at = earliest + 3 * lateness + 2 * window

@@ -79,6 +79,7 @@ class CurveState:
     at_risk: bool
     points: list[tuple[float, float, str]]
     recent: list[tuple[float, float]]  # (time, score) within the drop period, for the drop rule
+    last_signal: float | None = None
 
     def drift_to(self, t: float, baseline: float, half_life: float) -> None:
         if self.t is not None and t > self.t:
@@ -110,7 +111,7 @@ def start_state(snapshot: PerceptionSnapshot, baseline: float) -> CurveState:
     if snapshot.t is None or snapshot.score is None:
         return CurveState(None, baseline, False, [], [])
     return CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points),
-                      list(snapshot.recent))
+                      list(snapshot.recent), snapshot.last_signal)
 
 
 def run_curve(
@@ -118,12 +119,23 @@ def run_curve(
     signals: list[Signal],
     policy: PerceptionPolicy,
     baseline: float,
+    reset_after: float,
 ) -> CurveResult:
-    """Apply signals (sorted by key) to the state; track at-risk with hysteresis."""
+    """Apply signals (sorted by key) to the state; track at-risk with hysteresis.
+
+    After a silence longer than `reset_after` the curve starts again from the baseline: the
+    service forgets customers idle that long, and the curve must not depend on whether it did.
+    """
     by_contact: dict[str, ContactPerception] = {}
     causes: list[str] = []
     for sig in signals:
+        if state.last_signal is not None and sig.t - state.last_signal > reset_after:
+            state.t, state.score, state.at_risk = None, baseline, False
+            state.points.clear()
+            state.recent.clear()
+            causes.clear()
         state.drift_to(sig.t, baseline, policy.half_life)
+        state.last_signal = sig.t
         before = state.score
         state.recent.append((sig.t, before))
         state.score = before + sig.weight * (sig.target - before)

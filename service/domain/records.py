@@ -129,6 +129,7 @@ class Emitted:
     version: int
     digest: int
     counted: tuple[Any, ...]
+    perception: tuple[float, float] | None = None
 
 
 @dataclass(slots=True)
@@ -140,6 +141,7 @@ class PerceptionSnapshot:
     at_risk: bool = False
     points: list[tuple[float, float, str]] = field(default_factory=list)
     recent: list[tuple[float, float]] = field(default_factory=list)
+    last_signal: float | None = None
 
 
 @dataclass(slots=True)
@@ -153,6 +155,7 @@ class CustomerState:
     snapshot: PerceptionSnapshot = field(default_factory=PerceptionSnapshot)
     alerted_at_risk: bool = False
     alert_version: int = 0
+    live_from: float | None = None  # contacts before this are context only (see engine)
 
     def seen(self, event_id: str) -> bool:
         if any(e == event_id for e, _ in self.superseded):
@@ -174,15 +177,18 @@ class CustomerState:
             "t": [r.to_list() for r in self.transfers],
             "s": [r.to_list() for r in self.surveys],
             "x": [list(x) for x in self.superseded],
-            "e": {k: [e.version, e.digest, list(e.counted)] for k, e in self.emitted.items()},
+            "e": {k: [e.version, e.digest, list(e.counted),
+                      None if e.perception is None else list(e.perception)]
+                  for k, e in self.emitted.items()},
             "p": [snap.t, snap.score, snap.at_risk, [list(p) for p in snap.points],
-                  [list(r) for r in snap.recent]],
+                  [list(r) for r in snap.recent], snap.last_signal],
             "a": [self.alerted_at_risk, self.alert_version],
+            "l": self.live_from,
         }
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> CustomerState:
-        t, score, at_risk, points, recent = d["p"]
+        t, score, at_risk, points, recent, last_signal = d["p"]
         contacts = [ContactRecord.from_list(v) for v in d["c"]]
         return CustomerState(
             customer_id=d["cu"],
@@ -190,9 +196,12 @@ class CustomerState:
             transfers=[TransferRecord.from_list(v) for v in d["t"]],
             surveys=[SurveyRecord.from_list(v) for v in d["s"]],
             superseded=[(x[0], x[1]) for x in d["x"]],
-            emitted={k: Emitted(v[0], v[1], tuple(v[2])) for k, v in d["e"].items()},
+            emitted={k: Emitted(v[0], v[1], tuple(v[2]),
+                                None if v[3] is None else (v[3][0], v[3][1]))
+                     for k, v in d["e"].items()},
             snapshot=PerceptionSnapshot(t, score, at_risk, [(p[0], p[1], p[2]) for p in points],
-                                        [(r[0], r[1]) for r in recent]),
+                                        [(r[0], r[1]) for r in recent], last_signal),
             alerted_at_risk=d["a"][0],
             alert_version=d["a"][1],
+            live_from=d["l"],
         )

@@ -125,7 +125,7 @@ class _Plan:
     outcome: BatchOutcome
     per_topic: dict[str, list[int]] = field(default_factory=dict)  # applied, dup, late
     late: list[tuple[str, str]] = field(default_factory=list)  # (topic, reason) for metrics
-    due_unloaded: list[str] = field(default_factory=list)
+    watermark: float | None = None
 
 
 class IngestProcessor:
@@ -243,12 +243,26 @@ class IngestProcessor:
                   for p, items in valid.items()}
         data = await self._state.load(wanted)
         plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
-        # Timers that fell due at the new watermark need their states: read those, settle.
-        missing = {p: plan.due_unloaded for p, plan in plans.items() if plan.due_unloaded}
+        # The first read brings only the earliest timers; when all of them fell due at the
+        # new watermark there may be more: read every due one.
+        more_due = {p: plan.watermark for p, plan in plans.items()
+                    if plan.watermark is not None and data[p].due
+                    and len(data[p].due) >= self._state.timers_per_batch
+                    and data[p].due[-1][1] < plan.watermark}
+        if more_due:
+            for partition, due in (await self._state.due_timers(more_due)).items():
+                data[partition].due = due
+        # Timers that fell due need their states: read those, then plan again from scratch.
+        missing = {p: [m for m, at in data[p].due
+                       if plan.watermark is not None and at < plan.watermark
+                       and m not in data[p].states]
+                   for p, plan in plans.items()}
+        missing = {p: keys for p, keys in missing.items() if keys}
         if missing:
             more = await self._state.load_states(missing)
             for partition, states in more.items():
                 data[partition].states.update(states)
+        if more_due or missing:
             plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
         return plans, {p: data[p].outbox for p in valid}
 
@@ -304,22 +318,27 @@ class IngestProcessor:
         lagging = [t for t in self._input_topics
                    if self._lagging(t, partition, offsets.get(t))]
         watermark = clocks.advance(clock.watermark, newest, lagging)
+        plan.watermark = watermark
         for member, due_at in data.due:
             if watermark is None or due_at >= watermark:
                 break  # timers come sorted by due time
             if member not in states:
                 if member not in data.states:
-                    plan.due_unloaded.append(member)
-                    continue
+                    continue  # read by the second pass
                 loaded = data.state(member)
                 if loaded is None:  # expired meanwhile
                     plan.commit.timers_remove.append(member)
                     continue
                 states[member] = loaded
             touched.add(member)
-        if watermark is not None:
-            for key in touched:
+        for key in touched:
+            if watermark is not None:
                 self._settle(key, states[key], watermark, plan)
+            else:
+                # No watermark yet (a lagging topic of this partition was not read): keep the
+                # state and settle it as soon as there is one.
+                plan.commit.states[key] = states[key]
+                plan.commit.timers_add[key] = float("-inf")
         fields: dict[str, str] = {}
         if watermark is not None:
             fields["wm"] = repr(watermark)

@@ -1,0 +1,313 @@
+"""The engine on the real stack: arrival patterns, a real month of calls, the API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.partitioner import murmur2
+
+from service.adapters.kafka_admin import ensure_topics
+from service.adapters.redis_state import RedisState, connect
+from service.config import load_settings
+from service.tools.anonymous_bank import ImportReport, convert, parse_utc_offset
+from service.tools.traffic import TrafficModel
+from tests.support.stack import Namespace, Stack, Worker, produce, read_topic, wait_until
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+BANK = ROOT.parent / "shared/data/anonymous-bank/1999-08.tsv"
+PARTITIONS = 6
+
+
+def _create_topics(ns: Namespace, **env: str) -> None:
+    asyncio.run(ensure_topics(load_settings({**ns.settings_env(), **env})))
+
+
+def _store(ns: Namespace) -> RedisState:
+    return RedisState(connect(ns.stack.redis_url), ns.name, state_ttl=60, counter_ttl=60,
+                      contact_ttl=60)
+
+
+def _settled(ns: Namespace, applied: int) -> bool:
+    """All events applied, every outbox published, and no timer left due."""
+
+    async def read() -> bool:
+        store = _store(ns)
+        try:
+            clocks = await store.read_clocks(PARTITIONS)
+            if sum(sum(c.applied.values()) for c in clocks.values()) != applied:
+                return False
+            for p, clock in clocks.items():
+                if await store.client.llen(store.key(p, "outbox")):
+                    return False
+                first = await store.client.zrange(store.key(p, "timers"), 0, 0,
+                                                  withscores=True)
+                if first and clock.watermark is not None and first[0][1] < clock.watermark:
+                    return False
+            return True
+        finally:
+            await store.client.aclose()
+
+    return asyncio.run(read())
+
+
+def _snapshot(ns: Namespace) -> tuple[dict[str, Any], Counter[str], int]:
+    """Every contact's latest view (without its version), all counters, events applied."""
+
+    async def read() -> tuple[dict[str, Any], Counter[str], int]:
+        store = _store(ns)
+        client = store.client
+        try:
+            views = {}
+            async for key in client.scan_iter(match=f"{ns.name}:contact:*", count=1000):
+                view = orjson.loads(await client.hget(key, "j"))
+                view.pop("version")
+                views[view["contact_id"]] = view
+            counters: Counter[str] = Counter()
+            async for key in client.scan_iter(match=f"{ns.name}:{{p*}}:h:*", count=1000):
+                hour = key.decode().rsplit(":", 1)[1]
+                for name, n in (await client.hgetall(key)).items():
+                    if int(n):
+                        counters[f"{hour}/{name.decode()}"] += int(n)
+            applied = sum(sum(c.applied.values())
+                          for c in (await store.read_clocks(PARTITIONS)).values())
+            return views, counters, applied
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def _traffic() -> list[Any]:
+    start = datetime.fromisoformat("2026-09-07T00:00:00+00:00").timestamp()
+    model = TrafficModel(start=start, contacts_per_second=0.02, customers=150, seed=21,
+                         duplicate_share=0.02, malformed_share=0.0)
+    return model.advance(start + 2.5 * 86400)
+
+
+SHORT_WINDOWS = {"CX_REPEAT_WINDOW": "2h", "CX_ALLOWED_LATENESS": "6h"}
+
+
+def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
+    stack: Stack, tmp_path: Path
+) -> None:
+    messages = _traffic()
+    distinct = len({m.value for m in messages})
+    assert distinct > 3000
+
+    preloaded = stack.namespace()
+    _create_topics(preloaded)
+    asyncio.run(produce(stack.kafka_bootstrap,
+                        [(preloaded.topic(m.kind), m.key, m.value) for m in messages]))
+    worker = Worker(preloaded, tmp_path / "preloaded.log", **SHORT_WINDOWS)
+    try:
+        worker.wait_ready()
+        wait_until(lambda: _settled(preloaded, distinct), timeout=120,
+                   what="the backlog applied")
+        assert worker.metric("cx_events_invalid_total", topic=preloaded.topic("survey-answered"),
+                             reason="too_late") == 0
+    finally:
+        assert worker.stop() == 0, worker.logs()
+
+    trickled = stack.namespace()
+    _create_topics(trickled)
+    worker = Worker(trickled, tmp_path / "trickled.log", **SHORT_WINDOWS)
+    try:
+        worker.wait_ready()
+        records = [(trickled.topic(m.kind), m.key, m.value) for m in messages]
+        chunk = len(records) // 25 + 1
+        for i in range(0, len(records), chunk):
+            asyncio.run(produce(stack.kafka_bootstrap, records[i:i + chunk]))
+            time.sleep(0.2)
+        wait_until(lambda: _settled(trickled, distinct), timeout=120,
+                   what="the trickle applied")
+    finally:
+        assert worker.stop() == 0, worker.logs()
+
+    views_a, counters_a, _ = _snapshot(preloaded)
+    views_b, counters_b, _ = _snapshot(trickled)
+    assert len(views_a) > 1000
+    assert views_a.keys() == views_b.keys()
+    differing = {cid: {k: (v, views_b[cid].get(k)) for k, v in view.items()
+                       if views_b[cid].get(k) != v}
+                 for cid, view in views_a.items() if view != views_b[cid]}
+    assert differing == {}
+    assert counters_a == counters_b
+    resolutions = Counter(v["resolution"] for v in views_a.values())
+    assert resolutions["resolved"] > 100
+    assert resolutions["unresolved"] > 100  # repeats, transfers, unhappy surveys all occur
+
+
+def _bank_events() -> list[dict[str, Any]]:
+    report = ImportReport()
+    with open(BANK, encoding="utf-8") as f:
+        return list(convert(f.readlines(), parse_utc_offset("+03:00"), report))
+
+
+def _partition(key: str) -> int:
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS
+
+
+def independent_fcr(events: list[dict[str, Any]], window: float) -> dict[str, int]:
+    """FCR of the month, computed here from the imported file, without service.domain."""
+    def t(e: dict[str, Any]) -> float:
+        return datetime.fromisoformat(e["occurred_at"]).timestamp()
+
+    # Each input partition closes windows at its own watermark: the newest event time in it.
+    watermark: dict[int, float] = {}
+    for e in events:
+        p = _partition(e["customer_id"] or e["contact_id"])
+        watermark[p] = max(watermark.get(p, 0.0), t(e))
+    calls: dict[str, list[tuple[float, str]]] = {}
+    for e in events:
+        if e["outcome"] == "handled" and e["customer_id"] is not None:
+            calls.setdefault(e["customer_id"], []).append((t(e), e["contact_id"]))
+    total = unresolved = resolved = repeats = 0
+    for customer, contacts in calls.items():
+        contacts.sort()
+        wm = watermark[_partition(customer)]
+        for i, (when, _) in enumerate(contacts):
+            total += 1
+            if i > 0 and when - contacts[i - 1][0] <= window:
+                repeats += 1
+            if i + 1 < len(contacts) and contacts[i + 1][0] - when <= window:
+                unresolved += 1
+            elif wm > when + window:
+                resolved += 1
+    return {"total": total, "unresolved": unresolved, "resolved": resolved,
+            "repeats": repeats}
+
+
+@pytest.mark.parametrize(("window", "seconds"), [("24h", 86400.0), ("7d", 7 * 86400.0)])
+def test_anonymous_bank_month_replayed_matches_an_independent_computation(
+    stack: Stack, tmp_path: Path, window: str, seconds: float
+) -> None:
+    events = _bank_events()
+    assert len(events) == 41_768
+    ns = stack.namespace()
+    _create_topics(ns)
+    started = time.monotonic()
+    asyncio.run(produce(stack.kafka_bootstrap, [
+        (ns.topic("call-ended"), (e["customer_id"] or e["contact_id"]).encode(),
+         orjson.dumps(e)) for e in events]))
+    worker = Worker(ns, tmp_path / "bank.log", CX_REPEAT_WINDOW=window,
+                    CX_BATCH_MAX_EVENTS="1000")
+    try:
+        worker.wait_ready()
+        wait_until(lambda: _settled(ns, len(events)), timeout=300, what="the month applied")
+        elapsed = time.monotonic() - started
+        status, body = worker.get(
+            "/api/v1/fcr?from=1999-07-31T21:00:00Z&to=1999-09-01T00:00:00Z")
+        assert status == 200, body
+        got = json.loads(body)
+        repeats = _counter_total(ns, "all|repeats")
+    finally:
+        assert worker.stop() == 0, worker.logs()
+    expected = independent_fcr(events, seconds)
+    assert {k: got[k] for k in ("total", "unresolved", "resolved")} == {
+        k: expected[k] for k in ("total", "unresolved", "resolved")}
+    assert repeats == expected["repeats"]
+    assert got["pending"] == expected["total"] - expected["unresolved"] - expected["resolved"]
+    assert got["final"] is False  # the last window of the month is still open
+    print(f"\nAnonymous Bank 1999-08, W={window}: {len(events)} events replayed in "
+          f"{elapsed:.1f}s; handled identified {got['total']}, repeats {repeats}, "
+          f"unresolved {got['unresolved']}, resolved {got['resolved']}, pending "
+          f"{got['pending']}, provisional FCR {got['fcr']:.4f}, FCR of closed "
+          f"{got['resolved'] / (got['resolved'] + got['unresolved']):.4f}")
+
+
+def _counter_total(ns: Namespace, name: str) -> int:
+    async def read() -> int:
+        client = connect(ns.stack.redis_url)
+        try:
+            total = 0
+            async for key in client.scan_iter(match=f"{ns.name}:{{p*}}:h:*", count=1000):
+                total += int(await client.hget(key, name) or 0)
+            return total
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
+    ns = stack.namespace()
+    _create_topics(ns)
+    calls = [
+        {"event_id": f"e{i}", "occurred_at": f"2026-05-04T1{i}:00:00Z", "contact_id": f"c{i}",
+         "customer_id": "cust-api", "started_at": f"2026-05-04T1{i}:00:00Z",
+         "channel": "voice", "queue": "billing", "outcome": "handled", "agent_id": "a1",
+         "crm_case": "X-1"}
+        for i in range(3)
+    ]
+    survey = {"event_id": "s0", "occurred_at": "2026-05-04T10:30:00Z", "contact_id": "c0",
+              "customer_id": "cust-api", "source": "sms", "csat": 1, "resolved": False}
+    records = [(ns.topic("call-ended"), b"cust-api", orjson.dumps(c)) for c in calls]
+    asyncio.run(produce(stack.kafka_bootstrap, records))
+    worker = Worker(ns, tmp_path / "api.log")
+    try:
+        worker.wait_ready()
+        wait_until(lambda: worker.get("/api/v1/contacts/c2")[0] == 200, timeout=60,
+                   what="contact c2 served")
+        # The survey arrives later: c0 gets a new version with the survey's verdict.
+        asyncio.run(produce(stack.kafka_bootstrap, [
+            (ns.topic("survey-answered"), b"cust-api", orjson.dumps(survey))]))
+        wait_until(lambda: json.loads(worker.get("/api/v1/contacts/c0")[1])["csat"] == 1,
+                   timeout=60, what="the survey joined")
+        status, body = worker.get("/api/v1/contacts/c0")
+        c0 = json.loads(body)
+        assert status == 200
+        assert c0["resolution"] == "unresolved"
+        assert c0["resolution_reasons"] == ["repeat_contact", "survey_unresolved"]
+        assert c0["csat"] == 1
+        assert c0["crm_case"] == "X-1"  # unknown fields carried through
+        c2 = json.loads(worker.get("/api/v1/contacts/c2")[1])
+        assert (c2["is_repeat"], c2["repeat_of"], c2["resolution"]) == (True, "c1", "pending")
+
+        status, body = worker.get("/api/v1/customers/cust-api")
+        customer = json.loads(body)
+        assert status == 200
+        assert [c["contact_id"] for c in customer["recent_contacts"]] == ["c2", "c1", "c0"]
+        assert customer["perception"]["score"] < 70  # a bad survey and two repeats
+        assert customer["open_contacts"] == 1
+
+        assert worker.get("/api/v1/contacts/nope")[0] == 404
+        assert worker.get("/api/v1/customers/nobody")[0] == 404
+        for query in ("", "?from=2026-05-04T10:00:00Z", "?from=x&to=y",
+                      "?from=2026-05-04T10:30:00Z&to=2026-05-04T12:00:00Z",
+                      "?from=2026-05-04T12:00:00Z&to=2026-05-04T10:00:00Z",
+                      "?from=2026-05-04T10:00:00Z&to=2026-05-04T12:00:00Z&queue=a&agent=b",
+                      "?from=2026-05-04T10:00:00Z&to=2026-05-04T12:00:00Z&colour=red"):
+            status, body = worker.get(f"/api/v1/fcr{query}")
+            assert status == 400, query
+            assert json.loads(body)["error"]
+        fcr = json.loads(worker.get(
+            "/api/v1/fcr?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=billing")[1])
+        assert {k: fcr[k] for k in ("total", "unresolved", "resolved", "pending", "final")} == {
+            "total": 3, "unresolved": 2, "resolved": 0, "pending": 1, "final": False}
+        assert fcr["fcr"] == pytest.approx(1 / 3, abs=1e-6)
+        other = json.loads(worker.get(
+            "/api/v1/fcr?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=sales")[1])
+        assert other["total"] == 0
+        assert other["fcr"] is None
+    finally:
+        assert worker.stop() == 0, worker.logs()
+
+    # The compacted topic's latest version per contact is what the API serves.
+    enriched = asyncio.run(read_topic(stack.kafka_bootstrap, ns.topic("contact-enriched"), 5))
+    latest: dict[str, dict[str, Any]] = {}
+    for rec in enriched:
+        view = orjson.loads(rec.value)
+        assert rec.key.decode() == view["contact_id"]
+        if view["version"] > latest.get(view["contact_id"], {"version": 0})["version"]:
+            latest[view["contact_id"]] = view
+    assert latest["c0"] == c0
+    assert latest["c0"]["version"] == 2  # first without the survey, then with it
