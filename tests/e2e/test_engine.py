@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2
+from jsonschema import Draft202012Validator
 
 from service.adapters.kafka_admin import ensure_topics
 from service.adapters.redis_state import RedisState, connect
@@ -310,4 +311,12 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         if view["version"] > latest.get(view["contact_id"], {"version": 0})["version"]:
             latest[view["contact_id"]] = view
     assert latest["c0"] == c0
+    schema = json.loads((ROOT / "schemas/contact-enriched.schema.json").read_text())
+    validator = Draft202012Validator(schema)
+    for view in latest.values():
+        assert list(validator.iter_errors(view)) == []
+    alerts = asyncio.run(read_topic(stack.kafka_bootstrap, ns.topic("customer-alerts"), 1))
+    assert [orjson.loads(a.value)["alert"] for a in alerts] == ["at_risk_entered"]
+    alert_schema = json.loads((ROOT / "schemas/customer-alerts.schema.json").read_text())
+    assert list(Draft202012Validator(alert_schema).iter_errors(orjson.loads(alerts[0].value))) == []
     assert latest["c0"]["version"] == 2  # first without the survey, then with it

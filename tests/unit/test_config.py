@@ -62,3 +62,35 @@ def test_configuration_doc_lists_every_variable_with_its_default() -> None:
             rows[m.group(1)] = m.group(2)
     documented = {v.name: v.default or "\"\"" for v in VARIABLES}
     assert rows == documented
+
+
+def test_policy_from_settings() -> None:
+    from service.config import policy_of
+
+    policy = policy_of(load_settings({
+        "CX_REPEAT_WINDOW": "72h",
+        "CX_QUEUE_POLICIES": '{"sales": {"repeat_window": "24h", "transfer_breaks_fcr": false}}',
+        "CX_PERCEPTION_SEGMENT_BASELINES": '{"gold": 80}',
+    }))
+    assert policy.default.repeat_window == 72 * 3600
+    assert policy.allowed_lateness == 72 * 3600  # defaults to the window
+    assert policy.for_queue("sales").repeat_window == 24 * 3600
+    assert policy.for_queue("sales").transfer_breaks_fcr is False
+    assert policy.for_queue("billing").transfer_breaks_fcr is True
+    assert policy.perception.baseline_for("gold") == 80
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CX_QUEUE_POLICIES": "[1]"}, "CX_QUEUE_POLICIES"),
+        ({"CX_QUEUE_POLICIES": '{"s": {"window": "1h"}}'}, "CX_QUEUE_POLICIES"),
+        ({"CX_QUEUE_POLICIES": '{"s": {"transfer_breaks_fcr": "no"}}'}, "CX_QUEUE_POLICIES"),
+        ({"CX_TRANSFER_BREAKS_FCR": "maybe"}, "CX_TRANSFER_BREAKS_FCR"),
+        ({"CX_AT_RISK_BELOW": "140"}, "CX_AT_RISK_BELOW"),
+        ({"CX_AT_RISK_BELOW": "60", "CX_AT_RISK_RECOVER_AT": "50"}, "CX_AT_RISK_RECOVER_AT"),
+    ],
+)
+def test_bad_policies_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{named}"):
+        load_settings(env)

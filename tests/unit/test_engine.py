@@ -212,3 +212,26 @@ def test_too_late_and_state_is_bounded() -> None:
     assert min(c.t for c in state.contacts.values()) >= ts(39 * 24) - 28 * DAY
     # Idle long enough, the customer is forgotten.
     assert settle(state, ts(39 * 24) + 40 * DAY, POLICY).forget is True
+
+
+def test_worked_example_of_the_definitions_doc() -> None:
+    """docs/metrics-definitions.md, 'Worked example': Monday 2026-03-02 onwards."""
+    import itertools
+
+    from service.domain.counters import hour_of
+
+    events = [call("c1", 10), call("c2", 48 + 15), transfer("c3", 96 + 9 + 10 / 60),
+              call("c3", 96 + 9.5), survey("c3", 192 + 10, resolved=True, csat=4)]
+    for order in itertools.permutations(events):
+        _, views, counters = run(list(order), 192 + 11)
+        assert {c: (v["resolution"], v["resolution_reasons"], v["repeat_of"])
+                for c, v in views.items()} == {
+            "c1": ("unresolved", ["repeat_contact"], None),
+            "c2": ("unresolved", ["repeat_contact"], "c1"),
+            "c3": ("unresolved", ["transferred"], "c2"),
+        }
+        week = [b for h, b in counters.items() if ts(0) <= h < ts(24 * 5)]
+        assert sum(b.get("all|fcr_total", 0) for b in week) == 3
+        assert sum(b.get("all|unresolved", 0) for b in week) == 3
+        assert sum(b.get("all|resolved", 0) for b in week) == 0
+        assert counters[hour_of(ts(96 + 9.5))]["all|csat_sum"] == 4
