@@ -88,6 +88,6 @@ def test_alerts_are_emitted_once_on_entering_and_once_on_leaving() -> None:
 
 def test_segment_baseline() -> None:
     policy = Policy(perception=PerceptionPolicy(segment_baselines={"gold": 80.0}))
-    state, settled, _ = fold(None, call("a", 0, segment="gold", wait=10), ts(1), policy)
+    _state, settled, _ = fold(None, call("a", 0, segment="gold", wait=10), ts(1), policy)
     view = settled.updates[0].view
     assert view["perception"]["before"] == 80.0
