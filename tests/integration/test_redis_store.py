@@ -35,7 +35,7 @@ def test_commit_writes_everything_and_guards_against_a_second_writer(stack: Stac
         assert data.clock.watermark == 12.5
         assert data.due == [("c:cust-1", 99.5)]
         assert data.outbox == [b'{"t":"contact"}']
-        loaded = data.states["c:cust-1"]
+        loaded = data.state("c:cust-1")
         assert loaded is not None
         assert loaded.to_dict() == state.to_dict()
         assert data.states["c:nobody"] is None
@@ -50,7 +50,7 @@ def test_commit_writes_everything_and_guards_against_a_second_writer(stack: Stac
         await store.finish_outbox({4: 1}, [("a", 2, b'{"v":2}'), ("b", 1, b'{"v":1}')])
         await store.finish_outbox({}, [("a", 1, b'{"v":1}')])  # an older version loses
         data = (await store.load({4: ["c:cust-1"]}))[4]
-        assert data.states["c:cust-1"] is None
+        assert data.state("c:cust-1") is None
         assert data.due == []
         assert data.outbox == []
         assert await store.read_contact("a") == b'{"v":2}'
