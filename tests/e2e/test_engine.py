@@ -148,7 +148,7 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
 
 
 def _bank_events() -> list[dict[str, Any]]:
-    assert BANK.exists(), f"the Anonymous Bank month is expected at {BANK} (shared/ beside the repo)"
+    assert BANK.exists(), f"the Anonymous Bank month is expected at {BANK} (shared/ beside)"
     report = ImportReport()
     with open(BANK, encoding="utf-8") as f:
         return list(convert(f.readlines(), parse_utc_offset("+03:00"), report))
