@@ -229,12 +229,12 @@ class RedisState:
                 "ta": [[m, repr(s)] for m, s in c.timers_add.items()],  # "-inf" is valid
                 "tr": c.timers_remove,
                 "k": [v for kv in c.clock_fields.items() for v in kv],
-                "o": [item.decode() for item in c.outbox],
             }
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
                                self._counter_ttl_ms, orjson.dumps(ops)]
             args += [b"" if s is None else orjson.dumps(s.to_dict())
                      for s in c.states.values()]
+            args += c.outbox
             await self._commit(keys=keys, args=args, client=pipe)
         replies = await self._timed_raising(pipe)
         conflicts = set()
@@ -267,6 +267,17 @@ class RedisState:
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
+
+
+def outbox_item(kind: str, key: str | None, version: int, value: bytes) -> bytes:
+    """An outbox entry: a small JSON header line, then the value bytes as they will be sent."""
+    return orjson.dumps([kind, key, version]) + b"\n" + value
+
+
+def parse_outbox_item(item: bytes) -> tuple[str, str | None, int, bytes]:
+    header, _, value = item.partition(b"\n")
+    kind, key, version = orjson.loads(header)
+    return kind, key, version, value
 
 
 def decode_state(raw: bytes | None) -> CustomerState | None:

@@ -31,6 +31,8 @@ from service.adapters.redis_state import (
     PartitionCommit,
     PartitionData,
     RedisState,
+    outbox_item,
+    parse_outbox_item,
 )
 from service.domain import watermark as clocks
 from service.domain.engine import (
@@ -161,14 +163,17 @@ class IngestProcessor:
         m = self._metrics
         valid: dict[int, list[tuple[InputMessage, ContactEvent]]] = {}
         rejected: list[tuple[InputMessage, Rejection]] = []
+        consumed: dict[str, int] = {}
         for msg in batch:
-            m.consumed_by_topic[msg.topic].inc()
+            consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
             result = self._decode(msg)
             if isinstance(result, Rejection):
                 rejected.append((msg, result))
             else:
                 valid.setdefault(msg.partition, []).append((msg, result))
 
+        for topic, n in consumed.items():
+            m.consumed_by_topic[topic].inc(n)
         outcome = BatchOutcome(invalid=len(rejected))
         if rejected:
             now = datetime.now(UTC)
@@ -296,9 +301,9 @@ class IngestProcessor:
                     f"{self._kind_of_topic(msg.topic)}.occurred_at: older than the watermark "
                     f"minus the allowed lateness ({_now_text(datetime.fromtimestamp(t, UTC))})",
                     now)
-                plan.commit.outbox.append(orjson.dumps(
-                    {"t": "dead", "k": msg.key.decode("utf-8", "replace") if msg.key else None,
-                     "v": record}))
+                plan.commit.outbox.append(outbox_item(
+                    "dead", msg.key.decode("utf-8", "replace") if msg.key else None, 0,
+                    orjson.dumps(record)))
                 continue
             newest[msg.topic] = max(newest.get(msg.topic, t), t)
             key = state_key(event)
@@ -359,12 +364,11 @@ class IngestProcessor:
             for name, n in deltas.items():
                 bucket[name] = bucket.get(name, 0) + n
         for update in settled.updates:
-            commit.outbox.append(orjson.dumps(
-                {"t": "contact", "k": update.contact_id, "ver": update.version,
-                 "v": update.view}))
+            commit.outbox.append(outbox_item("contact", update.contact_id, update.version,
+                                             orjson.dumps(update.view)))
         for alert in settled.alerts:
-            commit.outbox.append(orjson.dumps(
-                {"t": "alert", "k": alert.customer_id, "v": alert_payload(alert)}))
+            commit.outbox.append(outbox_item("alert", alert.customer_id, alert.version,
+                                             orjson.dumps(alert_payload(alert))))
         plan.outcome.updates += len(settled.updates)
         plan.outcome.alerts += len(settled.alerts)
         if settled.forget:
@@ -388,15 +392,14 @@ class IngestProcessor:
             items = leftovers.get(partition, []) + plan.commit.outbox
             published[partition] = len(items)
             for raw in items:
-                item = orjson.loads(raw)
-                value = orjson.dumps(item["v"])
-                key = item["k"].encode() if item["k"] is not None else None
-                if item["t"] == "contact":
+                kind, name, version, value = parse_outbox_item(raw)
+                key = name.encode() if name is not None else None
+                if kind == "contact" and name is not None:
                     records.append((self._topics.contact_enriched, key, value))
-                    seen = contacts.get(item["k"])
-                    if seen is None or seen[0] < item["ver"]:
-                        contacts[item["k"]] = (item["ver"], value)
-                elif item["t"] == "alert":
+                    seen = contacts.get(name)
+                    if seen is None or seen[0] < version:
+                        contacts[name] = (version, value)
+                elif kind == "alert":
                     records.append((self._topics.customer_alerts, key, value))
                 else:
                     records.append((self._topics.dead_letter, key, value))

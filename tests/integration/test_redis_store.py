@@ -27,14 +27,14 @@ def test_commit_writes_everything_and_guards_against_a_second_writer(stack: Stac
         commit = PartitionCommit(
             seq="", states={"c:cust-1": state}, counters={3600: {"all|contacts": 2}},
             timers_add={"c:cust-1": 99.5}, timers_remove=[], clock_fields={"wm": "12.5"},
-            outbox=[b'{"t":"contact"}'],
+            outbox=[b'["contact","a",1]\n{}'],
         )
         assert await store.commit({4: commit}) == set()
         data = (await store.load({4: ["c:cust-1", "c:nobody"]}))[4]
         assert data.clock.seq == "1"
         assert data.clock.watermark == 12.5
         assert data.due == [("c:cust-1", 99.5)]
-        assert data.outbox == [b'{"t":"contact"}']
+        assert data.outbox == [b'["contact","a",1]\n{}']
         loaded = data.state("c:cust-1")
         assert loaded is not None
         assert loaded.to_dict() == state.to_dict()

@@ -8,8 +8,9 @@
 -- ARGV[2] n, the number of state keys
 -- ARGV[3] idle time-to-live of a state, ms; ARGV[4] time-to-live of a counter key, ms
 -- ARGV[5] JSON: {"c": [[key index, field, delta], ...], "ta": [[member, score], ...],
---                "tr": [member, ...], "k": [field, value, ...], "o": [item, ...]}
+--                "tr": [member, ...], "k": [field, value, ...]}
 -- ARGV[6 .. 5+n] the new state of each state key ('' deletes it)
+-- ARGV[6+n ..] outbox items to append
 local function call_chunked(cmd, key, items)
   -- unpack() of thousands of values overflows Lua's stack: send them a thousand at a time.
   for i = 1, #items, 1000 do
@@ -46,5 +47,9 @@ end
 call_chunked('ZREM', KEYS[2], ops['tr'])
 call_chunked('HSET', KEYS[1], ops['k'])
 redis.call('HSET', KEYS[1], 'seq', tostring((tonumber(seq) or 0) + 1))
-call_chunked('RPUSH', KEYS[3], ops['o'])
+local outbox = {}
+for i = 6 + n, #ARGV do
+  outbox[#outbox + 1] = ARGV[i]
+end
+call_chunked('RPUSH', KEYS[3], outbox)
 return 1
