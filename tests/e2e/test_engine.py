@@ -16,75 +16,20 @@ from aiokafka.partitioner import murmur2
 from jsonschema import Draft202012Validator
 
 from service.adapters.kafka_admin import ensure_topics
-from service.adapters.redis_state import RedisState, connect
+from service.adapters.redis_state import connect
 from service.config import load_settings
 from service.tools.anonymous_bank import ImportReport, convert, parse_utc_offset
 from service.tools.traffic import TrafficModel
+from tests.support.engine_state import PARTITIONS, settled, snapshot
 from tests.support.stack import Namespace, Stack, Worker, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 BANK = ROOT.parent / "shared/data/anonymous-bank/1999-08.tsv"
-PARTITIONS = 6
 
 
 def _create_topics(ns: Namespace, **env: str) -> None:
     asyncio.run(ensure_topics(load_settings({**ns.settings_env(), **env})))
-
-
-def _store(ns: Namespace) -> RedisState:
-    return RedisState(connect(ns.stack.redis_url), ns.name, state_ttl=60, counter_ttl=60,
-                      contact_ttl=60)
-
-
-def _settled(ns: Namespace, applied: int) -> bool:
-    """All events applied, every outbox published, and no timer left due."""
-
-    async def read() -> bool:
-        store = _store(ns)
-        try:
-            clocks = await store.read_clocks(PARTITIONS)
-            if sum(sum(c.applied.values()) for c in clocks.values()) != applied:
-                return False
-            for p, clock in clocks.items():
-                if await store.client.llen(store.key(p, "outbox")):
-                    return False
-                first = await store.client.zrange(store.key(p, "timers"), 0, 0,
-                                                  withscores=True)
-                if first and clock.watermark is not None and first[0][1] < clock.watermark:
-                    return False
-            return True
-        finally:
-            await store.client.aclose()
-
-    return asyncio.run(read())
-
-
-def _snapshot(ns: Namespace) -> tuple[dict[str, Any], Counter[str], int]:
-    """Every contact's latest view (without its version), all counters, events applied."""
-
-    async def read() -> tuple[dict[str, Any], Counter[str], int]:
-        store = _store(ns)
-        client = store.client
-        try:
-            views = {}
-            async for key in client.scan_iter(match=f"{ns.name}:contact:*", count=1000):
-                view = orjson.loads(await client.hget(key, "j"))
-                view.pop("version")
-                views[view["contact_id"]] = view
-            counters: Counter[str] = Counter()
-            async for key in client.scan_iter(match=f"{ns.name}:{{p*}}:h:*", count=1000):
-                hour = key.decode().rsplit(":", 1)[1]
-                for name, n in (await client.hgetall(key)).items():
-                    if int(n):
-                        counters[f"{hour}/{name.decode()}"] += int(n)
-            applied = sum(sum(c.applied.values())
-                          for c in (await store.read_clocks(PARTITIONS)).values())
-            return views, counters, applied
-        finally:
-            await client.aclose()
-
-    return asyncio.run(read())
 
 
 def _traffic() -> list[Any]:
@@ -111,7 +56,7 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
     worker = Worker(preloaded, tmp_path / "preloaded.log", **SHORT_WINDOWS)
     try:
         worker.wait_ready()
-        wait_until(lambda: _settled(preloaded, distinct), timeout=120,
+        wait_until(lambda: settled(preloaded, distinct), timeout=120,
                    what="the backlog applied")
         assert worker.metric("cx_events_invalid_total", topic=preloaded.topic("survey-answered"),
                              reason="too_late") == 0
@@ -128,13 +73,13 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
         for i in range(0, len(records), chunk):
             asyncio.run(produce(stack.kafka_bootstrap, records[i:i + chunk]))
             time.sleep(0.2)
-        wait_until(lambda: _settled(trickled, distinct), timeout=120,
+        wait_until(lambda: settled(trickled, distinct), timeout=120,
                    what="the trickle applied")
     finally:
         assert worker.stop() == 0, worker.logs()
 
-    views_a, counters_a, _ = _snapshot(preloaded)
-    views_b, counters_b, _ = _snapshot(trickled)
+    views_a, counters_a, _ = snapshot(preloaded)
+    views_b, counters_b, _ = snapshot(trickled)
     assert len(views_a) > 1000
     assert views_a.keys() == views_b.keys()
     differing = {cid: {k: (v, views_b[cid].get(k)) for k, v in view.items()
@@ -204,7 +149,7 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
                     CX_BATCH_MAX_EVENTS="1000")
     try:
         worker.wait_ready()
-        wait_until(lambda: _settled(ns, len(events)), timeout=300, what="the month applied")
+        wait_until(lambda: settled(ns, len(events)), timeout=300, what="the month applied")
         elapsed = time.monotonic() - started
         status, body = worker.get(
             "/api/v1/fcr?from=1999-07-31T21:00:00Z&to=1999-09-01T00:00:00Z")

@@ -17,6 +17,7 @@ from service.adapters.kafka_admin import ensure_topics
 from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.tools.traffic import TrafficModel
+from tests.support.engine_state import settled, snapshot
 from tests.support.stack import (
     Namespace,
     Stack,
@@ -174,9 +175,28 @@ def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
             == ends,
             timeout=30, what="offsets committed up to the end",
         )
+        wait_until(lambda: settled(ns, len(records)), timeout=60, what="outputs published")
     finally:
         assert restarted.stop() == 0, restarted.logs()
     assert _applied_in_redis(ns) == dict(expected)
+
+    # The same stream without a crash must leave exactly the same verdicts and counters.
+    calm = stack.namespace()
+    _create_topics(calm)
+    asyncio.run(produce(stack.kafka_bootstrap,
+                        [(calm.topic(m.kind), m.key, m.value) for m in messages]))
+    reference = Worker(calm, tmp_path / "calm.log")
+    try:
+        reference.wait_ready()
+        wait_until(lambda: settled(calm, len(records)), timeout=120, what="the calm run")
+    finally:
+        assert reference.stop() == 0, reference.logs()
+    views, counters, _ = snapshot(ns)
+    calm_views, calm_counters, _ = snapshot(calm)
+    assert len(views) == len({orjson.loads(m.value)["contact_id"] for m in messages
+                              if m.kind == "call-ended"})
+    assert views == calm_views
+    assert counters == calm_counters
 
 
 def test_sigterm_finishes_commits_and_exits_cleanly(stack: Stack, tmp_path: Path) -> None:

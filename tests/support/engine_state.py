@@ -1,0 +1,69 @@
+"""Reading what the engine stored in Redis, for comparisons between runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from service.adapters.redis_state import RedisState, connect
+from tests.support.stack import Namespace
+
+PARTITIONS = 6
+
+
+def store_of(ns: Namespace) -> RedisState:
+    return RedisState(connect(ns.stack.redis_url), ns.name, state_ttl=60, counter_ttl=60,
+                      contact_ttl=60)
+
+
+def settled(ns: Namespace, applied: int) -> bool:
+    """All events applied, every outbox published, and no timer left due."""
+
+    async def read() -> bool:
+        store = store_of(ns)
+        try:
+            clocks = await store.read_clocks(PARTITIONS)
+            if sum(sum(c.applied.values()) for c in clocks.values()) != applied:
+                return False
+            for p, clock in clocks.items():
+                if await store.client.llen(store.key(p, "outbox")):
+                    return False
+                first = await store.client.zrange(store.key(p, "timers"), 0, 0,
+                                                  withscores=True)
+                if first and clock.watermark is not None and first[0][1] < clock.watermark:
+                    return False
+            return True
+        finally:
+            await store.client.aclose()
+
+    return asyncio.run(read())
+
+
+def snapshot(ns: Namespace) -> tuple[dict[str, Any], Counter[str], int]:
+    """Every contact's latest view (without its version), all counters, events applied."""
+
+    async def read() -> tuple[dict[str, Any], Counter[str], int]:
+        store = store_of(ns)
+        client = store.client
+        try:
+            views = {}
+            async for key in client.scan_iter(match=f"{ns.name}:contact:*", count=1000):
+                view = orjson.loads(await client.hget(key, "j"))
+                view.pop("version")
+                views[view["contact_id"]] = view
+            counters: Counter[str] = Counter()
+            async for key in client.scan_iter(match=f"{ns.name}:{{p*}}:h:*", count=1000):
+                hour = key.decode().rsplit(":", 1)[1]
+                for name, n in (await client.hgetall(key)).items():
+                    if int(n):
+                        counters[f"{hour}/{name.decode()}"] += int(n)
+            applied = sum(sum(c.applied.values())
+                          for c in (await store.read_clocks(PARTITIONS)).values())
+            return views, counters, applied
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
