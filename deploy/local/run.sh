@@ -33,13 +33,17 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
+start=$(date -u +%Y-%m-%dT%H:00:00Z)
+until=$(date -u -d "$start + 30 days" +%Y-%m-%dT%H:00:00Z)
 "$bin/cx-stream" simulate --rate "${CX_SIM_RATE:-25}" --speed "${CX_SIM_SPEED:-60}" \
-  --customers "${CX_SIM_CUSTOMERS:-5000}" &
+  --customers "${CX_SIM_CUSTOMERS:-5000}" --start "$start" &
 simulator=$!
 
 cat <<EOT
 
 cx-stream is running on live simulated traffic (one simulated hour per wall-clock minute).
+  FCR          $url/api/v1/fcr?from=$start&to=$until
+  customer     $url/api/v1/customers/cust-000042   contact $url/api/v1/contacts/{contact_id}
   metrics      $url/metrics
   health       $url/healthz   readiness $url/readyz
   worker log   $worker_log
@@ -54,6 +58,8 @@ while kill -0 "$worker" 2>/dev/null; do
     /^cx_events_applied_total/ { applied += $NF }
     /^cx_events_duplicate_total/ { dup += $NF }
     /^cx_events_invalid_total/ { bad += $NF }
-    END { printf "consumed %d  applied %d  duplicates dropped %d  dead-lettered %d\n", consumed, applied, dup, bad }'
+    END { printf "consumed %d  applied %d  duplicates dropped %d  dead-lettered %d", consumed, applied, dup, bad }'
+  curl -fs "$url/api/v1/fcr?from=$start&to=$until" 2>/dev/null \
+    | "$bin/python" deploy/local/fcr_line.py 2>/dev/null || echo
 done
 echo "the worker stopped; see $worker_log"
