@@ -113,8 +113,12 @@ fetch_kafka() {
   command -v mvn >/dev/null || apt_install maven
   log "kafka: fetching Apache Kafka $KAFKA_VERSION jars from Maven Central (once)"
   rm -rf "$KAFKA_LIBS"
-  mvn -q -B -Dstyle.color=never -f "$here/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >&2
+  mkdir -p "$CACHE_DIR"
+  if ! mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" >"$CACHE_DIR/mvn.log" 2>&1; then
+    cat "$CACHE_DIR/mvn.log" >&2
+    die "could not fetch the Kafka jars with mvn (log above)"
+  fi
   touch "$KAFKA_LIBS/.complete"
 }
 
