@@ -143,6 +143,19 @@ def _segment_baselines(text: str) -> dict[str, float]:
     return {segment: _score(str(v)) for segment, v in _json_object(text).items()}
 
 
+def _windows(text: str) -> tuple[tuple[str, float], ...]:
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    if not names:
+        raise ValueError("expected durations such as 1h,24h,7d")
+    windows = []
+    for name in names:
+        seconds = _positive_seconds(name)
+        if seconds % 3600:
+            raise ValueError(f"windows are whole hours, got {name!r}")
+        windows.append((name, seconds))
+    return tuple(windows)
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -267,6 +280,16 @@ VARIABLES: tuple[Variable, ...] = (
              _nonempty, "http_host"),
     Variable("CX_HTTP_PORT", "6066", "Port of the HTTP server.", _int_range(1, 65535),
              "http_port"),
+    Variable("CX_METRICS_WINDOWS", "1h,24h,7d",
+             "Trailing event-time windows of the business gauges (label `window`).",
+             _windows, "metrics_windows"),
+    Variable("CX_METRICS_AGENT_LABELS", "0",
+             "Largest number of agents given their own `agent` series in the business "
+             "gauges (the busiest ones); 0 exports no per-agent series.",
+             _int_range(0, 2000), "metrics_agent_labels"),
+    Variable("CX_METRICS_REFRESH", "15s",
+             "How often the worker recomputes the business gauges from Redis.",
+             _positive_seconds, "metrics_refresh"),
     Variable("CX_DATA_DIR", "",
              "Folder for the worker's local files; empty means a fresh temporary folder.",
              str, "data_dir"),
@@ -314,6 +337,9 @@ class Settings:
     contact_view_ttl: float
     retry_max_backoff: float
     shutdown_timeout: float
+    metrics_windows: tuple[tuple[str, float], ...]
+    metrics_agent_labels: int
+    metrics_refresh: float
     http_host: str
     http_port: int
     data_dir: str

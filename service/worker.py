@@ -19,6 +19,7 @@ import faust
 from faust.types import TP, EventT, StreamT
 
 from service.adapters import redis_state
+from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.http import install_routes
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
@@ -158,6 +159,16 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             "kafka": processor.healthy["kafka"] and await _kafka_reachable(app),
             "partitions_assigned": group_joined.is_set() and not app.rebalancing,
         }
+
+    business = BusinessMetrics(metrics.registry, windows=settings.metrics_windows,
+                               agent_labels=settings.metrics_agent_labels, policy=policy)
+
+    @app.timer(interval=settings.metrics_refresh)  # type: ignore[untyped-decorator]
+    async def refresh_business_metrics() -> None:
+        try:
+            await business.refresh(state, lambda: partitions)
+        except Exception as exc:  # metrics must never stop the worker
+            log.warning("business metrics not refreshed: %s: %s", type(exc).__name__, exc)
 
     install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions)
     return app

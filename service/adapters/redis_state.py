@@ -50,6 +50,7 @@ class PartitionClock:
     newest: dict[str, float] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
+    at_risk: int = 0
 
     @staticmethod
     def parse(raw: Mapping[Any, Any]) -> PartitionClock:
@@ -66,6 +67,8 @@ class PartitionClock:
                 clock.offsets[name[2:]] = int(text)
             elif name.startswith("n:"):
                 clock.applied[name[2:]] = int(text)
+            elif name == "at_risk":
+                clock.at_risk = int(text)
         return clock
 
 
@@ -92,6 +95,7 @@ class PartitionCommit:
     timers_remove: list[str]
     clock_fields: dict[str, str]
     outbox: list[bytes]
+    clock_increments: dict[str, int] = field(default_factory=dict)
 
 
 class Conflict(Exception):
@@ -189,6 +193,19 @@ class RedisState:
             pipe.hgetall(self.key(partition, "clock"))
         return {p: PartitionClock.parse(raw) for p, raw in enumerate(await pipe.execute())}
 
+    async def read_buckets_by_hour(self, partitions: int, hours: Sequence[int]
+                                   ) -> dict[int, list[dict[str, int]]]:
+        """Every counter of the given hours: per hour, one dict per partition that has any."""
+        pipe = self.client.pipeline(transaction=False)
+        order = [(p, h) for p in range(partitions) for h in hours]
+        for partition, hour in order:
+            pipe.hgetall(self.hour_key(partition, hour))
+        out: dict[int, list[dict[str, int]]] = {}
+        for (_, hour), raw in zip(order, await pipe.execute(), strict=True):
+            if raw:
+                out.setdefault(hour, []).append({_text(k): int(v) for k, v in raw.items()})
+        return out
+
     async def read_contact(self, contact_id: str) -> bytes | None:
         raw = await self.client.hget(self.contact_key(contact_id), "j")
         return raw if isinstance(raw, bytes) or raw is None else raw.encode()
@@ -229,6 +246,7 @@ class RedisState:
                 "ta": [[m, repr(s)] for m, s in c.timers_add.items()],  # "-inf" is valid
                 "tr": c.timers_remove,
                 "k": [v for kv in c.clock_fields.items() for v in kv],
+                "ci": [[name, n] for name, n in c.clock_increments.items() if n],
             }
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
                                self._counter_ttl_ms, orjson.dumps(ops)]

@@ -438,6 +438,12 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
     _prune(state, watermark, policy)
     if state.is_empty():
         out.forget = True
+        if state.alerted_at_risk and state.customer_id is not None:
+            state.alerted_at_risk = False
+            state.alert_version += 1
+            out.alerts.append(CustomerAlert(state.customer_id, "at_risk_left",
+                                            state.alert_version, policy.perception.baseline,
+                                            0.0, ("idle",), watermark))
         return out
     next_due: float | None = None
     for c in state.contacts.values():

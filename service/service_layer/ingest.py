@@ -367,6 +367,8 @@ class IngestProcessor:
             commit.outbox.append(outbox_item("contact", update.contact_id, update.version,
                                              orjson.dumps(update.view)))
         for alert in settled.alerts:
+            delta = 1 if alert.alert == "at_risk_entered" else -1
+            commit.clock_increments["at_risk"] = commit.clock_increments.get("at_risk", 0) + delta
             commit.outbox.append(outbox_item("alert", alert.customer_id, alert.version,
                                              orjson.dumps(alert_payload(alert))))
         plan.outcome.updates += len(settled.updates)

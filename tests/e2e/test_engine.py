@@ -241,6 +241,17 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         assert {k: fcr[k] for k in ("total", "unresolved", "resolved", "pending", "final")} == {
             "total": 3, "unresolved": 2, "resolved": 0, "pending": 1, "final": False}
         assert fcr["fcr"] == pytest.approx(1 / 3, abs=1e-6)
+        labels = {"window": "24h", "queue": "billing", "channel": "", "segment": "",
+                  "agent": ""}
+        wait_until(lambda: worker.metric("cx_customers_at_risk") == 1, timeout=20,
+                   what="the business gauges refreshed")
+        assert worker.metric("cx_fcr_provisional_ratio", **labels) == pytest.approx(1 / 3)
+        assert worker.metric("cx_repeat_contact_ratio", **labels) == pytest.approx(2 / 3)
+        assert worker.metric("cx_contacts", **{**labels, "queue": ""}) == 3
+        assert worker.metric("cx_csat_average", **labels) == 1
+        assert worker.metric("cx_watermark_timestamp_seconds") == pytest.approx(
+            datetime.fromisoformat("2026-05-04T12:00:00+00:00").timestamp())
+        assert ("cx_fcr_final_ratio", frozenset({**labels}.items())) not in worker.metrics()
         other = json.loads(worker.get(
             "/api/v1/fcr?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=sales")[1])
         assert other["total"] == 0

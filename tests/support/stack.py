@@ -68,6 +68,7 @@ class Namespace:
             CX_HTTP_PORT=str(self.http_port),
             CX_COMMIT_INTERVAL="200ms",
             CX_KAFKA_SESSION_TIMEOUT="6s",
+            CX_METRICS_REFRESH="300ms",
         )
         env.update(extra)
         return env

@@ -8,7 +8,7 @@
 -- ARGV[2] n, the number of state keys
 -- ARGV[3] idle time-to-live of a state, ms; ARGV[4] time-to-live of a counter key, ms
 -- ARGV[5] JSON: {"c": [[key index, field, delta], ...], "ta": [[member, score], ...],
---                "tr": [member, ...], "k": [field, value, ...]}
+--                "tr": [member, ...], "k": [field, value, ...], "ci": [[field, delta], ...]}
 -- ARGV[6 .. 5+n] the new state of each state key ('' deletes it)
 -- ARGV[6+n ..] outbox items to append
 local function call_chunked(cmd, key, items)
@@ -46,6 +46,9 @@ for _, t in ipairs(ops['ta']) do
 end
 call_chunked('ZREM', KEYS[2], ops['tr'])
 call_chunked('HSET', KEYS[1], ops['k'])
+for _, c in ipairs(ops['ci']) do
+  redis.call('HINCRBY', KEYS[1], c[1], c[2])
+end
 redis.call('HSET', KEYS[1], 'seq', tostring((tonumber(seq) or 0) + 1))
 local outbox = {}
 for i = 6 + n, #ARGV do

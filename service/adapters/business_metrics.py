@@ -1,0 +1,123 @@
+"""Business gauges, recomputed from the Redis counters every CX_METRICS_REFRESH.
+
+They describe the whole service (all partitions), so every worker exports the same values:
+aggregate them across instances with `max`, never `sum` (docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from service.adapters.redis_state import RedisState
+from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
+from service.domain.policy import Policy
+from service.service_layer.ingest import clock_summary
+
+LABELS = ["window", "queue", "channel", "segment", "agent"]
+_GAUGES = {
+    # kpi name: (metric name, help)
+    "contacts": ("cx_contacts", "Contacts (all outcomes) in the trailing event-time window."),
+    "fcr_provisional": ("cx_fcr_provisional_ratio",
+                        "1 - unresolved / handled contacts of identified customers, in the "
+                        "trailing window; pending contacts count as not failed so far."),
+    "fcr_final": ("cx_fcr_final_ratio",
+                  "FCR of a window as long as `window` ending one repeat window before the "
+                  "watermark: every contact in it has a closed window."),
+    "repeat": ("cx_repeat_contact_ratio", "Repeats / handled contacts of identified customers."),
+    "transfer": ("cx_transfer_ratio", "Transferred / handled contacts."),
+    "abandon": ("cx_abandon_ratio", "Abandoned / all contacts."),
+    "csat": ("cx_csat_average", "Average CSAT (1-5) of surveys joined to the window's contacts."),
+    "nps": ("cx_nps", "NPS (-100 to 100) of surveys joined to the window's contacts."),
+}
+
+
+def _labels(window: str, dimension: str) -> dict[str, str]:
+    labels = dict.fromkeys(LABELS, "")
+    labels["window"] = window
+    if dimension != "all":
+        kind, _, value = dimension.partition(":")
+        labels[kind] = value
+    return labels
+
+
+class BusinessMetrics:
+    def __init__(self, registry: CollectorRegistry, *, windows: tuple[tuple[str, float], ...],
+                 agent_labels: int, policy: Policy) -> None:
+        self._windows = windows
+        self._agent_labels = agent_labels
+        self._policy = policy
+        self.gauges = {k: Gauge(name, doc, LABELS, registry=registry)
+                       for k, (name, doc) in _GAUGES.items()}
+        self.at_risk = Gauge("cx_customers_at_risk", "Customers currently at risk.",
+                             registry=registry)
+        self.watermark = Gauge("cx_watermark_timestamp_seconds",
+                               "The service's watermark: the slowest partition's newest event "
+                               "time (seconds since the epoch).", registry=registry)
+        self.partition_watermark = Gauge(
+            "cx_partition_watermark_timestamp_seconds",
+            "Each input partition's watermark (seconds since the epoch).", ["partition"],
+            registry=registry)
+        self.refresh_seconds = Histogram(
+            "cx_metrics_refresh_seconds", "Time to recompute the business gauges from Redis.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
+
+    async def refresh(self, state: RedisState, partitions: Callable[[], int]) -> None:
+        started = time.perf_counter()
+        n = partitions()
+        clocks = await state.read_clocks(n)
+        watermark = clock_summary(clocks)
+        computed: list[tuple[str, dict[str, str], float]] = []
+        if watermark is not None:
+            longest = max(seconds for _, seconds in self._windows)
+            shift = self._policy.max_window
+            hours = set(trailing_hours(watermark, longest))
+            hours |= set(trailing_hours(watermark - shift, longest))
+            raw = await state.read_buckets_by_hour(n, sorted(hours))
+            agents = self._busiest_agents(raw.values())
+            for name, seconds in self._windows:
+                recent = sum_by_dimension(b for h in trailing_hours(watermark, seconds)
+                                          for b in raw.get(h, []))
+                closed = sum_by_dimension(b for h in trailing_hours(watermark - shift, seconds)
+                                          for b in raw.get(h, []))
+                for dimension, counts in recent.items():
+                    if dimension.startswith("agent:") and dimension[6:] not in agents:
+                        continue
+                    labels = _labels(name, dimension)
+                    for kpi, value in kpis(counts).items():
+                        if value is not None:
+                            computed.append((kpi, labels, value))
+                for dimension, counts in closed.items():
+                    if dimension.startswith("agent:") and dimension[6:] not in agents:
+                        continue
+                    value = kpis(counts)["fcr_provisional"]
+                    if value is not None:
+                        computed.append(("fcr_final", _labels(name, dimension), value))
+        # No await below: a scrape never sees the gauges half updated.
+        for gauge in self.gauges.values():
+            gauge.clear()
+        for kpi, labels, value in computed:
+            self.gauges[kpi].labels(**labels).set(value)
+        self.at_risk.set(sum(c.at_risk for c in clocks.values()))
+        if watermark is not None:
+            self.watermark.set(watermark)
+        for partition, clock in clocks.items():
+            if clock.watermark is not None:
+                self.partition_watermark.labels(str(partition)).set(clock.watermark)
+        self.refresh_seconds.observe(time.perf_counter() - started)
+
+    def _busiest_agents(self, buckets: Iterable[list[dict[str, int]]]) -> set[str]:
+        """The agents with the most contacts, up to CX_METRICS_AGENT_LABELS."""
+        if self._agent_labels <= 0:
+            return set()
+        totals: dict[str, int] = {}
+        for per_hour in buckets:
+            for bucket in per_hour:
+                for field, n in bucket.items():
+                    if field.startswith("agent:") and field.endswith("|contacts"):
+                        agent = field[6:].rpartition("|")[0]
+                        totals[agent] = totals.get(agent, 0) + n
+        ranked = sorted(totals, key=lambda a: (-totals[a], a))
+        return set(ranked[: self._agent_labels])
