@@ -94,7 +94,9 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             return True
         if highwater is None:
             return True
-        return int(highwater) > (-1 if last_applied is None else last_applied) + 1
+        behind = int(highwater) - ((-1 if last_applied is None else last_applied) + 1)
+        metrics.lag.labels(topic, str(partition)).set(max(0, behind))
+        return behind > 0
 
     processor = IngestProcessor(
         state=state,

@@ -19,7 +19,7 @@ from service.service_layer.ingest import clock_summary
 LABELS = ["window", "queue", "channel", "segment", "agent"]
 _GAUGES = {
     # kpi name: (metric name, help)
-    "contacts": ("cx_contacts", "Contacts (all outcomes) in the trailing event-time window."),
+    "contacts": ("cx_window_contacts", "Contacts (all outcomes) in the trailing window."),
     "fcr_provisional": ("cx_fcr_provisional_ratio",
                         "1 - unresolved / handled contacts of identified customers, in the "
                         "trailing window; pending contacts count as not failed so far."),

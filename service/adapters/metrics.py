@@ -59,6 +59,30 @@ class PipelineMetrics:
             "1 when the last call to the dependency succeeded, 0 while it fails.",
             ["dependency"], registry=r,
         )
+        latency_buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600,
+                           86400)
+        self.event_latency = Histogram(
+            "cx_event_latency_seconds",
+            "From an event's occurred_at to the moment its effects were stored.",
+            buckets=latency_buckets, registry=r)
+        self.broker_latency = Histogram(
+            "cx_broker_latency_seconds",
+            "From the broker's timestamp of a message to the moment its effects were stored.",
+            buckets=latency_buckets, registry=r)
+        self.lag = Gauge("cx_consumer_lag_messages",
+                         "Messages of an assigned input partition not applied yet.",
+                         ["topic", "partition"], registry=r)
+        self.contacts = Counter("cx_contacts", "Contacts seen for the first time.",
+                                ["queue", "channel", "outcome"], registry=r)
+        self.repeats = Counter("cx_repeat_contacts",
+                               "Contacts found to be repeats (counted once per contact).",
+                               ["queue", "channel"], registry=r)
+        self.transfers = Counter("cx_transfers", "Transfer events applied.", registry=r)
+        self.surveys = Counter("cx_surveys", "Survey events applied.", registry=r)
+        self.corrections = Counter(
+            "cx_contact_corrections",
+            "New versions of already published contacts (late events, window closes).",
+            registry=r)
         self.topics = tuple(topics)
         self.consumed_by_topic = {t: self.consumed.labels(t) for t in self.topics}
         self.applied_by_topic = {t: self.applied.labels(t) for t in self.topics}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +45,13 @@ from service.domain.engine import (
     settle,
     state_key,
 )
-from service.domain.events import ContactEvent, Rejection, RejectReason
+from service.domain.events import (
+    ContactEvent,
+    Rejection,
+    RejectReason,
+    SurveyAnswered,
+    Transfer,
+)
 from service.domain.policy import Policy
 from service.domain.records import CustomerState
 
@@ -128,6 +135,8 @@ class _Plan:
     per_topic: dict[str, list[int]] = field(default_factory=dict)  # applied, dup, late
     late: list[tuple[str, str]] = field(default_factory=list)  # (topic, reason) for metrics
     watermark: float | None = None
+    # (kind, labels, count) of what was published: first sightings, repeats, corrections
+    published: list[tuple[str, tuple[str, str, str], int]] = field(default_factory=list)
 
 
 class IngestProcessor:
@@ -187,6 +196,7 @@ class IngestProcessor:
                 m.invalid_by_topic_reason[(msg.topic, r.reason.value)].inc()
         if valid:
             plans = await self._apply(valid)
+            self._observe(valid, plans)
             for plan in plans.values():
                 for name in ("applied", "duplicates", "too_late", "updates", "alerts"):
                     setattr(outcome, name, getattr(outcome, name) + getattr(plan.outcome, name))
@@ -200,6 +210,38 @@ class IngestProcessor:
         self._state.round_trips.clear()
         m.batch_events.observe(len(batch))
         return outcome
+
+    def _observe(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                 plans: dict[int, _Plan]) -> None:
+        """Latencies of this batch, and the business counters of what it published."""
+        m = self._metrics
+        now = time.time()
+        for items in valid.values():
+            for msg, event in items:
+                m.event_latency.observe(max(0.0, now - event.header.occurred_at.timestamp()))
+                if msg.timestamp_ms:
+                    m.broker_latency.observe(max(0.0, now - msg.timestamp_ms / 1000))
+                if isinstance(event, Transfer):
+                    m.transfers.inc()
+                elif isinstance(event, SurveyAnswered):
+                    m.surveys.inc()
+        contacts: dict[tuple[str, str, str], int] = {}
+        repeats: dict[tuple[str, str], int] = {}
+        corrections = 0
+        for plan in plans.values():
+            for kind, labels, n in plan.published:
+                if kind == "contact":
+                    contacts[labels] = contacts.get(labels, 0) + n
+                elif kind == "repeat":
+                    repeats[labels[:2]] = repeats.get(labels[:2], 0) + n
+                else:
+                    corrections += n
+        for (queue, channel, outcome), n in contacts.items():
+            m.contacts.labels(queue, channel, outcome).inc(n)
+        for (queue, channel), n in repeats.items():
+            m.repeats.labels(queue, channel).inc(n)
+        if corrections:
+            m.corrections.inc(corrections)
 
     def _decode(self, msg: InputMessage) -> ContactEvent | Rejection:
         try:
@@ -364,6 +406,14 @@ class IngestProcessor:
             for name, n in deltas.items():
                 bucket[name] = bucket.get(name, 0) + n
         for update in settled.updates:
+            view = update.view
+            labels = (view["queue"], view["channel"], view["outcome"])
+            if update.version == 1:
+                plan.published.append(("contact", labels, 1))
+                if view["is_repeat"]:
+                    plan.published.append(("repeat", labels, 1))
+            else:
+                plan.published.append(("correction", labels, 1))
             commit.outbox.append(outbox_item("contact", update.contact_id, update.version,
                                              orjson.dumps(update.view)))
         for alert in settled.alerts:

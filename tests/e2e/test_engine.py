@@ -243,15 +243,22 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         assert fcr["fcr"] == pytest.approx(1 / 3, abs=1e-6)
         labels = {"window": "24h", "queue": "billing", "channel": "", "segment": "",
                   "agent": ""}
-        wait_until(lambda: worker.metric("cx_customers_at_risk") == 1, timeout=20,
-                   what="the business gauges refreshed")
+        wait_until(lambda: worker.metric("cx_csat_average", **labels) == 1, timeout=20,
+                   what="the business gauges refreshed after the survey")
+        assert worker.metric("cx_customers_at_risk") == 1
         assert worker.metric("cx_fcr_provisional_ratio", **labels) == pytest.approx(1 / 3)
         assert worker.metric("cx_repeat_contact_ratio", **labels) == pytest.approx(2 / 3)
-        assert worker.metric("cx_contacts", **{**labels, "queue": ""}) == 3
+        assert worker.metric("cx_window_contacts", **{**labels, "queue": ""}) == 3
         assert worker.metric("cx_csat_average", **labels) == 1
         assert worker.metric("cx_watermark_timestamp_seconds") == pytest.approx(
             datetime.fromisoformat("2026-05-04T12:00:00+00:00").timestamp())
         assert ("cx_fcr_final_ratio", frozenset({**labels}.items())) not in worker.metrics()
+        assert worker.metric("cx_contacts_total", queue="billing", channel="voice",
+                             outcome="handled") == 3
+        assert worker.metric("cx_repeat_contacts_total", queue="billing", channel="voice") == 2
+        assert worker.metric("cx_surveys_total") == 1
+        assert worker.metric("cx_contact_corrections_total") >= 1  # c0 got the survey
+        assert worker.metric("cx_event_latency_seconds_count") == 4
         other = json.loads(worker.get(
             "/api/v1/fcr?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=sales")[1])
         assert other["total"] == 0
