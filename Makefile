@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test lint unit integration stop status topics clean
+.PHONY: help run test lint unit rules integration stop status topics clean
 
 help:
 	@echo "make run     start Kafka, Redis, the worker and the traffic simulator (Ctrl-C stops)"
 	@echo "make test    lint, unit, integration and end-to-end tests on a real Kafka and Redis"
 	@echo "make lint    ruff and mypy --strict"
+	@echo "make rules   promtool checks and unit tests of the Prometheus rules"
 	@echo "make stop    stop the local Kafka and Redis that 'make run' started"
 	@echo "make status  what the local stack runs"
 
@@ -31,10 +32,15 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
+rules:
+	@deploy/local/stack.sh tools
+	promtool check rules deploy/prometheus/rules/*.yml
+	cd deploy/prometheus/tests && promtool test rules *.test.yml
+
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration tests/e2e
 
-test: lint unit integration
+test: lint unit rules integration
 
 topics: $(STAMP)
 	@eval "$$(deploy/local/stack.sh env | sed 's/^/export /')" && $(BIN)/cx-stream topics

@@ -200,5 +200,8 @@ case "${1:-}" in
     status_one redis "$STACK_DIR/redis/redis.pid" "${CX_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}" $er ;;
   env) print_env ;;
   fetch) fetch_kafka ;;
-  *) echo "usage: $0 start|stop|status|env|fetch" >&2; exit 2 ;;
+  tools)  # what the tests use besides the servers
+    command -v promtool >/dev/null || apt_install prometheus
+    command -v redis-server >/dev/null || apt_install redis-server ;;
+  *) echo "usage: $0 start|stop|status|env|fetch|tools" >&2; exit 2 ;;
 esac
