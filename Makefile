@@ -38,6 +38,7 @@ rules:
 	cd deploy/prometheus/tests && promtool test rules *.test.yml
 
 integration: $(STAMP)
+	@deploy/local/stack.sh tools
 	$(BIN)/pytest -q tests/integration tests/e2e
 
 test: lint unit rules integration

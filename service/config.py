@@ -143,6 +143,16 @@ def _segment_baselines(text: str) -> dict[str, float]:
     return {segment: _score(str(v)) for segment, v in _json_object(text).items()}
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {value}")
+    return value
+
+
 def _windows(text: str) -> tuple[tuple[str, float], ...]:
     names = [w.strip() for w in text.split(",") if w.strip()]
     if not names:
@@ -287,6 +297,9 @@ VARIABLES: tuple[Variable, ...] = (
              "Largest number of agents given their own `agent` series in the business "
              "gauges (the busiest ones); 0 exports no per-agent series.",
              _int_range(0, 2000), "metrics_agent_labels"),
+    Variable("CX_FCR_TARGET", "0.7",
+             "FCR the centre aims for (0-1): the wallboard colours tiles against it.",
+             _ratio, "fcr_target"),
     Variable("CX_METRICS_REFRESH", "15s",
              "How often the worker recomputes the business gauges from Redis.",
              _positive_seconds, "metrics_refresh"),
@@ -340,6 +353,7 @@ class Settings:
     metrics_windows: tuple[tuple[str, float], ...]
     metrics_agent_labels: int
     metrics_refresh: float
+    fcr_target: float
     http_host: str
     http_port: int
     data_dir: str

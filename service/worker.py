@@ -163,7 +163,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         }
 
     business = BusinessMetrics(metrics.registry, windows=settings.metrics_windows,
-                               agent_labels=settings.metrics_agent_labels, policy=policy)
+                               agent_labels=settings.metrics_agent_labels, policy=policy,
+                               fcr_target=settings.fcr_target)
 
     @app.timer(interval=settings.metrics_refresh)  # type: ignore[untyped-decorator]
     async def refresh_business_metrics() -> None:
@@ -172,7 +173,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         except Exception as exc:  # metrics must never stop the worker
             log.warning("business metrics not refreshed: %s: %s", type(exc).__name__, exc)
 
-    install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions)
+    install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions,
+                   wallboard=lambda: business.wallboard)
     return app
 
 

@@ -202,6 +202,7 @@ case "${1:-}" in
   fetch) fetch_kafka ;;
   tools)  # what the tests use besides the servers
     command -v promtool >/dev/null || apt_install prometheus
+    command -v chromium >/dev/null || apt_install chromium
     command -v redis-server >/dev/null || apt_install redis-server ;;
   *) echo "usage: $0 start|stop|status|env|fetch|tools" >&2; exit 2 ;;
 esac

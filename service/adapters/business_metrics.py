@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from service.adapters.redis_state import RedisState
+from service.adapters.redis_state import PartitionClock, RedisState
+from service.domain.engine import rfc3339
 from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
 from service.domain.policy import Policy
 from service.service_layer.ingest import clock_summary
@@ -45,8 +47,11 @@ def _labels(window: str, dimension: str) -> dict[str, str]:
 
 class BusinessMetrics:
     def __init__(self, registry: CollectorRegistry, *, windows: tuple[tuple[str, float], ...],
-                 agent_labels: int, policy: Policy) -> None:
+                 agent_labels: int, policy: Policy, fcr_target: float = 0.7) -> None:
         self._windows = windows
+        self._fcr_target = fcr_target
+        self.wallboard: dict[str, Any] = {"watermark": None, "centre": {}, "queues": [],
+                                          "fcr_target": fcr_target, "window": ""}
         self._agent_labels = agent_labels
         self._policy = policy
         self.gauges = {k: Gauge(name, doc, LABELS, registry=registry)
@@ -95,6 +100,7 @@ class BusinessMetrics:
                     value = kpis(counts)["fcr_provisional"]
                     if value is not None:
                         computed.append(("fcr_final", _labels(name, dimension), value))
+        self.wallboard = self._wallboard(computed, clocks, watermark)
         # No await below: a scrape never sees the gauges half updated.
         for gauge in self.gauges.values():
             gauge.clear()
@@ -107,6 +113,33 @@ class BusinessMetrics:
             if clock.watermark is not None:
                 self.partition_watermark.labels(str(partition)).set(clock.watermark)
         self.refresh_seconds.observe(time.perf_counter() - started)
+
+    def _wallboard(self, computed: list[tuple[str, dict[str, str], float]],
+                   clocks: dict[int, PartitionClock], watermark: float | None) -> dict[str, Any]:
+        """What /api/v1/wallboard serves: the centre's tiles and one tile per queue."""
+        names = [name for name, _ in self._windows]
+        wide = "24h" if "24h" in names else names[-1]
+        short = "1h" if "1h" in names else names[0]
+        centre: dict[str, Any] = {}
+        queues: dict[str, dict[str, Any]] = {}
+        for kpi, labels, value in computed:
+            if labels["channel"] or labels["segment"] or labels["agent"]:
+                continue
+            if labels["window"] == wide and kpi != "contacts":
+                key = kpi
+            elif labels["window"] == short and kpi == "contacts":
+                key = "contacts_last_hour"
+            else:
+                continue
+            target = queues.setdefault(labels["queue"], {}) if labels["queue"] else centre
+            target[key] = value
+        return {
+            "watermark": None if watermark is None else rfc3339(watermark),
+            "window": wide,
+            "fcr_target": self._fcr_target,
+            "centre": {**centre, "customers_at_risk": sum(c.at_risk for c in clocks.values())},
+            "queues": [{"queue": q, **tiles} for q, tiles in sorted(queues.items())],
+        }
 
     def _busiest_agents(self, buckets: Iterable[list[dict[str, int]]]) -> set[str]:
         """The agents with the most contacts, up to CX_METRICS_AGENT_LABELS."""

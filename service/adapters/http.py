@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any, cast
 
 import faust
@@ -70,9 +71,24 @@ def fcr_query(params: dict[str, str]) -> tuple[int, int, str] | str:
     return start, end, dimension
 
 
+_WALLBOARD_PAGE = resources.files("service.adapters").joinpath("wallboard.html").read_bytes()
+
+
 def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
-                   state: RedisState, policy: Policy, partitions: Callable[[], int]) -> None:
-    """Register /metrics, /healthz, /readyz and /api/v1/* on the app's web server."""
+                   state: RedisState, policy: Policy, partitions: Callable[[], int],
+                   wallboard: Callable[[], dict[str, Any]]) -> None:
+    """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server."""
+
+    @app.page("/wallboard")
+    class Wallboard(View):
+        async def get(self, request: Request) -> Response:
+            return cast(Response, web.Response(body=_WALLBOARD_PAGE,
+                                               content_type="text/html", charset="utf-8"))
+
+    @app.page("/api/v1/wallboard")
+    class WallboardData(View):
+        async def get(self, request: Request) -> Response:
+            return _json(wallboard())
 
     @app.page("/metrics")
     class Metrics(View):
