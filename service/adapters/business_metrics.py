@@ -58,6 +58,10 @@ class BusinessMetrics:
                        for k, (name, doc) in _GAUGES.items()}
         self.at_risk = Gauge("cx_customers_at_risk", "Customers currently at risk.",
                              registry=registry)
+        self.perception = Gauge(
+            "cx_perception_customers",
+            "Customers by perception score band (`band` 0-10, 10-20, ... 90-100), as of each "
+            "customer's last change.", ["band"], registry=registry)
         self.watermark = Gauge("cx_watermark_timestamp_seconds",
                                "The service's watermark: the slowest partition's newest event "
                                "time (seconds since the epoch).", registry=registry)
@@ -107,6 +111,9 @@ class BusinessMetrics:
         for kpi, labels, value in computed:
             self.gauges[kpi].labels(**labels).set(value)
         self.at_risk.set(sum(c.at_risk for c in clocks.values()))
+        for band in range(10):
+            self.perception.labels(f"{band * 10}-{band * 10 + 10}").set(
+                sum(c.bands.get(band, 0) for c in clocks.values()))
         if watermark is not None:
             self.watermark.set(watermark)
         for partition, clock in clocks.items():

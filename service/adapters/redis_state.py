@@ -51,6 +51,7 @@ class PartitionClock:
     offsets: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     at_risk: int = 0
+    bands: dict[int, int] = field(default_factory=dict)
 
     @staticmethod
     def parse(raw: Mapping[Any, Any]) -> PartitionClock:
@@ -69,6 +70,8 @@ class PartitionClock:
                 clock.applied[name[2:]] = int(text)
             elif name == "at_risk":
                 clock.at_risk = int(text)
+            elif name.startswith("band:"):
+                clock.bands[int(name[5:])] = int(text)
         return clock
 
 

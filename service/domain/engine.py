@@ -310,6 +310,7 @@ class Settled:
     alerts: list[CustomerAlert] = field(default_factory=list)
     next_due: float | None = None
     forget: bool = False
+    band_change: tuple[int | None, int | None] | None = None  # (old, new) perception band
 
 
 def rfc3339(t: float) -> str:
@@ -424,6 +425,11 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
             view["version"] = version
             out.updates.append(ContactUpdate(c.contact_id, version, view))
         state.emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception)
+    if curve is not None:
+        band = min(9, max(0, int(curve.state.score // 10)))
+        if band != state.band:
+            out.band_change = (state.band, band)
+            state.band = band
     if curve is not None and state.customer_id is not None:
         at_risk = curve.state.at_risk
         if at_risk != state.alerted_at_risk:
@@ -438,6 +444,10 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
     _prune(state, watermark, policy)
     if state.is_empty():
         out.forget = True
+        if state.band is not None:
+            out.band_change = (state.band if out.band_change is None else out.band_change[1],
+                               None)
+            state.band = None
         if state.alerted_at_risk and state.customer_id is not None:
             state.alerted_at_risk = False
             state.alert_version += 1

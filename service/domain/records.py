@@ -156,6 +156,7 @@ class CustomerState:
     alerted_at_risk: bool = False
     alert_version: int = 0
     live_from: float | None = None  # contacts before this are context only (see engine)
+    band: int | None = None  # perception band (score // 10) last counted for this customer
 
     def seen(self, event_id: str) -> bool:
         if any(e == event_id for e, _ in self.superseded):
@@ -184,6 +185,7 @@ class CustomerState:
                   [list(r) for r in snap.recent], snap.last_signal],
             "a": [self.alerted_at_risk, self.alert_version],
             "l": self.live_from,
+            "b": self.band,
         }
 
     @staticmethod
@@ -204,4 +206,5 @@ class CustomerState:
             alerted_at_risk=d["a"][0],
             alert_version=d["a"][1],
             live_from=d["l"],
+            band=d["b"],
         )

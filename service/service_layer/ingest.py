@@ -416,6 +416,12 @@ class IngestProcessor:
                 plan.published.append(("correction", labels, 1))
             commit.outbox.append(outbox_item("contact", update.contact_id, update.version,
                                              orjson.dumps(update.view)))
+        if settled.band_change is not None:
+            old, new = settled.band_change
+            for band, delta in ((old, -1), (new, 1)):
+                if band is not None:
+                    name = f"band:{band}"
+                    commit.clock_increments[name] = commit.clock_increments.get(name, 0) + delta
         for alert in settled.alerts:
             delta = 1 if alert.alert == "at_risk_entered" else -1
             commit.clock_increments["at_risk"] = commit.clock_increments.get("at_risk", 0) + delta

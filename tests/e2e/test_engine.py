@@ -246,6 +246,11 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         wait_until(lambda: worker.metric("cx_csat_average", **labels) == 1, timeout=20,
                    what="the business gauges refreshed after the survey")
         assert worker.metric("cx_customers_at_risk") == 1
+        bands = {f"{b * 10}-{b * 10 + 10}": worker.metric("cx_perception_customers",
+                                                            band=f"{b * 10}-{b * 10 + 10}")
+                 for b in range(10)}
+        assert sum(bands.values()) == 1
+        assert sum(n for band, n in bands.items() if int(band.split("-")[0]) < 40) == 1
         assert worker.metric("cx_fcr_provisional_ratio", **labels) == pytest.approx(1 / 3)
         assert worker.metric("cx_repeat_contact_ratio", **labels) == pytest.approx(2 / 3)
         assert worker.metric("cx_window_contacts", **{**labels, "queue": ""}) == 3

@@ -91,3 +91,13 @@ def test_segment_baseline() -> None:
     _state, settled, _ = fold(None, call("a", 0, segment="gold", wait=10), ts(1), policy)
     view = settled.updates[0].view
     assert view["perception"]["before"] == 80.0
+
+
+def test_perception_band_is_counted_once_and_released_when_forgotten() -> None:
+    state, settled, _ = fold(None, call("a", 0, wait=10), ts(1), POLICY)
+    assert settled.band_change == (None, 7)  # 70 baseline, a good contact: 72.25
+    again = settle(state, ts(2), POLICY)
+    assert again.band_change is None
+    gone = settle(state, ts(24 * 60), POLICY)
+    assert gone.forget is True
+    assert gone.band_change == (7, None)
