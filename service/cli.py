@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of events sent twice (default 0.01)")
     sim.add_argument("--malformed", type=float, default=0.002,
                      help="share of malformed events (default 0.002)")
+    sim.add_argument("--degrade-queue", action="append", default=[], metavar="QUEUE",
+                     help="make this queue solve few problems (its FCR falls); repeatable")
     sim.add_argument("--out", type=str, default=None,
                      help="write JSONL to this file instead of publishing to Kafka")
     sim.set_defaults(func=_cmd_simulate)

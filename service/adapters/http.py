@@ -12,7 +12,8 @@ import orjson
 from aiohttp import web
 from aiokafka.partitioner import murmur2
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from service.adapters.redis_state import RedisState
 from service.domain.counters import HOUR
@@ -93,9 +94,10 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
-            response = web.Response(
-                body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
+            # Negotiate the format: older Prometheus servers do not parse the newest one.
+            encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+            response = web.Response(body=encoder(registry),
+                                    headers={"Content-Type": content_type})
             return cast(Response, response)
 
     @app.page("/healthz")

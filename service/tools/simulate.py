@@ -39,6 +39,7 @@ def run_simulation(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         duplicate_share=args.duplicates,
         malformed_share=args.malformed,
+        degraded_queues=tuple(args.degrade_queue),
     )
     topics = {
         "call-ended": settings.topic_call_ended,

@@ -83,6 +83,7 @@ class TrafficModel:
         malformed_share: float = 0.002,
         unidentified_share: float = 0.10,
         callback_share: float = 0.65,
+        degraded_queues: tuple[str, ...] = (),
     ) -> None:
         self._rng = random.Random(seed)
         self._clock = start
@@ -92,8 +93,9 @@ class TrafficModel:
         self._malformed = malformed_share
         self._unidentified = unidentified_share
         self._callback = callback_share
+        self._degraded = frozenset(degraded_queues)
         self._pending: list[_Pending] = []
-        self._callbacks: list[tuple[float, int, str]] = []
+        self._callbacks: list[tuple[float, int, str, str]] = []
         self._seq = 0
         self._contact_no = 0
         self._segments: dict[str, str] = {}
@@ -112,8 +114,8 @@ class TrafficModel:
             if min(self._next_arrival, callback_at) > until:
                 break
             if callback_at <= self._next_arrival:
-                at, _, customer = heapq.heappop(self._callbacks)
-                self._contact(at, customer, callback=True)
+                at, _, customer, queue = heapq.heappop(self._callbacks)
+                self._contact(at, customer, callback=True, queue_hint=queue)
             else:
                 self._contact(self._next_arrival, None, callback=False)
                 self._next_arrival = self._draw_next_arrival(self._next_arrival)
@@ -154,14 +156,20 @@ class TrafficModel:
 
     # -- one contact and what follows from it --------------------------------------------
 
-    def _contact(self, started: float, customer: str | None, *, callback: bool) -> None:
+    def _contact(self, started: float, customer: str | None, *, callback: bool,
+                 queue_hint: str | None = None) -> None:
         rng = self._rng
         self._contact_no += 1
         contact_id = f"ct-{self._contact_no:08d}-{rng.getrandbits(24):06x}"
         if customer is None and rng.random() >= self._unidentified:
             customer = f"cust-{rng.randrange(self._customers):06d}"
         queue = rng.choices(self._queue_names, self._queue_weights)[0]
+        if callback and queue_hint is not None:
+            queue = queue_hint  # a customer calls back about the same problem
         _, mean_wait, solve_chance, reasons = QUEUES[queue]
+        degraded = queue in self._degraded
+        if degraded:  # an outage, a broken process: few problems get solved
+            solve_chance = 0.1
         channel = rng.choices(self._channels, self._channel_weights)[0]
         wait = rng.expovariate(1 / mean_wait) * (0.3 if channel == "email" else 1.0)
         if channel == "voice" and rng.random() < 0.07:
@@ -239,7 +247,7 @@ class TrafficModel:
             not solved and rng.random() < self._callback
         )) or (outcome == "abandoned" and customer is not None and rng.random() < 0.5):
             back = ended + rng.lognormvariate(math.log(6 * 3600), 1.3)
-            heapq.heappush(self._callbacks, (back, self._next_seq(), customer))
+            heapq.heappush(self._callbacks, (back, self._next_seq(), customer, queue))
 
     def _next_seq(self) -> int:
         self._seq += 1
