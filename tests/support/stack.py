@@ -82,6 +82,7 @@ class Worker:
 
     def __init__(self, ns: Namespace, log_path: Path, **extra_env: str) -> None:
         self.ns = ns
+        self.port = ns.http_port
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -91,7 +92,7 @@ class Worker:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.ns.http_port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
