@@ -42,6 +42,7 @@ simulator=$!
 cat <<EOT
 
 cx-stream is running on live simulated traffic (one simulated hour per wall-clock minute).
+  wallboard    $url/wallboard
   FCR          $url/api/v1/fcr?from=$start&to=$until
   customer     $url/api/v1/customers/cust-000042   contact $url/api/v1/contacts/{contact_id}
   metrics      $url/metrics
