@@ -62,6 +62,11 @@ class BusinessMetrics:
             "cx_perception_customers",
             "Customers by perception score band (`band` 0-10, 10-20, ... 90-100), as of each "
             "customer's last change.", ["band"], registry=registry)
+        self.quality = Gauge(
+            "cx_data_quality_ratio",
+            "Data quality: `identified_contacts` (contacts with a customer_id, in the window), "
+            "`surveys_joined` and `transfers_joined` (joined to a contact, since the start).",
+            ["measure", "window"], registry=registry)
         self.watermark = Gauge("cx_watermark_timestamp_seconds",
                                "The service's watermark: the slowest partition's newest event "
                                "time (seconds since the epoch).", registry=registry)
@@ -109,8 +114,18 @@ class BusinessMetrics:
         for gauge in self.gauges.values():
             gauge.clear()
         for kpi, labels, value in computed:
-            self.gauges[kpi].labels(**labels).set(value)
+            if kpi in self.gauges:
+                self.gauges[kpi].labels(**labels).set(value)
         self.at_risk.set(sum(c.at_risk for c in clocks.values()))
+        self.quality.clear()
+        for kpi, labels, value in computed:
+            if kpi == "identified" and not any(labels[k] for k in LABELS[1:]):
+                self.quality.labels("identified_contacts", labels["window"]).set(value)
+        for what in ("surveys", "transfers"):
+            held = sum(c.joins.get(what, 0) for c in clocks.values())
+            if held > 0:
+                joined = sum(c.joins.get(f"{what}_joined", 0) for c in clocks.values())
+                self.quality.labels(f"{what}_joined", "").set(joined / held)
         for band in range(10):
             self.perception.labels(f"{band * 10}-{band * 10 + 10}").set(
                 sum(c.bands.get(band, 0) for c in clocks.values()))

@@ -52,6 +52,7 @@ class PartitionClock:
     applied: dict[str, int] = field(default_factory=dict)
     at_risk: int = 0
     bands: dict[int, int] = field(default_factory=dict)
+    joins: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def parse(raw: Mapping[Any, Any]) -> PartitionClock:
@@ -70,6 +71,8 @@ class PartitionClock:
                 clock.applied[name[2:]] = int(text)
             elif name == "at_risk":
                 clock.at_risk = int(text)
+            elif name in ("surveys_joined", "surveys", "transfers_joined", "transfers"):
+                clock.joins[name] = int(text)
             elif name.startswith("band:"):
                 clock.bands[int(name[5:])] = int(text)
         return clock

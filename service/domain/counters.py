@@ -16,7 +16,7 @@ HOUR = 3600
 
 # Fields of one dimension in one hour bucket.
 FIELDS = (
-    "contacts", "abandoned", "self_service", "handled",
+    "contacts", "identified", "abandoned", "self_service", "handled",
     "fcr_total", "unresolved", "resolved", "repeats", "transferred",
     "surveys", "survey_unresolved", "csat_sum", "csat_count",
     "nps_promoters", "nps_detractors", "nps_count", "ces_sum", "ces_count",
@@ -48,12 +48,14 @@ class Counted:
     nps_count: int
     ces_sum: int
     ces_count: int
+    identified: bool = False
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
                 self.participates, self.status, self.is_repeat, self.transferred, self.surveys,
                 self.survey_unresolved, self.csat_sum, self.csat_count, self.nps_promoters,
-                self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count)
+                self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count,
+                self.identified)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
@@ -78,6 +80,7 @@ def values(c: Counted) -> dict[str, int]:
     """The non-zero counts of one contact."""
     v = {
         "contacts": 1,
+        "identified": int(c.identified),
         "abandoned": int(c.outcome == "abandoned"),
         "self_service": int(c.outcome == "self_service"),
         "handled": int(c.outcome == "handled"),

@@ -209,7 +209,7 @@ def derive_verdicts(
     return verdicts
 
 
-def counted_of(c: ContactRecord, v: Verdict) -> Counted:
+def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
     csat = [s.csat for s in v.surveys if s.csat is not None]
     nps = [s.nps for s in v.surveys if s.nps is not None]
     ces = [s.ces for s in v.surveys if s.ces is not None]
@@ -221,6 +221,7 @@ def counted_of(c: ContactRecord, v: Verdict) -> Counted:
         csat_sum=sum(csat), csat_count=len(csat),
         nps_promoters=sum(1 for n in nps if n >= 9), nps_detractors=sum(1 for n in nps if n <= 6),
         nps_count=len(nps), ces_sum=sum(ces), ces_count=len(ces),
+        identified=identified,
     )
 
 
@@ -311,6 +312,8 @@ class Settled:
     next_due: float | None = None
     forget: bool = False
     band_change: tuple[int | None, int | None] | None = None  # (old, new) perception band
+    # Growth of (surveys joined, surveys, transfers joined, transfers) since the last settle
+    joins: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def rfc3339(t: float) -> str:
@@ -406,7 +409,7 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
         if state.live_from is not None and c.t < state.live_from:
             continue  # context only: its last published verdict is final
         v = verdicts[c.contact_id]
-        counted = counted_of(c, v)
+        counted = counted_of(c, v, state.customer_id is not None)
         before = state.emitted.get(c.contact_id)
         old = Counted.from_tuple(before.counted) if before else None
         if old != counted:
@@ -425,6 +428,12 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
             view["version"] = version
             out.updates.append(ContactUpdate(c.contact_id, version, view))
         state.emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception)
+    joined_now = (sum(len(v.surveys) for v in verdicts.values()), len(state.surveys),
+                  sum(v.transfers for v in verdicts.values()), len(state.transfers))
+    last = state.joins
+    out.joins = (joined_now[0] - last[0], joined_now[1] - last[1], joined_now[2] - last[2],
+                 joined_now[3] - last[3])
+    held = (len(state.contacts), len(state.transfers), len(state.surveys))
     if curve is not None:
         band = min(9, max(0, int(curve.state.score // 10)))
         if band != state.band:
@@ -442,6 +451,13 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
                 tuple(curve.causes), curve.state.t or watermark,
             ))
     _prune(state, watermark, policy)
+    # Pruned records leave these counts silently: the published totals only grow.
+    if held == (len(state.contacts), len(state.transfers), len(state.surveys)):
+        state.joins = joined_now
+    else:
+        after = derive_verdicts(state, watermark, policy)
+        state.joins = (sum(len(v.surveys) for v in after.values()), len(state.surveys),
+                       sum(v.transfers for v in after.values()), len(state.transfers))
     if state.is_empty():
         out.forget = True
         if state.band is not None:

@@ -17,6 +17,7 @@ def kpis(c: Mapping[str, int]) -> dict[str, float | None]:
     fcr_total = get("fcr_total", 0)
     return {
         "contacts": float(get("contacts", 0)),
+        "identified": ratio(get("identified", 0), get("contacts", 0)),
         "fcr_provisional": (None if fcr_total <= 0
                             else 1 - get("unresolved", 0) / fcr_total),
         "repeat": ratio(get("repeats", 0), fcr_total),

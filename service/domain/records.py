@@ -157,6 +157,7 @@ class CustomerState:
     alert_version: int = 0
     live_from: float | None = None  # contacts before this are context only (see engine)
     band: int | None = None  # perception band (score // 10) last counted for this customer
+    joins: tuple[int, int, int, int] = (0, 0, 0, 0)  # surveys joined/held, transfers joined/held
 
     def seen(self, event_id: str) -> bool:
         if any(e == event_id for e, _ in self.superseded):
@@ -186,6 +187,7 @@ class CustomerState:
             "a": [self.alerted_at_risk, self.alert_version],
             "l": self.live_from,
             "b": self.band,
+            "j": list(self.joins),
         }
 
     @staticmethod
@@ -207,4 +209,5 @@ class CustomerState:
             alert_version=d["a"][1],
             live_from=d["l"],
             band=d["b"],
+            joins=(d["j"][0], d["j"][1], d["j"][2], d["j"][3]),
         )

@@ -416,6 +416,10 @@ class IngestProcessor:
                 plan.published.append(("correction", labels, 1))
             commit.outbox.append(outbox_item("contact", update.contact_id, update.version,
                                              orjson.dumps(update.view)))
+        for name, delta in zip(("surveys_joined", "surveys", "transfers_joined", "transfers"),
+                               settled.joins, strict=True):
+            if delta:
+                commit.clock_increments[name] = commit.clock_increments.get(name, 0) + delta
         if settled.band_change is not None:
             old, new = settled.band_change
             for band, delta in ((old, -1), (new, 1)):

@@ -246,6 +246,10 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         wait_until(lambda: worker.metric("cx_csat_average", **labels) == 1, timeout=20,
                    what="the business gauges refreshed after the survey")
         assert worker.metric("cx_customers_at_risk") == 1
+        assert worker.metric("cx_data_quality_ratio", measure="identified_contacts",
+                             window="24h") == 1.0
+        assert worker.metric("cx_data_quality_ratio", measure="surveys_joined",
+                             window="") == 1.0
         bands = {f"{b * 10}-{b * 10 + 10}": worker.metric("cx_perception_customers",
                                                             band=f"{b * 10}-{b * 10 + 10}")
                  for b in range(10)}

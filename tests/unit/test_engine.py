@@ -235,3 +235,17 @@ def test_worked_example_of_the_definitions_doc() -> None:
         assert sum(b.get("all|unresolved", 0) for b in week) == 3
         assert sum(b.get("all|resolved", 0) for b in week) == 0
         assert counters[hour_of(ts(96 + 9.5))]["all|csat_sum"] == 4
+
+
+def test_join_counts_grow_and_survive_pruning() -> None:
+    state = new_state(survey("a", 1, resolved=True))
+    apply_event(state, survey("a", 1, resolved=True))
+    first = settle(state, ts(1), POLICY)
+    assert first.joins == (0, 1, 0, 0)  # a survey waiting for its contact
+    apply_event(state, call("a", 0))
+    apply_event(state, transfer("a", -0.05))
+    second = settle(state, ts(2), POLICY)
+    assert second.joins == (1, 0, 1, 1)  # now joined, and a joined transfer
+    pruned = settle(state, ts(24 * 40), POLICY)
+    assert pruned.forget is True
+    assert pruned.joins == (0, 0, 0, 0)  # dropping old records does not shrink the totals

@@ -6,11 +6,11 @@ from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
 
 
 def test_kpis_of_a_dimension() -> None:
-    got = kpis({"contacts": 10, "abandoned": 2, "handled": 8, "fcr_total": 5, "unresolved": 1,
-                "repeats": 1, "transferred": 2, "csat_sum": 9, "csat_count": 2,
+    got = kpis({"contacts": 10, "identified": 8, "abandoned": 2, "handled": 8, "fcr_total": 5,
+                "unresolved": 1, "repeats": 1, "transferred": 2, "csat_sum": 9, "csat_count": 2,
                 "nps_promoters": 3, "nps_detractors": 1, "nps_count": 4})
-    assert got == {"contacts": 10.0, "fcr_provisional": 0.8, "repeat": 0.2, "transfer": 0.25,
-                   "abandon": 0.2, "csat": 4.5, "nps": 50.0}
+    assert got == {"contacts": 10.0, "identified": 0.8, "fcr_provisional": 0.8, "repeat": 0.2,
+                   "transfer": 0.25, "abandon": 0.2, "csat": 4.5, "nps": 50.0}
 
 
 def test_undefined_kpis_are_none_not_zero() -> None:
