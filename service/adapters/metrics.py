@@ -77,8 +77,10 @@ class PipelineMetrics:
         self.repeats = Counter("cx_repeat_contacts",
                                "Contacts found to be repeats (counted once per contact).",
                                ["queue", "channel"], registry=r)
-        self.transfers = Counter("cx_transfers", "Transfer events applied.", registry=r)
-        self.surveys = Counter("cx_surveys", "Survey events applied.", registry=r)
+        self.transfers = Counter("cx_transfers", "Transfer events applied, by the queue "
+                                 "transferred from.", ["queue"], registry=r)
+        self.surveys = Counter("cx_surveys", "Survey events applied, by source.", ["source"],
+                               registry=r)
         self.corrections = Counter(
             "cx_contact_corrections",
             "New versions of already published contacts (late events, window closes).",

@@ -216,15 +216,21 @@ class IngestProcessor:
         """Latencies of this batch, and the business counters of what it published."""
         m = self._metrics
         now = time.time()
+        transfers: dict[str, int] = {}
+        surveys: dict[str, int] = {}
         for items in valid.values():
             for msg, event in items:
                 m.event_latency.observe(max(0.0, now - event.header.occurred_at.timestamp()))
                 if msg.timestamp_ms:
                     m.broker_latency.observe(max(0.0, now - msg.timestamp_ms / 1000))
                 if isinstance(event, Transfer):
-                    m.transfers.inc()
+                    transfers[event.from_queue] = transfers.get(event.from_queue, 0) + 1
                 elif isinstance(event, SurveyAnswered):
-                    m.surveys.inc()
+                    surveys[event.source] = surveys.get(event.source, 0) + 1
+        for queue, n in transfers.items():
+            m.transfers.labels(queue).inc(n)
+        for source, n in surveys.items():
+            m.surveys.labels(source).inc(n)
         contacts: dict[tuple[str, str, str], int] = {}
         repeats: dict[tuple[str, str], int] = {}
         corrections = 0

@@ -265,7 +265,7 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         assert worker.metric("cx_contacts_total", queue="billing", channel="voice",
                              outcome="handled") == 3
         assert worker.metric("cx_repeat_contacts_total", queue="billing", channel="voice") == 2
-        assert worker.metric("cx_surveys_total") == 1
+        assert worker.metric("cx_surveys_total", source="sms") == 1
         assert worker.metric("cx_contact_corrections_total") >= 1  # c0 got the survey
         assert worker.metric("cx_event_latency_seconds_count") == 4
         other = json.loads(worker.get(
