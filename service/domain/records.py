@@ -207,7 +207,8 @@ class CustomerState:
                                         [(r[0], r[1]) for r in recent], last_signal),
             alerted_at_risk=d["a"][0],
             alert_version=d["a"][1],
-            live_from=d["l"],
-            band=d["b"],
-            joins=(d["j"][0], d["j"][1], d["j"][2], d["j"][3]),
+            # Fields added after the first release: states written before lack them.
+            live_from=d.get("l"),
+            band=d.get("b"),
+            joins=tuple(d.get("j", (0, 0, 0, 0))),  # type: ignore[arg-type]
         )

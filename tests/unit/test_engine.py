@@ -249,3 +249,17 @@ def test_join_counts_grow_and_survive_pruning() -> None:
     pruned = settle(state, ts(24 * 40), POLICY)
     assert pruned.forget is True
     assert pruned.joins == (0, 0, 0, 0)  # dropping old records does not shrink the totals
+
+
+def test_state_round_trip_and_older_states_still_load() -> None:
+    from service.domain.records import CustomerState
+
+    state, _, _ = fold(None, call("a", 0), ts(1), POLICY)
+    apply_event(state, survey("a", 2, csat=3))
+    settle(state, ts(3), POLICY)
+    data = state.to_dict()
+    assert CustomerState.from_dict(data).to_dict() == data
+    older = {k: v for k, v in data.items() if k not in ("l", "b", "j")}
+    loaded = CustomerState.from_dict(older)
+    assert loaded.joins == (0, 0, 0, 0)
+    assert loaded.contacts.keys() == {"a"}
