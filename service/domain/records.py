@@ -210,5 +210,5 @@ class CustomerState:
             # Fields added after the first release: states written before lack them.
             live_from=d.get("l"),
             band=d.get("b"),
-            joins=tuple(d.get("j", (0, 0, 0, 0))),  # type: ignore[arg-type]
+            joins=tuple(d.get("j", (0, 0, 0, 0))),
         )
