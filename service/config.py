@@ -95,14 +95,21 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number from 0 to 100, got {text!r}") from None
-    if not 0 <= value <= 100:
-        raise ValueError(f"expected a number from 0 to 100, got {value}")
-    return value
+def _number_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number from {low:g} to {high:g}, got {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low:g} to {high:g}, got {value}")
+        return value
+
+    return parse
+
+
+_score = _number_range(0, 100)
+_ratio = _number_range(0, 1)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -141,16 +148,6 @@ def _queue_policies(text: str) -> dict[str, dict[str, Any]]:
 
 def _segment_baselines(text: str) -> dict[str, float]:
     return {segment: _score(str(v)) for segment, v in _json_object(text).items()}
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise ValueError(f"expected a number from 0 to 1, got {value}")
-    return value
 
 
 def _windows(text: str) -> tuple[tuple[str, float], ...]:
