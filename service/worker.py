@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
-from service.service_layer.ingest import IngestProcessor, InputMessage, Topics
+from service.service_layer.ingest import IngestProcessor, InputMessage, ProcessingDefect, Topics
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,13 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             task = asyncio.ensure_future(processor.process(batch))
             try:
                 await asyncio.shield(task)
+            except ProcessingDefect:
+                # Not acknowledged: exit at once, non-zero, so nothing after this batch is
+                # committed and a supervisor restarts the worker (the batch comes again).
+                log.critical("stopping: a batch of %d cannot be applied", len(events),
+                             exc_info=True)
+                logging.shutdown()
+                os._exit(70)
             except asyncio.CancelledError:
                 # Shutting down: finish the batch in hand, acknowledge it, then stop.
                 try:

@@ -23,6 +23,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import orjson
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
+from redis.exceptions import RedisError
+from redis.exceptions import ResponseError as RedisResponseError
 
 from service.adapters.codec import decode_event
 from service.adapters.metrics import PipelineMetrics
@@ -68,6 +72,23 @@ class InputMessage:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
+
+
+class ProcessingDefect(Exception):
+    """A failure that retrying cannot cure (a bug, a state it cannot read). The worker stops
+    without acknowledging the batch, so Kafka delivers it again after the fix or restart."""
+
+
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY",
+                      "NOREPLICAS", "MOVED", "ASK")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether waiting and trying again can succeed: the dependency is down, slow or busy."""
+    if isinstance(exc, RedisResponseError):
+        return str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES
+    return isinstance(exc, RedisError | KafkaError | ProducerSendError | OSError | TimeoutError
+                      | Conflict)
 
 
 class OutputSink(Protocol):
@@ -481,7 +502,10 @@ class IngestProcessor:
                 result = await call()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # any failure of the dependency: retry, never skip
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise ProcessingDefect(f"{type(exc).__name__}: {exc}") from exc
+                # the dependency is down or busy: retry, never skip
                 self.healthy[dependency] = False
                 self._metrics.dependency_up.labels(dependency).set(0)
                 self._metrics.retries.labels(dependency).inc()

@@ -214,3 +214,40 @@ def test_sigterm_finishes_commits_and_exits_cleanly(stack: Stack, tmp_path: Path
     committed = asyncio.run(committed_offsets(stack.kafka_bootstrap, ns.name, topics, 6))
     assert committed == asyncio.run(end_offsets(stack.kafka_bootstrap, topics, 6))
     assert "Signal received: 15" in worker.logs()
+
+
+def test_a_state_it_cannot_read_stops_the_worker_and_loses_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    import redis
+
+    from service.adapters.http import partition_of
+
+    ns = stack.namespace()
+    _create_topics(ns)
+    keys = RedisState.__new__(RedisState)
+    keys.prefix = ns.name
+    key = keys.state_key(partition_of("cust-broken", 6), "c:cust-broken")
+    client = redis.Redis.from_url(stack.redis_url)
+    client.set(key, b"{not a state")
+    event = {"event_id": "e-broken", "occurred_at": "2026-05-04T10:00:00Z",
+             "contact_id": "c-broken", "customer_id": "cust-broken",
+             "started_at": "2026-05-04T09:50:00Z", "channel": "voice", "queue": "billing",
+             "outcome": "handled", "agent_id": "a1"}
+    asyncio.run(produce(stack.kafka_bootstrap,
+                        [(ns.topic("call-ended"), b"cust-broken", orjson.dumps(event))]))
+    worker = Worker(ns, tmp_path / "worker.log")
+    worker.proc.wait(60)
+    assert worker.proc.returncode == 70, worker.logs()
+    assert "cannot be applied" in worker.logs()
+    assert _applied_in_redis(ns) == {}
+
+    client.delete(key)  # the operator repairs the state
+    restarted = Worker(ns, tmp_path / "worker-2.log")
+    try:
+        restarted.wait_ready()
+        wait_until(lambda: _applied_in_redis(ns) == {ns.topic("call-ended"): 1}, timeout=60,
+                   what="the event applied after the repair")
+    finally:
+        assert restarted.stop() == 0, restarted.logs()
+        client.close()
