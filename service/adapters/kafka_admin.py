@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -66,14 +65,19 @@ async def ensure_layout(settings: Settings, *, timeout: float = 60.0) -> tuple[l
         counts = await _describe(admin, list(configs))
         inputs = [counts[t] for t in settings.input_topics if t in counts]
         partitions = inputs[0] if inputs else settings.topic_partitions
+        created = []
         missing = [t for t in configs if t not in counts]
         if missing:
-            # Another worker may create them at the same moment.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([
-                    NewTopic(t, partitions, settings.topic_replication, topic_configs=configs[t])
-                    for t in missing
-                ])
+            response = await admin.create_topics([
+                NewTopic(t, partitions, settings.topic_replication, topic_configs=configs[t])
+                for t in missing
+            ])
+            for topic, code, message in (e[:3] for e in response.topic_errors):
+                if code == 0:
+                    created.append(topic)
+                elif code != TopicAlreadyExistsError.errno:
+                    # created a moment ago by another worker is fine; anything else is not
+                    raise KafkaError(f"could not create topic {topic}: {message} (code {code})")
         # Metadata of new topics reaches every broker a moment after creation.
         for _ in range(50):
             counts = await _describe(admin, list(configs))
@@ -81,7 +85,7 @@ async def ensure_layout(settings: Settings, *, timeout: float = 60.0) -> tuple[l
                 break
             await asyncio.sleep(0.2)
         check_input_layout({t: counts.get(t, 0) for t in settings.input_topics})
-        return missing, counts[settings.topic_call_ended]
+        return created, counts[settings.topic_call_ended]
     finally:
         await admin.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from service.adapters.kafka_admin import ensure_topics
 from service.config import load_settings
 from service.tools.traffic import QUEUES, TrafficModel
+from tests.support.engine_state import settled
 from tests.support.prometheus import Prometheus
 from tests.support.stack import Stack, Worker, produce, wait_until
 
@@ -42,8 +44,10 @@ def test_fcr_alert_fires_for_the_degraded_queue_only(stack: Stack, tmp_path: Pat
                     out.add(queue)
             return out
 
-        wait_until(lambda: "billing" in below_target(), timeout=90,
+        wait_until(lambda: settled(ns, len(messages)), timeout=90, what="all events applied")
+        wait_until(lambda: "billing" in below_target(), timeout=30,
                    what="the degraded queue's FCR under target in the worker's gauges")
+        time.sleep(1)  # one more gauge refresh after the last event
         expected = below_target()
 
         def firing() -> set[str]:

@@ -8,7 +8,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from service.adapters.kafka_admin import TopicLayoutError, ensure_topics
 from service.config import load_settings
-from tests.support.stack import Stack
+from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +83,19 @@ def test_missing_input_topics_follow_the_existing_partition_count(stack: Stack) 
             await admin.close()
 
     asyncio.run(make_transfer_topic())
+    # "Existing" means visible in the metadata, which follows the creation by a moment.
+    wait_until(lambda: asyncio.run(_describe(stack.kafka_bootstrap, [settings.topic_transfer]))
+               .get(settings.topic_transfer) == 3, timeout=30, what="the topic visible")
     asyncio.run(ensure_topics(settings))
     counts = asyncio.run(_describe(stack.kafka_bootstrap, list(settings.input_topics)))
     assert counts == {t: 3 for t in settings.input_topics}
+
+
+def test_two_workers_creating_topics_at_once_create_each_once(stack: Stack) -> None:
+    settings = load_settings(stack.namespace().settings_env())
+
+    async def both() -> list[list[str]]:
+        return list(await asyncio.gather(ensure_topics(settings), ensure_topics(settings)))
+
+    first, second = asyncio.run(both())
+    assert sorted(first + second) == sorted(settings.input_topics + settings.output_topics)
