@@ -11,10 +11,12 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from service.domain.durations import parse_duration
 from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
+
+T = TypeVar("T", int, float)
 
 
 class ConfigError(ValueError):
@@ -30,17 +32,23 @@ class Variable:
     field: str
 
 
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _bounded(convert: Callable[[str], T], what: str, low: T, high: T) -> Callable[[str], T]:
+    """A parser of `what` (e.g. "a whole number") between `low` and `high` inclusive."""
+
+    def parse(text: str) -> T:
         try:
-            value = int(text.replace("_", ""))
+            value = convert(text.replace("_", ""))
         except ValueError:
-            raise ValueError(f"expected a whole number, got {text!r}") from None
+            raise ValueError(f"expected {what} from {low:g} to {high:g}, got {text!r}") from None
         if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
+            raise ValueError(f"expected {what} from {low:g} to {high:g}, got {value:g}")
         return value
 
     return parse
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    return _bounded(int, "a whole number", low, high)
 
 
 def _positive_seconds(text: str) -> float:
@@ -95,21 +103,8 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-def _number_range(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"expected a number from {low:g} to {high:g}, got {text!r}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected a number from {low:g} to {high:g}, got {value}")
-        return value
-
-    return parse
-
-
-_score = _number_range(0, 100)
-_ratio = _number_range(0, 1)
+_score = _bounded(float, "a number", 0.0, 100.0)
+_ratio = _bounded(float, "a number", 0.0, 1.0)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -364,13 +359,14 @@ class Settings:
     def output_topics(self) -> tuple[str, str, str]:
         return (self.topic_dead_letter, self.topic_contact_enriched, self.topic_customer_alerts)
 
-    def kind_of_topic(self, topic: str) -> str:
-        """The event kind (`call-ended`, `transfer`, `survey-answered`) a topic carries."""
+    @property
+    def topic_kinds(self) -> dict[str, str]:
+        """Input topic -> the kind of event it carries (call-ended, transfer, survey-answered)."""
         return {
             self.topic_call_ended: "call-ended",
             self.topic_transfer: "transfer",
             self.topic_survey_answered: "survey-answered",
-        }[topic]
+        }
 
 
 def policy_of(settings: Settings) -> Policy:

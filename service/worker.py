@@ -106,7 +106,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
                       settings.topic_customer_alerts),
         metrics=metrics,
         policy=policy,
-        kind_of_topic=settings.kind_of_topic,
+        topic_kinds=settings.topic_kinds,
         max_event_bytes=settings.max_event_bytes,
         retry_max_backoff=settings.retry_max_backoff,
         lagging=lagging,

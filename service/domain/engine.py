@@ -365,7 +365,8 @@ def _digest(view: dict[str, Any]) -> int:
     return zlib.crc32(repr(sorted(view.items())).encode())
 
 
-def _prune(state: CustomerState, watermark: float, policy: Policy) -> None:
+def _prune(state: CustomerState, watermark: float, policy: Policy,
+           verdicts: dict[str, Verdict]) -> None:
     """Fold final perception signals into the snapshot and drop records nothing can change.
 
     Contacts before `live_from` stay as context only: the verdicts of later contacts depend on
@@ -379,7 +380,6 @@ def _prune(state: CustomerState, watermark: float, policy: Policy) -> None:
                        + [r.t for r in state.transfers] + [r.t for r in state.surveys],
                        default=None)
         if earliest is not None and earliest < cutoff:
-            verdicts = derive_verdicts(state, watermark, policy)
             curve = perception_curve(state, verdicts, watermark, policy, until=cutoff)
             s = curve.state
             state.snapshot = PerceptionSnapshot(s.t, s.score, s.at_risk, s.points, s.recent,
@@ -450,7 +450,7 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
                 round(curve.state.drop(policy.perception.at_risk_drop_period), 2),
                 tuple(curve.causes), curve.state.t or watermark,
             ))
-    _prune(state, watermark, policy)
+    _prune(state, watermark, policy, verdicts)
     # Pruned records leave these counts silently: the published totals only grow.
     if held == (len(state.contacts), len(state.transfers), len(state.surveys)):
         state.joins = joined_now

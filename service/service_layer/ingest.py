@@ -17,7 +17,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -169,7 +169,7 @@ class IngestProcessor:
         topics: Topics,
         metrics: PipelineMetrics,
         policy: Policy,
-        kind_of_topic: Callable[[str], str],
+        topic_kinds: Mapping[str, str],
         max_event_bytes: int,
         retry_max_backoff: float,
         lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False,
@@ -180,7 +180,7 @@ class IngestProcessor:
         self._topics = topics
         self._metrics = metrics
         self._policy = policy
-        self._kind_of_topic = kind_of_topic
+        self._topic_kinds = topic_kinds
         self._max_event_bytes = max_event_bytes
         self._retry_max_backoff = retry_max_backoff
         self._lagging = lagging
@@ -271,9 +271,8 @@ class IngestProcessor:
             m.corrections.inc(corrections)
 
     def _decode(self, msg: InputMessage) -> ContactEvent | Rejection:
-        try:
-            kind = self._kind_of_topic(msg.topic)
-        except KeyError:
+        kind = self._topic_kinds.get(msg.topic)
+        if kind is None:
             return Rejection(RejectReason.UNKNOWN_TOPIC, msg.topic)
         try:
             return decode_event(kind, msg.value, self._max_event_bytes)
@@ -367,7 +366,7 @@ class IngestProcessor:
                 plan.late.append((msg.topic, TOO_LATE))
                 record = dead_letter_record(
                     msg, TOO_LATE,
-                    f"{self._kind_of_topic(msg.topic)}.occurred_at: older than the watermark "
+                    f"{self._topic_kinds[msg.topic]}.occurred_at: older than the watermark "
                     f"minus the allowed lateness ({_now_text(datetime.fromtimestamp(t, UTC))})",
                     now)
                 plan.commit.outbox.append(outbox_item(

@@ -86,7 +86,6 @@ class TrafficModel:
         degraded_queues: tuple[str, ...] = (),
     ) -> None:
         self._rng = random.Random(seed)
-        self._clock = start
         self._rate = contacts_per_second
         self._customers = customers
         self._dup = duplicate_share
@@ -123,7 +122,6 @@ class TrafficModel:
         while self._pending and self._pending[0].publish_at <= until:
             p = heapq.heappop(self._pending)
             out.append(Message(p.topic, p.key, p.value, p.publish_at))
-        self._clock = until
         return out
 
     # -- arrivals -----------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -47,7 +46,9 @@ def test_fcr_alert_fires_for_the_degraded_queue_only(stack: Stack, tmp_path: Pat
         wait_until(lambda: settled(ns, len(messages)), timeout=90, what="all events applied")
         wait_until(lambda: "billing" in below_target(), timeout=30,
                    what="the degraded queue's FCR under target in the worker's gauges")
-        time.sleep(1)  # one more gauge refresh after the last event
+        refreshes = worker.metric("cx_metrics_refresh_seconds_count")
+        wait_until(lambda: worker.metric("cx_metrics_refresh_seconds_count") > refreshes + 1,
+                   timeout=10, what="a gauge refresh after the last event")
         expected = below_target()
 
         def firing() -> set[str]:

@@ -17,7 +17,7 @@ def test_defaults_load() -> None:
     assert s.http_port == 6066
     assert s.max_event_bytes == 65536
     assert s.batch_max_wait == pytest.approx(0.05)
-    assert s.kind_of_topic("transfer") == "transfer"
+    assert s.topic_kinds["transfer"] == "transfer"
 
 
 @pytest.mark.parametrize(
