@@ -245,7 +245,8 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     assert not dockerignore_excludes("service/adapters/lua/commit_partition.lua")
     for ignored in (".venv/bin/python", ".git/HEAD", "tests/unit/test_config.py",
                     ".cx-local/redis/appendonly.aof", ".cx-cache/x.jar", "deploy/k8s",
-                    "service/__pycache__/config.cpython-311.pyc", "docs/operations.md"):
+                    "service/__pycache__/config.cpython-311.pyc", "service/domain/__pycache__",
+                    "docs/operations.md"):
         assert dockerignore_excludes(ignored), f"{ignored} would be sent to the build"
 
 
