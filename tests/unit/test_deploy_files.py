@@ -25,6 +25,7 @@ from service.cli import build_parser
 from service.config import VARIABLES, load_settings, policy_of
 from service.domain.durations import parse_duration
 from tests.unit import kustomize_lite
+from tests.unit.test_rules_metrics import exported_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy/docker"
@@ -547,7 +548,7 @@ def quantity(value: str | int) -> float:
 
 def test_every_k8s_file_parses_and_holds_kubernetes_objects() -> None:
     files = sorted(K8S.rglob("*.yaml"))
-    assert len(files) >= 12
+    assert len(files) >= 13
     for path in files:
         if path.name == "kustomization.yaml":
             assert yaml.safe_load(path.read_text())["kind"] == "Kustomization"
@@ -771,3 +772,21 @@ def test_strimzi_topics_match_the_settings_and_the_rebuild_horizon() -> None:
         assert retention == -1 or retention >= horizon_ms, topic
     clusters = {t["metadata"]["labels"]["strimzi.io/cluster"] for t in topics}
     assert len(clusters) == 1
+
+
+def test_lag_autoscaler_targets_the_workers_within_the_partitions() -> None:
+    (scaled,) = kustomize_lite.load_documents(K8S / "autoscaling/keda-scaledobject.yaml")
+    resources = rendered("overlays/example")
+    worker = one(resources, "Deployment")
+    settings = load_settings(environment(resources, worker))
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    pdb = one(resources, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] < spec["minReplicaCount"]
+    assert spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.topic_partitions
+    (trigger,) = spec["triggers"]
+    query = trigger["metadata"]["query"]
+    assert set(re.findall(r"\bcx_[a-z_]+", query)) == {"cx_consumer_lag_messages"}
+    assert "cx_consumer_lag_messages" in exported_names()
+    assert 'job="cx-stream"' in query
+    assert float(trigger["metadata"]["threshold"]) > 0
