@@ -790,3 +790,35 @@ def test_lag_autoscaler_targets_the_workers_within_the_partitions() -> None:
     assert "cx_consumer_lag_messages" in exported_names()
     assert 'job="cx-stream"' in query
     assert float(trigger["metadata"]["threshold"]) > 0
+
+
+# --- docs/operations.md --------------------------------------------------------------------
+
+OPERATIONS = ROOT / "docs/operations.md"
+
+
+def test_operations_guide_names_real_files_metrics_and_variables() -> None:
+    text = OPERATIONS.read_text()
+    files = set(re.findall(r"`([\w./-]+\.ya?ml|[\w./-]*Dockerfile)`", text))
+    assert len(files) >= 10
+    for name in files:
+        assert (ROOT / name).exists() or (K8S / name).exists(), f"{name} does not exist"
+    metrics = set(re.findall(r"\bcx_[a-z_]+[a-z]\b", text))
+    assert metrics, "the guide names no metric"
+    assert metrics <= exported_names(), metrics - exported_names()
+    variables = set(re.findall(r"\bCX_[A-Z_]*[A-Z](?![A-Z_]*\*)", text))
+    assert variables <= DEFAULTS.keys(), variables - DEFAULTS.keys()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    for link in re.findall(r"\]\(#([^)]+)\)", text):
+        assert link in anchors, f"no section for #{link}"
+
+
+def test_operations_guide_quotes_the_grace_periods_of_the_files() -> None:
+    text = OPERATIONS.read_text()
+    grace = pod_spec(one(rendered("base"), "Deployment"))["terminationGracePeriodSeconds"]
+    assert f"`terminationGracePeriodSeconds: {grace}`" in text
+    assert f"{grace} s in the Kubernetes files" in text
+    compose_grace = int(parse_duration(services()["worker"]["stop_grace_period"]))
+    assert f"{compose_grace} s in Compose" in text
+    assert "(docs/operations.md)" in (ROOT / "README.md").read_text()
