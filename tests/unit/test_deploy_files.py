@@ -822,3 +822,11 @@ def test_operations_guide_quotes_the_grace_periods_of_the_files() -> None:
     compose_grace = int(parse_duration(services()["worker"]["stop_grace_period"]))
     assert f"{compose_grace} s in Compose" in text
     assert "(docs/operations.md)" in (ROOT / "README.md").read_text()
+
+
+def test_the_example_prometheus_config_points_at_the_kubernetes_scrape_job() -> None:
+    text = (ROOT / "deploy/prometheus/prometheus.yml").read_text()
+    named = re.findall(r"deploy/k8s/[\w/.-]+\.yaml", text)
+    assert named, "deploy/prometheus/prometheus.yml does not say where the Kubernetes job is"
+    for path in named:
+        assert (ROOT / path).is_file(), path
