@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -860,3 +861,27 @@ def test_dockerfile_healthcheck_passes_on_200_and_fails_otherwise() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+OLDEST_KUBERNETES = "1.30.0"
+
+
+@pytest.mark.parametrize("name", ["base", "overlays/example"])
+def test_manifests_match_the_kubernetes_api_schemas(name: str) -> None:
+    """Strict: a misspelt or misplaced field fails, from the oldest supported version on."""
+    resources = rendered(name)
+    for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+        for resource in resources:
+            kubernetes_validate.validate(resource, version, strict=True)
+
+
+def test_schema_validation_rejects_a_misspelt_field() -> None:
+    worker = one(rendered("base"), "Deployment")
+    pod_spec(worker)["terminationGracePeriodSecond"] = 60
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, OLDEST_KUBERNETES, strict=True)
+
+
+def test_operations_guide_states_the_oldest_kubernetes_checked() -> None:
+    major_minor = ".".join(OLDEST_KUBERNETES.split(".")[:2])
+    assert f"Kubernetes {major_minor} and newer" in OPERATIONS.read_text()
