@@ -651,6 +651,8 @@ def test_labels_and_selectors_agree() -> None:
     pdb = one(resources, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == selector
     assert pdb["spec"]["maxUnavailable"] < worker["spec"]["replicas"]
+    # an outage making every worker unready must not block node drains
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] in {p["name"] for p in container(worker)["ports"]}
     assert port["port"] == int(environment(resources, worker)["CX_HTTP_PORT"])
