@@ -119,9 +119,9 @@ def test_without_tokens_the_api_is_open_on_loopback_only() -> None:
             assert (await get(FCR_BAD))[0] == 400
 
     asyncio.run(scenario())
-    with pytest.raises(ConfigError, match="^CX_API_AUTH: no API token"):
+    with pytest.raises(ConfigError, match=r"^CX_API_AUTH: no API token"):
         HttpGuard(load_settings({"CX_HTTP_HOST": "0.0.0.0"}))
-    with pytest.raises(ConfigError, match="^CX_API_AUTH: token needs"):
+    with pytest.raises(ConfigError, match=r"^CX_API_AUTH: token needs"):
         load_settings({"CX_API_AUTH": "token"})
     assert not HttpGuard(load_settings({"CX_HTTP_HOST": "0.0.0.0", "CX_API_AUTH": "none"})
                          ).api_auth

@@ -97,13 +97,13 @@ def test_ssl_only_and_sasl_plaintext() -> None:
 def test_unreadable_secret_and_ca_files_name_their_variable(tmp_path: Path) -> None:
     env = {**SASL, "CX_KAFKA_SASL_PASSWORD": "",
            "CX_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")}
-    with pytest.raises(ConfigError, match="^CX_KAFKA_SASL_PASSWORD_FILE: cannot read"):
+    with pytest.raises(ConfigError, match=r"^CX_KAFKA_SASL_PASSWORD_FILE: cannot read"):
         kafka_options(load_settings(env))
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ConfigError, match="^CX_KAFKA_SASL_PASSWORD_FILE: .* is empty"):
+    with pytest.raises(ConfigError, match=r"^CX_KAFKA_SASL_PASSWORD_FILE: .* is empty"):
         kafka_options(load_settings({**env, "CX_KAFKA_SASL_PASSWORD_FILE":
                                      str(tmp_path / "empty")}))
-    with pytest.raises(ConfigError, match="^CX_KAFKA_SSL_CAFILE: cannot load"):
+    with pytest.raises(ConfigError, match=r"^CX_KAFKA_SSL_CAFILE: cannot load"):
         kafka_options(load_settings({**SASL, "CX_KAFKA_SSL_CAFILE": str(tmp_path / "no.pem")}))
 
 
