@@ -23,7 +23,7 @@ from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
 from service.adapters.http import install_routes
-from service.adapters.http_security import HttpGuard
+from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
 from service.adapters.redis_state import RedisState
@@ -205,6 +205,7 @@ async def _kafka_reachable(app: faust.App) -> bool:
 
 def run_worker(settings: Settings) -> int:
     """Create missing topics, then run the Faust worker until SIGTERM/SIGINT."""
+    api_auth_required(settings)  # an API left open on a public address stops us here
     loop = asyncio.new_event_loop()
     try:
         # A refused password or an untrusted certificate stops the worker here, clearly.

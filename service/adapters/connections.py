@@ -106,7 +106,8 @@ def _describe(exc: BaseException) -> str | None:
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
             return f"TLS certificate verification failed: {seen.verify_message or seen}"
-        if isinstance(seen, ssl.SSLError):
+        if isinstance(seen, ssl.SSLError) and not isinstance(
+                seen, ssl.SSLEOFError | ssl.SSLZeroReturnError):  # those: the peer hung up
             return f"TLS handshake failed: {seen}"
         if isinstance(seen, SaslAuthenticationFailed):
             return f"SASL authentication failed: {seen}"

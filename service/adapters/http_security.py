@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import math
 import os
 import time
@@ -31,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from service.config import ConfigError, Settings
 
+log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PAGES = ("/wallboard",)
 WALLBOARD_DATA = "/api/v1/wallboard"
@@ -96,6 +98,8 @@ class TokenSet:
                 raise ConfigError("CX_API_TOKENS_FILE: each token must have at least 16 "
                                   "characters")
             tokens = tuple(t for t in tokens if len(t) >= 16)
+            log.warning("CX_API_TOKENS_FILE: %d token(s) under 16 characters ignored",
+                        len(short))
         self._from_file, self._stamp = tokens, stamp
 
     def tokens(self) -> tuple[str, ...]:
