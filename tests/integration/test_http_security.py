@@ -5,6 +5,7 @@ answer before they would read Redis, or read nothing)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from service.adapters.http_security import HttpGuard
 from service.adapters.redis_state import RedisState, connect
 from service.config import ConfigError, load_settings
 from service.domain.policy import Policy
+from tests.support.browser import Browser, Page
 
 TOKEN_A = "token-a-0123456789abcdef"
 TOKEN_B = "token-b-0123456789abcdef"
@@ -42,6 +44,13 @@ Get = Callable[..., Awaitable[tuple[int, dict[str, str], bytes]]]
 
 @asynccontextmanager
 async def serve(clock: Clock | None = None, **env: str) -> AsyncIterator[Get]:
+    async with serve_at(clock, **env) as (get, _):
+        yield get
+
+
+@asynccontextmanager
+async def serve_at(clock: Clock | None = None, **env: str) -> AsyncIterator[tuple[Get, str]]:
+    """The worker's routes behind the guard; a GET function and the base URL."""
     settings = load_settings(env)
     guard = HttpGuard(settings, clock or Clock())
     app = faust.App(f"http-test-{id(env)}", web_enabled=True,
@@ -55,7 +64,8 @@ async def serve(clock: Clock | None = None, **env: str) -> AsyncIterator[Get]:
     state = RedisState(connect("redis://127.0.0.1:1/0"), "t", state_ttl=60, counter_ttl=60,
                        contact_ttl=60)
     install_routes(app, registry, readiness, state, Policy(), lambda: 6,
-                   wallboard=lambda: {"queues": []})
+                   wallboard=lambda: {"watermark": "2026-11-24T10:00:00Z", "centre": {},
+                                      "queues": [], "fcr_target": 0.7, "window": "1h"})
     server = TestServer(await app.web.wsgi(), host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
@@ -70,7 +80,7 @@ async def serve(clock: Clock | None = None, **env: str) -> AsyncIterator[Get]:
             return response.status, dict(response.headers), await response.read()
 
     try:
-        yield get
+        yield get, str(server.make_url("")).rstrip("/")
     finally:
         await session.close()
         await server.close()
@@ -231,3 +241,34 @@ def test_faust_builtin_pages_are_not_served() -> None:
                 assert (await get(path))[0] == 404, path
 
     asyncio.run(scenario())
+
+
+def test_private_wallboard_page_sends_the_token_from_its_fragment() -> None:
+    """In a real browser: the page reads `#token=` and authenticates its data requests."""
+    browser = Browser()
+
+    async def status_line(get_base: str, fragment: str) -> str:
+        async with aiohttp.ClientSession() as session:
+            page = await Page.open(browser, session, "about:blank")
+            await page.call("Page.navigate", url=f"{get_base}/wallboard{fragment}")
+            deadline = time.monotonic() + 20
+            text = ""
+            while time.monotonic() < deadline:
+                text = await page.evaluate(
+                    "(document.getElementById('status') || {}).textContent || ''")
+                if text.startswith(("event time", "not updating")):
+                    break
+                await asyncio.sleep(0.2)
+            return str(text)
+
+    async def scenario() -> tuple[str, str]:
+        async with serve_at(CX_API_TOKENS=TOKEN_A, CX_WALLBOARD_PUBLIC="false") as (_, base):
+            return (await status_line(base, f"#token={TOKEN_A}"),
+                    await status_line(base, ""))
+
+    try:
+        with_token, without = asyncio.run(scenario())
+    finally:
+        browser.close()
+    assert with_token.startswith("event time 2026-11-24T10:00:00Z"), with_token
+    assert without == "not updating: HTTP 401"
