@@ -417,7 +417,7 @@ VARIABLES: tuple[Variable, ...] = (
              str, "redis_password_file"),
     Variable("CX_REDIS_TLS_CA_FILE", "",
              "PEM file of the CA certificates that signed Redis's certificate (with a "
-             "`rediss://` URL); empty means the system's trusted CAs.", str, "redis_tls_ca_file"),
+             "`rediss://` URL), trusted besides the system's CAs.", str, "redis_tls_ca_file"),
     Variable("CX_REDIS_TLS_CERT_FILE", "",
              "PEM client certificate, for a Redis with `tls-auth-clients yes`.", str,
              "redis_tls_cert_file"),
