@@ -22,7 +22,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.adapters.connections import kafka_options
 from service.adapters.kafka_admin import ensure_topics
-from service.adapters.kafka_publish import EventPublisher
 from service.config import load_settings
 from tests.support.secure import (
     KAFKA_PASSWORD,
@@ -134,15 +133,13 @@ def test_worker_over_sasl_ssl_and_redis_tls_applies_an_event(secured: Secured,
             "outcome": "handled", "agent_id": "agent-1",
         }
 
-        async def publish() -> None:
-            publisher = EventPublisher(load_settings(env))  # the tools' producer, over SASL_SSL
-            await publisher.start()
-            try:
-                await publisher.send_event(ns.topic("call-ended"), event)
-            finally:
-                await publisher.close()
-
-        asyncio.run(publish())
+        events = tmp_path / "events.jsonl"
+        events.write_bytes(orjson.dumps({"topic": "call-ended", "event": event}) + b"\n")
+        produced = subprocess.run(  # the tools' producer, over SASL_SSL
+            [sys.executable, "-m", "service", "produce", str(events), "--quiet"],
+            env=ns.env(**extra), capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert produced.returncode == 0, produced.stderr
+        assert "published 1 events" in produced.stdout
         enriched = asyncio.run(_read_one(env, ns.topic("contact-enriched")))
         assert [orjson.loads(v)["contact_id"] for v in enriched] == ["contact-sec-1"]
 
@@ -203,3 +200,15 @@ def test_refused_credentials_and_untrusted_certificates_stop_the_worker_clearly(
     assert message in stderr
     assert "not-the-password" not in stderr
     assert elapsed < 30, f"took {elapsed:.0f}s to give up"
+
+
+def test_tools_stop_clearly_on_a_refused_password(secured: Secured, tmp_path: Path) -> None:
+    ns, extra = secured.namespace(CX_KAFKA_SASL_PASSWORD="not-the-password")
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"topic": "call-ended", "raw": "x"}\n')
+    done = subprocess.run([sys.executable, "-m", "service", "produce", str(events), "--quiet"],
+                          env=ns.env(**extra), capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "cx-stream: cannot start: Kafka at " in done.stderr
+    assert "SASL authentication failed" in done.stderr
