@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from service.adapters.connections import kafka_options
+from service.adapters.connections import StartupError, kafka_options
 from service.adapters.kafka_admin import ensure_topics
 from service.config import load_settings
 from tests.support.secure import (
@@ -171,6 +171,20 @@ def test_topics_over_the_other_sasl_mechanisms(secured: Secured, mechanism: str)
     settings = load_settings({**ns.settings_env(), **extra})
     created = asyncio.run(ensure_topics(settings, timeout=20))
     assert ns.topic("call-ended") in created
+
+
+def test_mutual_tls_with_a_client_certificate(secured: Secured) -> None:
+    ns = secured.stack.namespace()
+    env = {**ns.settings_env(), "CX_KAFKA_BOOTSTRAP": secured.kafka.mtls_bootstrap,
+           "CX_KAFKA_SECURITY_PROTOCOL": "SSL", "CX_KAFKA_SSL_CAFILE": str(secured.pki.ca),
+           "CX_KAFKA_SSL_CERTFILE": str(secured.pki.client_cert),
+           "CX_KAFKA_SSL_KEYFILE": str(secured.pki.client_key)}
+    created = asyncio.run(ensure_topics(load_settings(env), timeout=20))
+    assert ns.topic("call-ended") in created
+    without = {k: v for k, v in env.items() if not k.startswith(("CX_KAFKA_SSL_CERT",
+                                                                  "CX_KAFKA_SSL_KEY"))}
+    with pytest.raises(StartupError, match="TLS handshake failed"):
+        asyncio.run(ensure_topics(load_settings(without), timeout=20))
 
 
 def _start_fails(ns: Namespace, extra: dict[str, str]) -> tuple[float, str]:

@@ -86,14 +86,17 @@ def _port_open(port: int) -> bool:
 
 
 class SecureKafka:
-    """A single-node KRaft broker whose client listener is SASL_SSL (PLAIN, SCRAM-SHA-256 and
-    SCRAM-SHA-512, one user); the controller and the broker's own listener stay on loopback
-    PLAINTEXT ports that the tests do not use."""
+    """A single-node KRaft broker whose client listeners are SASL_SSL (PLAIN, SCRAM-SHA-256 and
+    SCRAM-SHA-512, one user) and SSL requiring a client certificate (`mtls_bootstrap`); the
+    controller and the broker's own listener stay on loopback PLAINTEXT ports that the tests
+    do not use."""
 
     def __init__(self, folder: Path, pki: Pki) -> None:
         self.folder = folder
         self.port, self.internal_port, self.controller_port = free_port(), free_port(), free_port()
+        self.mtls_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.mtls_bootstrap = f"127.0.0.1:{self.mtls_port}"
         folder.mkdir(parents=True, exist_ok=True)
         jaas = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
                 f'user_{KAFKA_USER}="{KAFKA_PASSWORD}";')
@@ -102,11 +105,11 @@ class SecureKafka:
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}
-listeners=SASL_SSL://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{self.internal_port},CONTROLLER://127.0.0.1:{self.controller_port}
-advertised.listeners=SASL_SSL://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{self.internal_port}
+listeners=SASL_SSL://127.0.0.1:{self.port},SSL://127.0.0.1:{self.mtls_port},INTERNAL://127.0.0.1:{self.internal_port},CONTROLLER://127.0.0.1:{self.controller_port}
+advertised.listeners=SASL_SSL://127.0.0.1:{self.port},SSL://127.0.0.1:{self.mtls_port},INTERNAL://127.0.0.1:{self.internal_port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=INTERNAL
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}
@@ -116,6 +119,7 @@ ssl.keystore.location={pki.server_bundle}
 ssl.truststore.type=PEM
 ssl.truststore.location={pki.ca}
 ssl.client.auth=none
+listener.name.ssl.ssl.client.auth=required
 log.dirs={folder}/data
 auto.create.topics.enable=false
 num.partitions=1
