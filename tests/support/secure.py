@@ -26,6 +26,9 @@ REDIS_PASSWORD = "redis-secret-1"
 REDIS_ACL = "-@all +@read +@write +@scripting +@transaction +@connection -@dangerous"
 
 
+NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")  # quick to make
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -47,14 +50,14 @@ class Pki:
 def make_pki(folder: Path) -> Pki:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        _openssl("req", "-x509", *NEW_KEY, "-nodes", "-days", "2",
                  "-subj", f"/CN=cx-stream test {name}", "-keyout", f"{name}-key.pem",
                  "-out", f"{name}.pem", cwd=folder)
     (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
                                        "extendedKeyUsage=serverAuth\n")
     (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=cx-stream {name}",
+        _openssl("req", *NEW_KEY, "-nodes", "-subj", f"/CN=cx-stream {name}",
                  "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=folder)
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
                  "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
