@@ -111,5 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "worker":
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    code: int = args.func(args)
+    from service.adapters.connections import StartupError
+
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"cx-stream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"cx-stream: cannot start: {exc}", file=sys.stderr)
+        return 3
     return code

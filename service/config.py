@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from service.domain.durations import parse_duration
@@ -165,6 +165,73 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _api_auth(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"auto", "token", "none"}:
+        raise ValueError(f"expected auto, token or none, got {text!r}")
+    return value
+
+
+def _secret(text: str) -> str:
+    return text.strip()
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in text.split(",") if t.strip())
+    for token in tokens:
+        if len(token) < 16:
+            raise ValueError("each token must have at least 16 characters")
+    return tokens
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ValueError(f"expected * or origins such as https://host[:port], got {origin!r}")
+    return origins
+
+
+_KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _kafka_protocol(text: str) -> str:
+    value = text.strip().upper()
+    if value not in _KAFKA_PROTOCOLS:
+        raise ValueError(f"expected one of {', '.join(_KAFKA_PROTOCOLS)}, got {text!r}")
+    return value
+
+
+def _sasl_mechanism(text: str) -> str:
+    value = text.strip().upper()
+    if value not in _SASL_MECHANISMS:
+        raise ValueError(f"expected one of {', '.join(_SASL_MECHANISMS)}, got {text!r}")
+    return value
+
+
+def _check_security(s: Settings) -> None:
+    """Combinations of the security variables that cannot work (docs/security.md)."""
+    if s.kafka_security_protocol.startswith("SASL_"):
+        if not s.kafka_sasl_username:
+            raise ConfigError(f"CX_KAFKA_SASL_USERNAME: required with {s.kafka_security_protocol}")
+        if bool(s.kafka_sasl_password) == bool(s.kafka_sasl_password_file):
+            raise ConfigError("CX_KAFKA_SASL_PASSWORD: give it or CX_KAFKA_SASL_PASSWORD_FILE "
+                              f"(one of the two) with {s.kafka_security_protocol}")
+    if bool(s.kafka_ssl_certfile) != bool(s.kafka_ssl_keyfile):
+        raise ConfigError("CX_KAFKA_SSL_CERTFILE: give it together with CX_KAFKA_SSL_KEYFILE")
+    if bool(s.redis_tls_cert_file) != bool(s.redis_tls_key_file):
+        raise ConfigError("CX_REDIS_TLS_CERT_FILE: give it together with CX_REDIS_TLS_KEY_FILE")
+    tls = s.redis_tls_ca_file or s.redis_tls_cert_file
+    if tls and not s.redis_url.startswith("rediss://"):
+        raise ConfigError("CX_REDIS_TLS_CA_FILE: the CX_REDIS_TLS_* variables need a rediss:// "
+                          "CX_REDIS_URL")
+    if s.redis_password and s.redis_password_file:
+        raise ConfigError("CX_REDIS_PASSWORD: give it or CX_REDIS_PASSWORD_FILE, not both")
+    if s.api_auth == "token" and not (s.api_tokens or s.api_tokens_file):
+        raise ConfigError("CX_API_AUTH: token needs CX_API_TOKENS or CX_API_TOKENS_FILE")
+
+
 VARIABLES: tuple[Variable, ...] = (
     Variable("CX_KAFKA_BOOTSTRAP", "127.0.0.1:19092",
              "Kafka bootstrap servers, `host:port[,host:port...]`.", _bootstrap, "kafka_bootstrap"),
@@ -282,6 +349,83 @@ VARIABLES: tuple[Variable, ...] = (
              _nonempty, "http_host"),
     Variable("CX_HTTP_PORT", "6066", "Port of the HTTP server.", _int_range(1, 65535),
              "http_port"),
+    # --- security: the HTTP API, Kafka and Redis clients (docs/security.md) ---
+    Variable("CX_API_AUTH", "auto",
+             "Who may call `/api/v1/*`: `token` (a bearer token from CX_API_TOKENS or "
+             "CX_API_TOKENS_FILE), `none` (anyone who can reach the port), or `auto`: `token` "
+             "when a token is configured; with none, open on a loopback CX_HTTP_HOST and a "
+             "refusal to start on any other address.", _api_auth, "api_auth"),
+    Variable("CX_API_TOKENS", "",
+             "Bearer tokens accepted on the API, comma-separated (several during a rotation); "
+             "at least 16 characters each.", _tokens, "api_tokens"),
+    Variable("CX_API_TOKENS_FILE", "",
+             "File of bearer tokens, one a line (`#` starts a comment); re-read when it changes, "
+             "so tokens rotate without a restart.", str, "api_tokens_file"),
+    Variable("CX_WALLBOARD_PUBLIC", "true",
+             "Whether `/api/v1/wallboard` (aggregate figures only) is served without a token; "
+             "when false it needs an API token, which the page takes as `/wallboard#token=...`.",
+             _boolean, "wallboard_public"),
+    Variable("CX_METRICS_TOKEN", "",
+             "When set, `/metrics` needs `Authorization: Bearer` with this token; empty leaves "
+             "it open.", _secret, "metrics_token"),
+    Variable("CX_HEALTH_TOKEN", "",
+             "When set, `/healthz` and `/readyz` need `Authorization: Bearer` with this token; "
+             "empty leaves them open.", _secret, "health_token"),
+    Variable("CX_CORS_ORIGINS", "",
+             "Origins (`https://wallboard.example.com`, comma-separated, or `*`) whose pages may "
+             "call the API from a browser; empty allows none.", _origins, "cors_origins"),
+    Variable("CX_HTTP_MAX_REQUEST_BYTES", "16384",
+             "Largest request body the HTTP server accepts; larger ones get 413.",
+             _int_range(0, 16 * 1024 * 1024), "http_max_request_bytes"),
+    Variable("CX_API_RATE_LIMIT", "100",
+             "Requests per second one client (one token, or one address without a token) may "
+             "make to `/api/*` on average; more get 429 with Retry-After. 0 turns the limit off.",
+             _bounded(float, "a number", 0.0, 1e6), "api_rate_limit"),
+    Variable("CX_API_RATE_BURST", "200",
+             "Requests one client may make at once, above the average rate.",
+             _int_range(1, 1_000_000), "api_rate_burst"),
+    Variable("CX_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+             "How every Kafka client of the service connects: `PLAINTEXT`, `SSL`, "
+             "`SASL_PLAINTEXT` or `SASL_SSL`.", _kafka_protocol, "kafka_security_protocol"),
+    Variable("CX_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512",
+             "SASL mechanism with `SASL_*` protocols: `PLAIN`, `SCRAM-SHA-256` or "
+             "`SCRAM-SHA-512`.", _sasl_mechanism, "kafka_sasl_mechanism"),
+    Variable("CX_KAFKA_SASL_USERNAME", "", "SASL user name.", str, "kafka_sasl_username"),
+    Variable("CX_KAFKA_SASL_PASSWORD", "",
+             "SASL password (prefer CX_KAFKA_SASL_PASSWORD_FILE).", _secret,
+             "kafka_sasl_password"),
+    Variable("CX_KAFKA_SASL_PASSWORD_FILE", "",
+             "File holding the SASL password (its first line).", str,
+             "kafka_sasl_password_file"),
+    Variable("CX_KAFKA_SSL_CAFILE", "",
+             "PEM file of the CA certificates that signed the brokers' certificates; empty "
+             "means the system's trusted CAs.", str, "kafka_ssl_cafile"),
+    Variable("CX_KAFKA_SSL_CERTFILE", "",
+             "PEM client certificate, for brokers that require one (mutual TLS).", str,
+             "kafka_ssl_certfile"),
+    Variable("CX_KAFKA_SSL_KEYFILE", "", "PEM private key of CX_KAFKA_SSL_CERTFILE.", str,
+             "kafka_ssl_keyfile"),
+    Variable("CX_KAFKA_SSL_CHECK_HOSTNAME", "true",
+             "Whether a broker's certificate must name the host it is reached at.", _boolean,
+             "kafka_ssl_check_hostname"),
+    Variable("CX_REDIS_USERNAME", "",
+             "Redis ACL user (instead of the one in CX_REDIS_URL).", str, "redis_username"),
+    Variable("CX_REDIS_PASSWORD", "",
+             "Redis password (instead of the one in CX_REDIS_URL; prefer "
+             "CX_REDIS_PASSWORD_FILE).", _secret, "redis_password"),
+    Variable("CX_REDIS_PASSWORD_FILE", "", "File holding the Redis password (its first line).",
+             str, "redis_password_file"),
+    Variable("CX_REDIS_TLS_CA_FILE", "",
+             "PEM file of the CA certificates that signed Redis's certificate (with a "
+             "`rediss://` URL), trusted besides the system's CAs.", str, "redis_tls_ca_file"),
+    Variable("CX_REDIS_TLS_CERT_FILE", "",
+             "PEM client certificate, for a Redis with `tls-auth-clients yes`.", str,
+             "redis_tls_cert_file"),
+    Variable("CX_REDIS_TLS_KEY_FILE", "", "PEM private key of CX_REDIS_TLS_CERT_FILE.", str,
+             "redis_tls_key_file"),
+    Variable("CX_REDIS_TLS_CHECK_HOSTNAME", "true",
+             "Whether Redis's certificate must name the host it is reached at.", _boolean,
+             "redis_tls_check_hostname"),
     Variable("CX_METRICS_WINDOWS", "1h,24h,7d",
              "Trailing event-time windows of the business gauges (label `window`).",
              _windows, "metrics_windows"),
@@ -342,6 +486,33 @@ class Settings:
     contact_view_ttl: float
     retry_max_backoff: float
     shutdown_timeout: float
+    # security (docs/security.md); secrets are left out of the repr
+    api_auth: str
+    api_tokens: tuple[str, ...] = field(repr=False)
+    api_tokens_file: str
+    wallboard_public: bool
+    metrics_token: str = field(repr=False)
+    health_token: str = field(repr=False)
+    cors_origins: tuple[str, ...]
+    http_max_request_bytes: int
+    api_rate_limit: float
+    api_rate_burst: int
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: str = field(repr=False)
+    kafka_sasl_password_file: str
+    kafka_ssl_cafile: str
+    kafka_ssl_certfile: str
+    kafka_ssl_keyfile: str
+    kafka_ssl_check_hostname: bool
+    redis_username: str
+    redis_password: str = field(repr=False)
+    redis_password_file: str
+    redis_tls_ca_file: str
+    redis_tls_cert_file: str
+    redis_tls_key_file: str
+    redis_tls_check_hostname: bool
     metrics_windows: tuple[tuple[str, float], ...]
     metrics_agent_labels: int
     metrics_refresh: float
@@ -406,6 +577,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             raise ConfigError(f"{var.name}: {exc}") from None
     settings = Settings(**values)
+    _check_security(settings)
     if settings.at_risk_recover_at < settings.at_risk_below:
         raise ConfigError("CX_AT_RISK_RECOVER_AT: must not be below CX_AT_RISK_BELOW")
     if len(set(settings.input_topics + settings.output_topics)) != 6:

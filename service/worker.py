@@ -21,7 +21,9 @@ from faust.types import TP, EventT, StreamT
 
 from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
+from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
 from service.adapters.http import install_routes
+from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
 from service.adapters.redis_state import RedisState
@@ -58,6 +60,7 @@ def _message_of(event: EventT[Any]) -> InputMessage:
 
 
 def build_app(settings: Settings, partitions: int) -> faust.App:
+    guard = HttpGuard(settings)  # API auth, CORS, limits (docs/security.md)
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -78,11 +81,14 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
         producer_acks=-1,
         stream_wait_empty=True,
+        broker_credentials=faust_credentials(settings),
+        web_application_options=guard.application_options(),
     )
     metrics = PipelineMetrics(settings.input_topics)
+    guard.register(metrics.registry)
     policy = policy_of(settings)
     state = RedisState(
-        redis_state.connect(settings.redis_url), settings.key_prefix,
+        redis_state.connect(settings.redis_url, **redis_options(settings)), settings.key_prefix,
         state_ttl=settings.state_idle_ttl, counter_ttl=settings.counter_retention,
         contact_ttl=settings.contact_view_ttl,
     )
@@ -199,8 +205,13 @@ async def _kafka_reachable(app: faust.App) -> bool:
 
 def run_worker(settings: Settings) -> int:
     """Create missing topics, then run the Faust worker until SIGTERM/SIGINT."""
+    api_auth_required(settings)  # an API left open on a public address stops us here
     loop = asyncio.new_event_loop()
     try:
+        # A refused password or an untrusted certificate stops the worker here, clearly.
+        failure = loop.run_until_complete(redis_startup_failure(settings))
+        if failure is not None:
+            raise failure
         created, partitions = loop.run_until_complete(ensure_layout(settings))
     finally:
         loop.close()

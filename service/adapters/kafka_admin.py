@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from service.adapters.connections import kafka_options, kafka_startup_failure
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ async def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> list[st
 async def ensure_layout(settings: Settings, *, timeout: float = 60.0) -> tuple[list[str], int]:
     """Create the missing topics; return their names and the input topics' partitions."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000,
+        **kafka_options(settings),
     )
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -55,6 +57,11 @@ async def ensure_layout(settings: Settings, *, timeout: float = 60.0) -> tuple[l
             await admin.start()
             break
         except KafkaError as exc:
+            # A refused password or an untrusted certificate will not heal: stop at once.
+            failure = await kafka_startup_failure(settings)
+            if failure is not None:
+                await admin.close()
+                raise failure from exc
             if asyncio.get_running_loop().time() > deadline:
                 raise
             log.warning("Kafka at %s not reachable yet (%s); retrying", settings.kafka_bootstrap,

@@ -8,6 +8,10 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+
+from service.adapters.connections import kafka_options, kafka_startup_failure
+from service.config import Settings
 
 
 def key_of(event: Mapping[str, Any]) -> bytes | None:
@@ -22,9 +26,11 @@ def key_of(event: Mapping[str, Any]) -> bytes | None:
 class EventPublisher:
     """An idempotent aiokafka producer that waits for every send before `close` returns."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_options(settings),
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
@@ -33,7 +39,13 @@ class EventPublisher:
         self._pending: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except KafkaConnectionError as exc:
+            failure = await kafka_startup_failure(self._settings)
+            if failure is not None:
+                raise failure from exc
+            raise
 
     async def send_event(self, topic: str, event: Mapping[str, Any]) -> None:
         await self.send_raw(topic, key_of(event), orjson.dumps(event))

@@ -32,10 +32,12 @@ def _lua(name: str) -> str:
     return resources.files("service.adapters").joinpath(f"lua/{name}").read_text()
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A client with timeouts: a dead Redis must fail fast so the worker can retry."""
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """A client with timeouts: a dead Redis must fail fast so the worker can retry.
+    `options`: TLS and ACL settings (service.adapters.connections.redis_options)."""
     return aioredis.Redis.from_url(
         url, socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=15,
+        **options,
     )
 
 

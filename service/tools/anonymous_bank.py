@@ -225,7 +225,7 @@ def run_import(settings: Settings, args: argparse.Namespace) -> int:
 async def _publish(settings: Settings, events: Iterable[dict[str, Any]], bar: Progress) -> None:
     from service.adapters.kafka_publish import EventPublisher
 
-    publisher = EventPublisher(settings.kafka_bootstrap)
+    publisher = EventPublisher(settings)
     await publisher.start()
     try:
         for event in events:

@@ -72,7 +72,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 async def publish_file(settings: Settings, path: str, *, progress: bool) -> tuple[int, float]:
     topics = _topic_map(settings)
     bar = Progress(count_lines(path), "produce", enabled=progress)
-    publisher = EventPublisher(settings.kafka_bootstrap)
+    publisher = EventPublisher(settings)
     await publisher.start()
     try:
         for topic, key, value in read_lines(path, topics):

@@ -71,7 +71,7 @@ def _write_jsonl(model: TrafficModel, until: float, out: IO[bytes]) -> int:
 
 async def _publish_live(model: TrafficModel, settings: Settings, topics: dict[str, str],
                         start: float, speed: float, duration: float | None) -> int:
-    publisher = EventPublisher(settings.kafka_bootstrap)
+    publisher = EventPublisher(settings)
     await publisher.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
