@@ -630,9 +630,13 @@ def test_overlay_configuration_and_credentials_are_valid_settings() -> None:
         obj = one(resources, kind)
         keys = set(obj.get("data", {})) | set(obj.get("stringData", {}))
         assert keys <= DEFAULTS.keys(), f"{kind}: {sorted(keys - DEFAULTS.keys())}"
-    assert set(one(resources, "Secret")["stringData"]) == {"CX_REDIS_URL"}
+    assert set(one(resources, "Secret")["stringData"]) == {"CX_REDIS_URL", "CX_API_TOKENS"}
     assert "CX_REDIS_URL" not in one(resources, "ConfigMap")["data"], \
         "a Redis URL may hold a password: it belongs in the Secret"
+    assert "CX_API_TOKENS" not in one(resources, "ConfigMap")["data"], \
+        "API tokens are credentials: they belong in the Secret"
+    assert one(resources, "ConfigMap")["data"].get("CX_API_AUTH", "auto") != "none", \
+        "workers listen on 0.0.0.0: the customer API must ask for a token"
     check_cx_environment(one(rendered("base"), "ConfigMap")["data"], "base ConfigMap")
 
 
