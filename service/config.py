@@ -158,6 +158,10 @@ def _windows(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(windows)
 
 
+def _policy_version(text: str) -> str:
+    return str(_int_range(1, 1_000_000)(text))
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -236,8 +240,10 @@ VARIABLES: tuple[Variable, ...] = (
              "\"transfer_breaks_fcr\": false, \"repeat_same_reason\": true}}`.",
              _queue_policies, "queue_policies"),
     Variable("CX_POLICY_VERSION", "1",
-             "Names the rules in force; carried on every enriched contact.",
-             _nonempty, "policy_version"),
+             "Version (1, 2, ...) of the rules in force: the worker writes the state of this "
+             "version, every enriched contact carries it, and a version keeps the rules it was "
+             "first run with; new rules need a new version and `cx-stream rebuild` "
+             "(docs/rebuild.md).", _policy_version, "policy_version"),
     Variable("CX_PERCEPTION_BASELINE", "70",
              "Perception score (0-100) of a customer with no history.",
              _score, "perception_baseline"),
@@ -360,6 +366,18 @@ class Settings:
         return (self.topic_dead_letter, self.topic_contact_enriched, self.topic_customer_alerts)
 
     @property
+    def state_prefix(self) -> str:
+        """Prefix of the Redis keys of this policy version's state (version 1: the key
+        prefix itself, so state written before versions existed stays readable)."""
+        return state_prefix(self.key_prefix, self.policy_version)
+
+    @property
+    def worker_group_id(self) -> str:
+        """Consumer group of the workers of this policy version (version 1: CX_GROUP_ID)."""
+        return self.group_id if self.policy_version == "1" else (
+            f"{self.group_id}-v{self.policy_version}")
+
+    @property
     def topic_kinds(self) -> dict[str, str]:
         """Input topic -> the kind of event it carries (call-ended, transfer, survey-answered)."""
         return {
@@ -367,6 +385,11 @@ class Settings:
             self.topic_transfer: "transfer",
             self.topic_survey_answered: "survey-answered",
         }
+
+
+def state_prefix(key_prefix: str, version: str) -> str:
+    """`P` for policy version 1, `P:vN` after: keys stay `<prefix>:{pN}:...` (cluster tags)."""
+    return key_prefix if version == "1" else f"{key_prefix}:v{version}"
 
 
 def policy_of(settings: Settings) -> Policy:
