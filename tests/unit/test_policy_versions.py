@@ -21,7 +21,7 @@ def test_version_1_keeps_the_key_prefix_and_group_later_versions_get_their_own()
 
 @pytest.mark.parametrize("text", ["abc", "0", "-1", "1.5", ""])
 def test_policy_version_is_a_whole_number_from_1(text: str) -> None:
-    with pytest.raises(ConfigError, match="^CX_POLICY_VERSION"):
+    with pytest.raises(ConfigError, match=r"^CX_POLICY_VERSION"):
         load_settings({"CX_POLICY_VERSION": text})
 
 
