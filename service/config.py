@@ -175,11 +175,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_REDIS_URL", "redis://127.0.0.1:16379/0",
              "Redis URL (`redis://`, `rediss://` for TLS, `unix://`).", _redis_url, "redis_url"),
     Variable("CX_GROUP_ID", "cx-stream",
-             "Kafka consumer group of the workers; also the Faust application id.",
+             "Kafka consumer group of the workers (`-vN` appended from policy version 2 on, "
+             "see CX_POLICY_VERSION); also the Faust application id.",
              _nonempty, "group_id"),
     Variable("CX_KEY_PREFIX", "cx",
              "Prefix of every Redis key the service writes, so several deployments can share "
-             "one Redis.", _nonempty, "key_prefix"),
+             "one Redis (policy version N from 2 on keeps its state under `PREFIX:vN`).",
+             _nonempty, "key_prefix"),
     Variable("CX_TOPIC_CALL_ENDED", "call-ended", "Input topic of call-ended events.",
              _topic, "topic_call_ended"),
     Variable("CX_TOPIC_TRANSFER", "transfer", "Input topic of transfer events.",
