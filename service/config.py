@@ -376,8 +376,7 @@ class Settings:
     @property
     def worker_group_id(self) -> str:
         """Consumer group of the workers of this policy version (version 1: CX_GROUP_ID)."""
-        return self.group_id if self.policy_version == "1" else (
-            f"{self.group_id}-v{self.policy_version}")
+        return worker_group(self.group_id, self.policy_version)
 
     @property
     def topic_kinds(self) -> dict[str, str]:
@@ -392,6 +391,11 @@ class Settings:
 def state_prefix(key_prefix: str, version: str) -> str:
     """`P` for policy version 1, `P:vN` after: keys stay `<prefix>:{pN}:...` (cluster tags)."""
     return key_prefix if version == "1" else f"{key_prefix}:v{version}"
+
+
+def worker_group(group_id: str, version: str) -> str:
+    """`G` for policy version 1, `G-vN` after."""
+    return group_id if version == "1" else f"{group_id}-v{version}"
 
 
 def policy_of(settings: Settings) -> Policy:

@@ -31,7 +31,7 @@ from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_state import RedisState
-from service.config import Settings, policy_of
+from service.config import Settings, policy_of, worker_group
 from service.service_layer.ingest import BatchOutcome, IngestProcessor, InputMessage, Topics
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ async def drop_version(settings: Settings, version: str, *, out: TextIO) -> int:
         if version == served:
             raise Refused(f"policy version {version} is the one readers serve; switch to "
                           "another version first")
-        group = settings.group_id if version == "1" else f"{settings.group_id}-v{version}"
+        group = worker_group(settings.group_id, version)
         if await group_is_active(settings, group):
             raise Refused(f"workers of policy version {version} still run (consumer group "
                           f"{group}); stop them first")
