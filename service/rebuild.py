@@ -268,8 +268,18 @@ def run_rebuild(settings: Settings, args: Any, out: TextIO) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if stop.is_set() and task is not None:
+                task.cancel()  # a second signal: stop now (what is stored stays consistent)
+                return
+            stop.set()
+            print("cx-stream rebuild: stopping after the batch in hand (signal again to stop "
+                  "at once)", file=out, flush=True)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         try:
             if args.drop_version is not None:
                 await drop_version(settings, str(args.drop_version), out=out)
@@ -280,6 +290,10 @@ def run_rebuild(settings: Settings, args: Any, out: TextIO) -> int:
         except (Refused, PolicyMismatch) as exc:
             print(f"cx-stream rebuild: {exc}", file=out, flush=True)
             return 2
+        except asyncio.CancelledError:
+            print("cx-stream rebuild: stopped; run the same command again to resume",
+                  file=out, flush=True)
+            return 130
         if stop.is_set():
             return 130
         for topic, n in sorted(report.suppressed.items()):
