@@ -96,22 +96,26 @@ def _business(worker: Worker) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
     return {k: v for k, v in worker.metrics().items() if k[0] in BUSINESS}
 
 
+def _without_bands(gauges: dict[Any, float]) -> dict[Any, float]:
+    return {k: v for k, v in gauges.items() if k[0] != "cx_perception_customers"}
+
+
+def _band_total(gauges: dict[Any, float]) -> float:
+    return sum(v for k, v in gauges.items() if k[0] == "cx_perception_customers")
+
+
 def _versions_in(gauges: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set[str]:
     return {dict(labels)["policy_version"] for _, labels in gauges}
 
 
-def _stable_business(worker: Worker, version: str) -> dict[Any, float]:
-    """The business gauges once two refreshes in a row agree and carry `version`."""
-    seen: list[dict[Any, float]] = []
-
-    def steady() -> bool:
-        gauges = _business(worker)
-        seen.append(gauges)
-        return (len(seen) > 1 and gauges == seen[-2] and bool(gauges)
-                and _versions_in(gauges) == {version})
-
-    wait_until(steady, timeout=30, interval=1.2, what=f"steady gauges of version {version}")
-    return seen[-1]
+def _fresh_business(worker: Worker, version: str) -> dict[Any, float]:
+    """The business gauges of a refresh that started after this call, of `version`."""
+    refreshes = worker.metric("cx_metrics_refresh_seconds_count")
+    wait_until(lambda: worker.metric("cx_metrics_refresh_seconds_count") >= refreshes + 2,
+               timeout=60, what="two more refreshes of the business gauges")
+    gauges = _business(worker)
+    assert _versions_in(gauges) == {version}
+    return gauges
 
 
 def _customer(worker: Worker, customer: str) -> dict[str, Any]:
@@ -160,7 +164,7 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             self.seen.append((_fcr(self.worker), _business(self.worker)))
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def stop(self) -> list[tuple[dict[str, Any], dict[Any, float]]]:
         self.done.set()
@@ -231,7 +235,7 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
         wait_until(lambda: _applied(stack, ns.name) == total, timeout=120,
                    what="the second events applied by the W1 worker")
         w1_fcr = _fcr(old)
-        w1_gauges = _stable_business(old, "1")
+        w1_gauges = _fresh_business(old, "1")
         watcher = Watcher(old)
         watcher.start()
         rebuild = Rebuild(ns, **W2)
@@ -240,7 +244,7 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
         assert f"replaying {len(second):,} messages" in out, out  # resumed, not restarted
         assert "readers switched from version 1 to 2" in out, out
         after_switch = _fcr(old)  # the very next request after the switch
-        w2_gauges = _stable_business(old, "2")
+        w2_gauges = _fresh_business(old, "2")
         seen = watcher.stop()
         assert _applied(stack, f"{ns.name}:v2") == total
         assert _applied(stack, ns.name) == total  # the W1 worker kept its own state
@@ -257,7 +261,7 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
         wait_until(lambda: _applied(stack, f"{fresh_prefix}:v2") == total, timeout=120,
                    what="the from-scratch W2 run")
         scratch_fcr = _fcr(fresh)
-        scratch_gauges = _stable_business(fresh, "2")
+        scratch_gauges = _fresh_business(fresh, "2")
         assert _snapshot(stack, f"{ns.name}:v2") == _snapshot(stack, f"{fresh_prefix}:v2")
         customers = sorted({c for m in second if m.kind == "call-ended"
                             and (c := orjson.loads(m.value)["customer_id"])})[:5]
@@ -277,7 +281,11 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
     assert w1_gauges != w2_gauges
     # ... right after the switch the readers serve exactly the from-scratch W2 figures ...
     assert after_switch == scratch_fcr
-    assert w2_gauges == scratch_gauges
+    # cx_perception_customers counts customers by their band "as of their last change": the
+    # score drifts with event time, so the band depends on the watermark at which each customer
+    # was last settled, which depends on how the events were batched. Only its total is exact.
+    assert _without_bands(w2_gauges) == _without_bands(scratch_gauges)
+    assert _band_total(w2_gauges) == _band_total(scratch_gauges) > 0
     # ... and no reader ever saw a mix: each answer is all W1 or all W2, and once W2, never
     # W1 again.
     answers, scrapes = [], []
