@@ -148,7 +148,12 @@ class Rebuild:
             text=True)
 
     def wait(self, timeout: float = 120) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            raise AssertionError(f"rebuild still running after {timeout}s:\n{out}") from None
         return self.proc.returncode, out
 
 
@@ -175,6 +180,21 @@ class Watcher(threading.Thread):
 def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
     stack: Stack, tmp_path: Path
 ) -> None:
+    workers: list[Worker] = []
+    try:
+        _scenario(stack, tmp_path, workers)
+    finally:  # a failed check must not leave a worker running
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.kill()
+
+
+def _scenario(stack: Stack, tmp_path: Path, workers: list[Worker]) -> None:
+    def start(name: str, **env: str) -> Worker:
+        worker = Worker(ns, tmp_path / name, **env)
+        workers.append(worker)
+        return worker
+
     ns = stack.namespace()
     asyncio.run(ensure_topics(load_settings(ns.settings_env())))
     model = TrafficModel(start=START, contacts_per_second=0.01, customers=120, seed=5,
@@ -190,7 +210,7 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
         asyncio.run(produce(stack.kafka_bootstrap,
                             [(ns.topic(m.kind), m.key, m.value) for m in messages]))
 
-    old = Worker(ns, tmp_path / "w1.log", **W1)
+    old = start("w1.log", **W1)
     fresh = None
     try:
         old.wait_ready()
@@ -224,7 +244,7 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
         assert all(_versions_in(gauges) == {"1"} for _, gauges in during)
 
         # A worker of version 2 with the old rules is refused: one version, one rule set.
-        mixed = Worker(ns, tmp_path / "mixed.log", **{**W1, "CX_POLICY_VERSION": "2"})
+        mixed = start("mixed.log", **{**W1, "CX_POLICY_VERSION": "2"})
         assert mixed.proc.wait(60) == 2
         mixed.stop()
         assert "first run with other rules" in mixed.logs()
@@ -252,7 +272,7 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
         # 3. The same events from scratch with W2, in a namespace of their own.
         ns.http_port = free_port()
         fresh_prefix = f"{ns.name}-fresh"
-        fresh = Worker(ns, tmp_path / "fresh.log", CX_KEY_PREFIX=fresh_prefix,
+        fresh = start("fresh.log", CX_KEY_PREFIX=fresh_prefix,
                        CX_GROUP_ID=fresh_prefix,
                        CX_TOPIC_DEAD_LETTER=f"{fresh_prefix}-dead-letter",
                        CX_TOPIC_CONTACT_ENRICHED=f"{fresh_prefix}-contact-enriched",
@@ -301,7 +321,7 @@ def test_rebuild_switches_readers_from_w1_to_w2_figures_at_once(
 
     # 4. Hand-over: the worker restarts as version 2 and continues from the rebuild.
     assert old.stop() == 0, old.logs()
-    new = Worker(ns, tmp_path / "w2.log", **W2)
+    new = start("w2.log", **W2)
     try:
         new.wait_ready()
         publish(third)
