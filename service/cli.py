@@ -52,6 +52,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return run_import(_settings(), args)
 
 
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from service.rebuild import run_rebuild
+
+    return run_rebuild(_settings(), args, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cx-stream",
@@ -64,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="create the input and output topics")
     topics.set_defaults(func=_cmd_topics)
+
+    rebuild = sub.add_parser(
+        "rebuild", help="replay the input topics into the state of a new policy version "
+                        "(CX_POLICY_VERSION, with the new rules), then switch readers to it")
+    rebuild.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                         help="print progress this often (default 10)")
+    rebuild.add_argument("--switch-lag", type=int, default=None, metavar="MESSAGES",
+                         help="switch once at most this many live messages are left to "
+                              "replay (default CX_BATCH_MAX_EVENTS)")
+    rebuild.add_argument("--no-switch", action="store_true",
+                         help="catch up but leave readers on the served version (run again "
+                              "to resume and switch)")
+    rebuild.add_argument("--drop-version", type=int, default=None, metavar="N",
+                         help="instead: delete the state of policy version N (not the served "
+                              "one, and only once its workers are stopped)")
+    rebuild.set_defaults(func=_cmd_rebuild)
 
     sim = sub.add_parser("simulate", help="publish realistic live contact-centre traffic")
     sim.add_argument("--rate", type=float, default=20.0,

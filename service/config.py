@@ -158,6 +158,10 @@ def _windows(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(windows)
 
 
+def _policy_version(text: str) -> str:
+    return str(_int_range(1, 1_000_000)(text))
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -238,11 +242,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_REDIS_URL", "redis://127.0.0.1:16379/0",
              "Redis URL (`redis://`, `rediss://` for TLS, `unix://`).", _redis_url, "redis_url"),
     Variable("CX_GROUP_ID", "cx-stream",
-             "Kafka consumer group of the workers; also the Faust application id.",
+             "Kafka consumer group of the workers (`-vN` appended from policy version 2 on, "
+             "see CX_POLICY_VERSION); also the Faust application id.",
              _nonempty, "group_id"),
     Variable("CX_KEY_PREFIX", "cx",
              "Prefix of every Redis key the service writes, so several deployments can share "
-             "one Redis.", _nonempty, "key_prefix"),
+             "one Redis (policy version N from 2 on keeps its state under `PREFIX:vN`).",
+             _nonempty, "key_prefix"),
     Variable("CX_TOPIC_CALL_ENDED", "call-ended", "Input topic of call-ended events.",
              _topic, "topic_call_ended"),
     Variable("CX_TOPIC_TRANSFER", "transfer", "Input topic of transfer events.",
@@ -303,8 +309,10 @@ VARIABLES: tuple[Variable, ...] = (
              "\"transfer_breaks_fcr\": false, \"repeat_same_reason\": true}}`.",
              _queue_policies, "queue_policies"),
     Variable("CX_POLICY_VERSION", "1",
-             "Names the rules in force; carried on every enriched contact.",
-             _nonempty, "policy_version"),
+             "Version (1, 2, ...) of the rules in force: the worker writes the state of this "
+             "version, every enriched contact carries it, and a version keeps the rules it was "
+             "first run with; new rules need a new version and `cx-stream rebuild` "
+             "(docs/rebuild.md).", _policy_version, "policy_version"),
     Variable("CX_PERCEPTION_BASELINE", "70",
              "Perception score (0-100) of a customer with no history.",
              _score, "perception_baseline"),
@@ -531,6 +539,17 @@ class Settings:
         return (self.topic_dead_letter, self.topic_contact_enriched, self.topic_customer_alerts)
 
     @property
+    def state_prefix(self) -> str:
+        """Prefix of the Redis keys of this policy version's state (version 1: the key
+        prefix itself, so state written before versions existed stays readable)."""
+        return state_prefix(self.key_prefix, self.policy_version)
+
+    @property
+    def worker_group_id(self) -> str:
+        """Consumer group of the workers of this policy version (version 1: CX_GROUP_ID)."""
+        return worker_group(self.group_id, self.policy_version)
+
+    @property
     def topic_kinds(self) -> dict[str, str]:
         """Input topic -> the kind of event it carries (call-ended, transfer, survey-answered)."""
         return {
@@ -538,6 +557,16 @@ class Settings:
             self.topic_transfer: "transfer",
             self.topic_survey_answered: "survey-answered",
         }
+
+
+def state_prefix(key_prefix: str, version: str) -> str:
+    """`P` for policy version 1, `P:vN` after: keys stay `<prefix>:{pN}:...` (cluster tags)."""
+    return key_prefix if version == "1" else f"{key_prefix}:v{version}"
+
+
+def worker_group(group_id: str, version: str) -> str:
+    """`G` for policy version 1, `G-vN` after."""
+    return group_id if version == "1" else f"{group_id}-v{version}"
 
 
 def policy_of(settings: Settings) -> Policy:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import faust
+import redis.asyncio as aioredis
 from faust.types import TP, EventT, StreamT
+from redis.exceptions import RedisError
 
 from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
@@ -26,8 +29,10 @@ from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
+from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
+from service.domain.policy import Policy
 from service.service_layer.ingest import IngestProcessor, InputMessage, ProcessingDefect, Topics
 
 log = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ def _message_of(event: EventT[Any]) -> InputMessage:
 def build_app(settings: Settings, partitions: int) -> faust.App:
     guard = HttpGuard(settings)  # API auth, CORS, limits (docs/security.md)
     app = faust.App(
-        settings.group_id,
+        settings.worker_group_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         store="memory://",
         autodiscover=False,
@@ -87,11 +92,11 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     metrics = PipelineMetrics(settings.input_topics)
     guard.register(metrics.registry)
     policy = policy_of(settings)
-    state = RedisState(
-        redis_state.connect(settings.redis_url, **redis_options(settings)), settings.key_prefix,
-        state_ttl=settings.state_idle_ttl, counter_ttl=settings.counter_retention,
-        contact_ttl=settings.contact_view_ttl,
-    )
+    state = _state(settings, redis_state.connect(settings.redis_url, **redis_options(settings)),
+                   settings.state_prefix)
+    # Readers serve the active policy version (docs/rebuild.md); the worker writes its own.
+    versions = PolicyVersions(state.client, settings.key_prefix, policy,
+                              lambda prefix: _state(settings, state.client, prefix))
 
     def lagging(topic: str, partition: int, last_applied: int | None) -> bool:
         """True while the topic-partition has messages this worker has not applied yet."""
@@ -180,16 +185,51 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
                                agent_labels=settings.metrics_agent_labels, policy=policy,
                                fcr_target=settings.fcr_target)
 
+    business.policy_version.labels("writing").set(int(settings.policy_version))
+
     @app.timer(interval=settings.metrics_refresh)  # type: ignore[untyped-decorator]
     async def refresh_business_metrics() -> None:
         try:
-            await business.refresh(state, lambda: partitions)
+            served = await versions.serving()
+            await business.refresh(served.state, lambda: partitions, served.policy)
         except Exception as exc:  # metrics must never stop the worker
             log.warning("business metrics not refreshed: %s: %s", type(exc).__name__, exc)
 
+    async def serving() -> tuple[RedisState, Policy]:
+        served = await versions.serving()
+        return served.state, served.policy
+
     install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions,
-                   wallboard=lambda: business.wallboard)
+                   wallboard=lambda: business.wallboard, serving=serving)
     return app
+
+
+def _state(settings: Settings, client: aioredis.Redis, prefix: str) -> RedisState:
+    return RedisState(client, prefix, state_ttl=settings.state_idle_ttl,
+                      counter_ttl=settings.counter_retention,
+                      contact_ttl=settings.contact_view_ttl)
+
+
+async def claim_policy_version(settings: Settings) -> None:
+    """Record this version's rules (or check them: PolicyMismatch), and serve this version
+    when no version was made active yet."""
+    client = redis_state.connect(settings.redis_url, **redis_options(settings))
+    versions = PolicyVersions(client, settings.key_prefix, policy_of(settings),
+                              lambda prefix: _state(settings, client, prefix))
+    delay = 0.5
+    try:
+        while True:
+            try:
+                await versions.claim(versions.own)
+                await versions.activate_if_unset(settings.policy_version)
+                return
+            except (RedisError, OSError) as exc:  # Redis not reachable yet: wait for it
+                log.warning("Redis not reachable (%s: %s); retrying in %.1fs",
+                            type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, settings.retry_max_backoff)
+    finally:
+        await client.aclose()
 
 
 async def _kafka_reachable(app: faust.App) -> bool:
@@ -213,6 +253,10 @@ def run_worker(settings: Settings) -> int:
         if failure is not None:
             raise failure
         created, partitions = loop.run_until_complete(ensure_layout(settings))
+        loop.run_until_complete(claim_policy_version(settings))
+    except PolicyMismatch as exc:
+        print(f"cx-stream: {exc}", file=sys.stderr)
+        return 2
     finally:
         loop.close()
     if created:

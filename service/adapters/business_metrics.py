@@ -1,7 +1,8 @@
 """Business gauges, recomputed from the Redis counters every CX_METRICS_REFRESH.
 
 They describe the whole service (all partitions), so every worker exports the same values:
-aggregate them across instances with `max`, never `sum` (docs/metrics.md).
+aggregate them across instances with `max`, never `sum` (docs/metrics.md). They are computed
+from the policy version the service serves (label `policy_version`), read at each refresh.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from service.domain.policy import Policy
 from service.service_layer.ingest import clock_summary
 
 LABELS = ["window", "queue", "channel", "segment", "agent"]
+VERSION = "policy_version"
 _GAUGES = {
     # kpi name: (metric name, help)
     "contacts": ("cx_window_contacts", "Contacts (all outcomes) in the trailing window."),
@@ -54,19 +56,24 @@ class BusinessMetrics:
                                           "fcr_target": fcr_target, "window": ""}
         self._agent_labels = agent_labels
         self._policy = policy
-        self.gauges = {k: Gauge(name, doc, LABELS, registry=registry)
+        self.gauges = {k: Gauge(name, doc, [*LABELS, VERSION], registry=registry)
                        for k, (name, doc) in _GAUGES.items()}
-        self.at_risk = Gauge("cx_customers_at_risk", "Customers currently at risk.",
+        self.at_risk = Gauge("cx_customers_at_risk", "Customers currently at risk.", [VERSION],
                              registry=registry)
         self.perception = Gauge(
             "cx_perception_customers",
             "Customers by perception score band (`band` 0-10, 10-20, ... 90-100), as of each "
-            "customer's last change.", ["band"], registry=registry)
+            "customer's last change.", ["band", VERSION], registry=registry)
         self.quality = Gauge(
             "cx_data_quality_ratio",
             "Data quality: `identified_contacts` (contacts with a customer_id, in the window), "
             "`surveys_joined` and `transfers_joined` (joined to a contact, since the start).",
-            ["measure", "window"], registry=registry)
+            ["measure", "window", VERSION], registry=registry)
+        self.policy_version = Gauge(
+            "cx_policy_version",
+            "Policy versions: `role=\"serving\"` the one the API, gauges and wallboard serve, "
+            "`role=\"writing\"` the one this worker writes (CX_POLICY_VERSION).", ["role"],
+            registry=registry)
         self.watermark = Gauge("cx_watermark_timestamp_seconds",
                                "The service's watermark: the slowest partition's newest event "
                                "time (seconds since the epoch).", registry=registry)
@@ -78,15 +85,19 @@ class BusinessMetrics:
             "cx_metrics_refresh_seconds", "Time to recompute the business gauges from Redis.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
 
-    async def refresh(self, state: RedisState, partitions: Callable[[], int]) -> None:
+    async def refresh(self, state: RedisState, partitions: Callable[[], int],
+                      policy: Policy | None = None) -> None:
+        """Recompute from `state`, computed under `policy` (default: the worker's own)."""
         started = time.perf_counter()
+        policy = policy or self._policy
+        version = policy.version
         n = partitions()
         clocks = await state.read_clocks(n)
         watermark = clock_summary(clocks)
         computed: list[tuple[str, dict[str, str], float]] = []
         if watermark is not None:
             longest = max(seconds for _, seconds in self._windows)
-            shift = self._policy.max_window
+            shift = policy.max_window
             hours = set(trailing_hours(watermark, longest))
             hours |= set(trailing_hours(watermark - shift, longest))
             raw = await state.read_buckets_by_hour(n, sorted(hours))
@@ -110,25 +121,29 @@ class BusinessMetrics:
                     if value is not None:
                         computed.append(("fcr_final", _labels(name, dimension), value))
         self.wallboard = self._wallboard(computed, clocks, watermark)
+        self.wallboard["policy_version"] = version
         # No await below: a scrape never sees the gauges half updated.
         for gauge in self.gauges.values():
             gauge.clear()
         for kpi, labels, value in computed:
             if kpi in self.gauges:
-                self.gauges[kpi].labels(**labels).set(value)
-        self.at_risk.set(sum(c.at_risk for c in clocks.values()))
+                self.gauges[kpi].labels(**labels, policy_version=version).set(value)
+        self.at_risk.clear()
+        self.at_risk.labels(version).set(sum(c.at_risk for c in clocks.values()))
         self.quality.clear()
         for kpi, labels, value in computed:
             if kpi == "identified" and not any(labels[k] for k in LABELS[1:]):
-                self.quality.labels("identified_contacts", labels["window"]).set(value)
+                self.quality.labels("identified_contacts", labels["window"], version).set(value)
         for what in ("surveys", "transfers"):
             held = sum(c.joins.get(what, 0) for c in clocks.values())
             if held > 0:
                 joined = sum(c.joins.get(f"{what}_joined", 0) for c in clocks.values())
-                self.quality.labels(f"{what}_joined", "").set(joined / held)
+                self.quality.labels(f"{what}_joined", "", version).set(joined / held)
+        self.perception.clear()
         for band in range(10):
-            self.perception.labels(f"{band * 10}-{band * 10 + 10}").set(
+            self.perception.labels(f"{band * 10}-{band * 10 + 10}", version).set(
                 sum(c.bands.get(band, 0) for c in clocks.values()))
+        self.policy_version.labels("serving").set(int(version))
         if watermark is not None:
             self.watermark.set(watermark)
         for partition, clock in clocks.items():

@@ -24,6 +24,8 @@ from service.domain.validation import parse_rfc3339
 from service.service_layer.ingest import clock_summary
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+# The state and rules readers serve, looked up per request (the active policy version).
+Serving = Callable[[], Awaitable[tuple[RedisState, Policy]]]
 MAX_RANGE_HOURS = 24 * 400
 _DIMENSIONS = ("queue", "channel", "agent", "segment")
 
@@ -77,8 +79,16 @@ _WALLBOARD_PAGE = resources.files("service.adapters").joinpath("wallboard.html")
 
 def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
                    state: RedisState, policy: Policy, partitions: Callable[[], int],
-                   wallboard: Callable[[], dict[str, Any]]) -> None:
-    """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server."""
+                   wallboard: Callable[[], dict[str, Any]],
+                   serving: Serving | None = None) -> None:
+    """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
+
+    With `serving`, each API request reads the state and rules of the policy version it
+    names at that moment (so a switch of version applies to the next request, never half
+    of one); without it, always `state` and `policy`."""
+
+    async def served() -> tuple[RedisState, Policy]:
+        return (state, policy) if serving is None else await serving()
 
     @app.page("/wallboard")
     class Wallboard(View):
@@ -119,7 +129,8 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     @app.page("/api/v1/contacts/{contact_id}")
     class Contact(View):
         async def get(self, request: Request, contact_id: str) -> Response:
-            raw = await state.read_contact(contact_id)
+            store, _ = await served()
+            raw = await store.read_contact(contact_id)
             if raw is None:
                 return _error(404, f"no contact {contact_id!r}")
             return cast(Response, web.Response(body=raw, content_type="application/json"))
@@ -127,11 +138,12 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     @app.page("/api/v1/customers/{customer_id}")
     class Customer(View):
         async def get(self, request: Request, customer_id: str) -> Response:
+            store, rules = await served()
             partition = partition_of(customer_id, partitions())
-            found, clock = await state.read_state(partition, f"c:{customer_id}")
+            found, clock = await store.read_state(partition, f"c:{customer_id}")
             if found is None or clock.watermark is None:
                 return _error(404, f"no customer {customer_id!r}")
-            return _json(customer_summary(found, clock.watermark, policy))
+            return _json(customer_summary(found, clock.watermark, rules))
 
     @app.page("/api/v1/fcr")
     class Fcr(View):
@@ -140,13 +152,14 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
             if isinstance(query, str):
                 return _error(400, query)
             start, end, dimension = query
+            store, rules = await served()
             n = partitions()
             hours = list(range(start, end, HOUR))
             names = ("fcr_total", "unresolved", "resolved")
-            total, unresolved, resolved = await state.read_counters(
+            total, unresolved, resolved = await store.read_counters(
                 n, hours, [f"{dimension}|{name}" for name in names])
-            watermark = clock_summary(await state.read_clocks(n))
-            final = watermark is not None and watermark >= end + policy.max_window
+            watermark = clock_summary(await store.read_clocks(n))
+            final = watermark is not None and watermark >= end + rules.max_window
             return _json({
                 "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
                 "total": total, "unresolved": unresolved, "resolved": resolved,
@@ -154,6 +167,7 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
                 "fcr": None if total == 0 else round(1 - unresolved / total, 6),
                 "final": final,
                 "watermark": None if watermark is None else rfc3339(watermark),
+                "policy_version": rules.version,
             })
 
 

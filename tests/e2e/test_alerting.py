@@ -37,7 +37,7 @@ def test_fcr_alert_fires_for_the_degraded_queue_only(stack: Stack, tmp_path: Pat
             out = set()
             for queue in QUEUES:
                 labels = {"window": "24h", "queue": queue, "channel": "", "segment": "",
-                          "agent": ""}
+                          "agent": "", "policy_version": "1"}
                 fcr = worker.metric("cx_fcr_provisional_ratio", **labels)
                 if worker.metric("cx_window_contacts", **labels) >= 100 and fcr < 0.70:
                     out.add(queue)

@@ -242,16 +242,17 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
             "total": 3, "unresolved": 2, "resolved": 0, "pending": 1, "final": False}
         assert fcr["fcr"] == pytest.approx(1 / 3, abs=1e-6)
         labels = {"window": "24h", "queue": "billing", "channel": "", "segment": "",
-                  "agent": ""}
+                  "agent": "", "policy_version": "1"}
         wait_until(lambda: worker.metric("cx_csat_average", **labels) == 1, timeout=20,
                    what="the business gauges refreshed after the survey")
-        assert worker.metric("cx_customers_at_risk") == 1
+        assert worker.metric("cx_customers_at_risk", policy_version="1") == 1
         assert worker.metric("cx_data_quality_ratio", measure="identified_contacts",
-                             window="24h") == 1.0
+                             window="24h", policy_version="1") == 1.0
         assert worker.metric("cx_data_quality_ratio", measure="surveys_joined",
-                             window="") == 1.0
+                             window="", policy_version="1") == 1.0
         bands = {f"{b * 10}-{b * 10 + 10}": worker.metric("cx_perception_customers",
-                                                            band=f"{b * 10}-{b * 10 + 10}")
+                                                            band=f"{b * 10}-{b * 10 + 10}",
+                                                            policy_version="1")
                  for b in range(10)}
         assert sum(bands.values()) == 1
         assert sum(n for band, n in bands.items() if int(band.split("-")[0]) < 40) == 1

@@ -45,7 +45,8 @@ def test_two_workers_split_the_work_and_agree_on_the_business_figures(
         assert sum(totals) == len(messages)  # per-process counters: sum them
         assert all(t > 0 for t in totals)  # both took partitions
 
-        labels = {"window": "24h", "queue": "", "channel": "", "segment": "", "agent": ""}
+        labels = {"window": "24h", "queue": "", "channel": "", "segment": "", "agent": "",
+                  "policy_version": "1"}
 
         def gauges(worker: Worker) -> tuple[float, float, float]:
             return (worker.metric("cx_fcr_provisional_ratio", **labels),
