@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,6 +28,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_run(count: int, bus_offset: int = 0) -> int:
+    """The first of `count` consecutive free ports (and, with `bus_offset`, the ports that far
+    above them), below the range the system hands out for outgoing connections."""
+    for _ in range(200):
+        first = random.randrange(20000, 32768 - bus_offset - count)
+        wanted = [first + i for i in range(count)]
+        if bus_offset:
+            wanted += [port + bus_offset for port in wanted]
+        if all(_bindable(port) for port in wanted):
+            return first
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
