@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from service.adapters.redis_modes import parse_redis_url
 from service.domain.durations import parse_duration
 from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
 
@@ -85,8 +86,7 @@ def _bootstrap(text: str) -> str:
 
 
 def _redis_url(text: str) -> str:
-    if not re.match(r"^(redis|rediss|unix)://", text):
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+    parse_redis_url(text)  # raises ValueError saying what is wrong
     return text
 
 
@@ -169,7 +169,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_KAFKA_BOOTSTRAP", "127.0.0.1:19092",
              "Kafka bootstrap servers, `host:port[,host:port...]`.", _bootstrap, "kafka_bootstrap"),
     Variable("CX_REDIS_URL", "redis://127.0.0.1:16379/0",
-             "Redis URL (`redis://`, `rediss://` for TLS, `unix://`).", _redis_url, "redis_url"),
+             "Redis URL; its scheme picks the mode ([redis-modes.md](redis-modes.md)): "
+             "`redis://host:port/db` (`rediss://` for TLS, `unix://`) one server; "
+             "`redis+cluster://host:port[,host:port...]` a Redis Cluster, given by seed nodes; "
+             "`redis+sentinel://host:port[,host:port...]/service[/db]` the primary that "
+             "Sentinel names `service`.", _redis_url, "redis_url"),
     Variable("CX_GROUP_ID", "cx-stream",
              "Kafka consumer group of the workers; also the Faust application id.",
              _nonempty, "group_id"),

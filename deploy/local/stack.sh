@@ -177,15 +177,17 @@ redis_pidfiles() {
 }
 
 stop_redis() {
-  local pidf pid
+  # SIGTERM to every instance first (each takes a moment to shut down cleanly), then wait.
+  local pidf pids=() names=() i
   for pidf in $(redis_pidfiles); do
     if pid_alive "$pidf"; then
-      pid=$(cat "$pidf")  # redis removes its pid file as it exits
-      kill "$pid" 2>/dev/null || true  # SIGTERM: redis shuts down cleanly
-      wait_gone "$pid" "$(basename "$(dirname "$pidf")")"
+      pids+=("$(cat "$pidf")")  # redis removes its pid file as it exits
+      names+=("$(basename "$(dirname "$pidf")")")
+      kill "${pids[-1]}" 2>/dev/null || true
     fi
     rm -f "$pidf"
   done
+  for i in "${!pids[@]}"; do wait_gone "${pids[$i]}" "${names[$i]}"; done
 }
 
 local_redis_url() {

@@ -255,3 +255,45 @@ def event_records(
         key = key_of(event) if isinstance(event, dict) else b"k"
         out.append((ns.topic(case["kind"]), key, orjson.dumps(event)))
     return out
+
+
+@dataclass
+class LocalRedis:
+    """A Redis of its own (e.g. CX_LOCAL_REDIS=sentinel: primary, replica, sentinel), started
+    by the project's stack script in `state_dir` on three consecutive free ports."""
+
+    mode: str
+    state_dir: Path
+    port: int = 0
+    url: str = ""
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "CX_REDIS_URL"}
+        env.update(CX_STACK_DIR=str(self.state_dir), CX_LOCAL_REDIS=self.mode,
+                   CX_REDIS_PORT=str(self.port))
+        return env
+
+    def start(self) -> LocalRedis:
+        script = str(ROOT / "deploy/local/stack.sh")
+        failures = []
+        for _ in range(3):  # a free port can be taken before the server binds it
+            self.port = free_port_run(3)
+            started = subprocess.run([script, "start", "redis"], env=self._env(),
+                                     capture_output=True, text=True)
+            if started.returncode == 0:
+                printed = subprocess.run([script, "env"], env=self._env(), capture_output=True,
+                                         text=True, check=True).stdout
+                self.url = dict(line.split("=", 1) for line in printed.split())["CX_REDIS_URL"]
+                return self
+            failures.append(started.stderr)
+            self.stop()
+        raise RuntimeError("could not start the local Redis:\n" + "\n---\n".join(failures))
+
+    def stop(self) -> None:
+        subprocess.run([str(ROOT / "deploy/local/stack.sh"), "stop", "redis"], env=self._env(),
+                       capture_output=True)
+
+    def cli(self, port: int, *args: str) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                              text=True, timeout=30, check=True)
+        return done.stdout
