@@ -103,7 +103,6 @@ def client_for(url: str, **options: Any) -> RedisClient:
     if target.tls:
         auth["ssl"] = True
     if target.mode == "cluster":
-        options.pop("health_check_interval", None)  # per-node connections check themselves
         return _ScriptReloadingCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             **auth, **options)
