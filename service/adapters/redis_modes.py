@@ -21,7 +21,8 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, SlotNotCoveredError
 
 RedisMode = Literal["single", "cluster", "sentinel"]
 RedisClient = aioredis.Redis | RedisCluster
@@ -113,8 +114,17 @@ def client_for(url: str, **options: Any) -> RedisClient:
     return master
 
 
+def _unavailable(exc: Exception) -> RedisConnectionError:
+    """No reachable node, or a slot no master serves (a master is down and not yet replaced):
+    a connection error, which the worker waits out, as it does for a single server that is
+    down. redis-py raises these as RedisClusterException, which is also what it raises for a
+    command it cannot route (a defect)."""
+    return RedisConnectionError(f"Redis Cluster unavailable: {exc}")
+
+
 class _ScriptReloadingCluster(RedisCluster):
-    """A cluster client whose pipelines survive a node that does not know a script.
+    """A cluster client whose pipelines survive a node that does not know a script, and that
+    reports an unavailable cluster as a connection error.
 
     A single server's pipeline loads missing scripts itself before it runs; a cluster
     pipeline does not, and a node that restarted, joined or was promoted answers NOSCRIPT.
@@ -125,6 +135,18 @@ class _ScriptReloadingCluster(RedisCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.scripts: dict[str, Any] = {}  # sha1 -> source, of the registered scripts
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _unavailable(exc) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except SlotNotCoveredError as exc:
+            raise _unavailable(exc) from exc
 
     def register_script(self, script: Any) -> Any:
         registered = super().register_script(script)
@@ -154,7 +176,10 @@ class _ScriptReloadingPipeline(ClusterPipeline):
                       allow_redirections: bool = True) -> list[Any]:
         queued = [(c.args, dict(c.kwargs))
                   for c in self._execution_strategy._command_queue]  # type: ignore[attr-defined]
-        replies = await super().execute(False, allow_redirections)
+        try:
+            replies = await super().execute(False, allow_redirections)
+        except SlotNotCoveredError as exc:
+            raise _unavailable(exc) from exc
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             client = self.cluster_client

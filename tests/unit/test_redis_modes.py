@@ -90,3 +90,27 @@ def test_scripts_touch_only_the_keys_they_are_given() -> None:
             assert key.startswith("KEYS[") or (command, key) == ("cmd", "key"), (name, key)
         for key in re.findall(r"call_chunked\(\s*'[A-Z]+'\s*,\s*([^,)]+)", text):
             assert key.startswith("KEYS["), (name, key)
+
+
+def test_an_unreachable_cluster_is_a_dependency_failure_the_worker_waits_out() -> None:
+    import asyncio
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from service.adapters.redis_state import connect
+    from service.service_layer.ingest import is_transient
+
+    async def attempt() -> BaseException:
+        client = connect("redis+cluster://127.0.0.1:1")  # nothing listens on port 1
+        try:
+            await client.ping()
+        except Exception as exc:
+            return exc
+        finally:
+            await client.aclose()
+        raise AssertionError("ping succeeded")
+
+    failure = asyncio.run(attempt())
+    assert isinstance(failure, RedisConnectionError), repr(failure)
+    assert "Redis Cluster unavailable" in str(failure)
+    assert is_transient(failure)
