@@ -4,8 +4,9 @@
 their own (so a `make run` in progress is not disturbed), once per test session, and stops
 them at the end. Unit tests never ask for it and need no server.
 
-CX_TEST_REDIS_MODE=cluster makes that Redis a 3-master Redis Cluster (`make integration-cluster`):
-the same tests then run against it, through the `redis+cluster://` URL the stack hands out.
+CX_TEST_REDIS_MODE=cluster makes that Redis a 3-master Redis Cluster (`make integration-cluster`),
+CX_TEST_REDIS_MODE=sentinel a primary, a replica and a sentinel: the same tests then run against
+it, through the `redis+cluster://` or `redis+sentinel://` URL the stack hands out.
 """
 
 from __future__ import annotations
@@ -28,16 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def stack() -> Iterator[Stack]:
     script = str(ROOT / "deploy/local/stack.sh")
     mode = os.environ.get("CX_TEST_REDIS_MODE", "single")
-    if mode not in ("single", "cluster"):
-        pytest.fail(f"CX_TEST_REDIS_MODE: expected single or cluster, got {mode!r}")
+    if mode not in ("single", "cluster", "sentinel"):
+        pytest.fail(f"CX_TEST_REDIS_MODE: expected single, cluster or sentinel, got {mode!r}")
     failures = []
     for _ in range(3):  # a free port can be taken by someone else before the broker binds it
         state = Path(tempfile.mkdtemp(prefix="stack-", dir=_test_dir()))
         env = {k: v for k, v in os.environ.items()
                if k not in ("CX_KAFKA_BOOTSTRAP", "CX_REDIS_URL")}
         kafka_port, controller_port = free_port(), free_port()
-        # A cluster's three nodes take consecutive ports, and each its port + 10000 for the bus.
-        redis_port = free_port() if mode == "single" else free_port_run(3, bus_offset=10000)
+        # A cluster's three nodes take consecutive ports, and each its port + 10000 for the bus;
+        # a sentinel setup takes three consecutive ports (primary, replica, sentinel).
+        redis_port = (free_port() if mode == "single" else
+                      free_port_run(3, bus_offset=10000 if mode == "cluster" else 0))
         env.update(
             CX_STACK_DIR=str(state),
             CX_KAFKA_PORT=str(kafka_port),
