@@ -96,21 +96,20 @@ def _host_port(text: str, scheme: str) -> tuple[str, int]:
 
 
 def client_for(url: str, **options: Any) -> RedisClient:
-    """A client of the URL's mode; `options` (timeouts and the like) go to every connection."""
+    """A client of the URL's mode; `options` (timeouts, credentials, TLS settings) go to every
+    connection to a Redis server, and win over a user or password in the URL."""
     target = parse_redis_url(url)
     if target.mode == "single":
         return aioredis.Redis.from_url(url, **options)
-    auth: dict[str, Any] = {"username": target.username, "password": target.password}
-    if target.tls:
-        auth["ssl"] = True
+    given = {"username": target.username, "password": target.password,
+             "ssl": True if target.tls else None}
+    settings = {**{k: v for k, v in given.items() if v is not None}, **options}
     if target.mode == "cluster":
         return _ScriptReloadingCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-            **auth, **options)
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes], **settings)
     sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
     sentinel = Sentinel(list(target.nodes), **sentinel_options)  # type: ignore[no-untyped-call]
-    master: aioredis.Redis = sentinel.master_for(target.service, db=target.db, **auth,
-                                                 **options)
+    master: aioredis.Redis = sentinel.master_for(target.service, db=target.db, **settings)
     return master
 
 

@@ -114,3 +114,18 @@ def test_an_unreachable_cluster_is_a_dependency_failure_the_worker_waits_out() -
     assert isinstance(failure, RedisConnectionError), repr(failure)
     assert "Redis Cluster unavailable" in str(failure)
     assert is_transient(failure)
+
+
+def test_credentials_given_apart_from_the_url_win() -> None:
+    cluster = client_for("redis+cluster://url-user:url-pw@127.0.0.1:1", password="file-pw")
+    assert isinstance(cluster, RedisCluster)
+    assert cluster.connection_kwargs["password"] == "file-pw"
+    assert cluster.connection_kwargs["username"] == "url-user"
+    primary = client_for("rediss+sentinel://127.0.0.1:1/main", username="cx", password="pw")
+    kwargs = primary.connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"]) == ("cx", "pw")
+    assert primary.connection_pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+    tls_cluster = client_for("rediss+cluster://127.0.0.1:1")
+    assert tls_cluster.connection_kwargs["connection_class"].__name__ == "SSLConnection"
+    plain_cluster = client_for("redis+cluster://127.0.0.1:1")
+    assert plain_cluster.connection_kwargs["connection_class"].__name__ == "Connection"
