@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from service.adapters.redis_modes import parse_redis_url
 from service.domain.durations import parse_duration
 from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
 
@@ -85,8 +86,7 @@ def _bootstrap(text: str) -> str:
 
 
 def _redis_url(text: str) -> str:
-    if not re.match(r"^(redis|rediss|unix)://", text):
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+    parse_redis_url(text)  # raises ValueError saying what is wrong
     return text
 
 
@@ -227,9 +227,9 @@ def _check_security(s: Settings) -> None:
     if bool(s.redis_tls_cert_file) != bool(s.redis_tls_key_file):
         raise ConfigError("CX_REDIS_TLS_CERT_FILE: give it together with CX_REDIS_TLS_KEY_FILE")
     tls = s.redis_tls_ca_file or s.redis_tls_cert_file
-    if tls and not s.redis_url.startswith("rediss://"):
+    if tls and not (s.redis_url.startswith("rediss://") or s.redis_url.startswith("rediss+")):
         raise ConfigError("CX_REDIS_TLS_CA_FILE: the CX_REDIS_TLS_* variables need a rediss:// "
-                          "CX_REDIS_URL")
+                          "(or rediss+cluster://, rediss+sentinel://) CX_REDIS_URL")
     if s.redis_password and s.redis_password_file:
         raise ConfigError("CX_REDIS_PASSWORD: give it or CX_REDIS_PASSWORD_FILE, not both")
     if s.api_auth == "token" and not (s.api_tokens or s.api_tokens_file):
@@ -240,7 +240,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_KAFKA_BOOTSTRAP", "127.0.0.1:19092",
              "Kafka bootstrap servers, `host:port[,host:port...]`.", _bootstrap, "kafka_bootstrap"),
     Variable("CX_REDIS_URL", "redis://127.0.0.1:16379/0",
-             "Redis URL (`redis://`, `rediss://` for TLS, `unix://`).", _redis_url, "redis_url"),
+             "Redis URL; its scheme picks the mode ([redis-modes.md](redis-modes.md)): "
+             "`redis://host:port/db` (`rediss://` for TLS, `unix://`) one server; "
+             "`redis+cluster://host:port[,host:port...]` a Redis Cluster, given by seed nodes; "
+             "`redis+sentinel://host:port[,host:port...]/service[/db]` the primary that "
+             "Sentinel names `service`.", _redis_url, "redis_url"),
     Variable("CX_GROUP_ID", "cx-stream",
              "Kafka consumer group of the workers (`-vN` appended from policy version 2 on, "
              "see CX_POLICY_VERSION); also the Faust application id.",

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from faust.types import TP, EventT, StreamT
 from redis.exceptions import RedisError
 
@@ -30,6 +29,7 @@ from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
+from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.policy import Policy
@@ -204,7 +204,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     return app
 
 
-def _state(settings: Settings, client: aioredis.Redis, prefix: str) -> RedisState:
+def _state(settings: Settings, client: RedisClient, prefix: str) -> RedisState:
     return RedisState(client, prefix, state_ttl=settings.state_idle_ttl,
                       counter_ttl=settings.counter_retention,
                       contact_ttl=settings.contact_view_ttl)

@@ -158,7 +158,7 @@ def redis_options(settings: Settings) -> dict[str, Any]:
         options["password"] = _read_secret(settings.redis_password_file, "CX_REDIS_PASSWORD_FILE")
     elif settings.redis_password:
         options["password"] = settings.redis_password
-    if settings.redis_url.startswith("rediss://"):
+    if _redis_tls(settings.redis_url):
         options.update(ssl_cert_reqs="required",
                        ssl_check_hostname=settings.redis_tls_check_hostname,
                        ssl_min_version=ssl.TLSVersion.TLSv1_2)
@@ -168,6 +168,17 @@ def redis_options(settings: Settings) -> dict[str, Any]:
             options.update(ssl_certfile=settings.redis_tls_cert_file,
                            ssl_keyfile=settings.redis_tls_key_file)
     return options
+
+
+def _redis_tls(url: str) -> bool:
+    from service.adapters.redis_modes import parse_redis_url
+
+    if url.startswith("rediss://"):
+        return True
+    try:
+        return parse_redis_url(url).tls
+    except ValueError:
+        return False
 
 
 def redis_location(url: str) -> str:
@@ -181,11 +192,12 @@ async def redis_startup_failure(settings: Settings, *,
     """Ping Redis once with the service's options: a StartupError when it refuses the
     credentials or the certificate; None when it answers or is merely unreachable for now
     (the worker then retries, as for any outage)."""
-    import redis.asyncio as aioredis
     from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout,
-                                     socket_timeout=timeout, **redis_options(settings))
+    from service.adapters.redis_modes import client_for
+
+    client = client_for(settings.redis_url, socket_connect_timeout=timeout,
+                        socket_timeout=timeout, **redis_options(settings))
     where = redis_location(settings.redis_url)
     try:
         await client.ping()

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
+from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
 from service.config import state_prefix
 from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
@@ -82,7 +82,7 @@ class Served:
 
 
 class PolicyVersions:
-    def __init__(self, client: aioredis.Redis, key_prefix: str, own: Policy,
+    def __init__(self, client: RedisClient, key_prefix: str, own: Policy,
                  make_state: Callable[[str], RedisState]) -> None:
         self.client = client
         self.key_prefix = key_prefix

@@ -21,10 +21,10 @@ from importlib import resources
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from service.adapters import redis_modes
+from service.adapters.redis_modes import RedisClient, Script
 from service.domain.records import CustomerState
 
 
@@ -32,10 +32,12 @@ def _lua(name: str) -> str:
     return resources.files("service.adapters").joinpath(f"lua/{name}").read_text()
 
 
-def connect(url: str, **options: Any) -> aioredis.Redis:
+def connect(url: str, **options: Any) -> RedisClient:
     """A client with timeouts: a dead Redis must fail fast so the worker can retry.
+
+    The URL's scheme picks the mode: one server, a Redis Cluster or Sentinel (redis_modes).
     `options`: TLS and ACL settings (service.adapters.connections.redis_options)."""
-    return aioredis.Redis.from_url(
+    return redis_modes.client_for(
         url, socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=15,
         **options,
     )
@@ -111,15 +113,15 @@ class Conflict(Exception):
 
 
 class RedisState:
-    def __init__(self, client: aioredis.Redis, key_prefix: str, *, state_ttl: float,
+    def __init__(self, client: RedisClient, key_prefix: str, *, state_ttl: float,
                  counter_ttl: float, contact_ttl: float) -> None:
         self.client = client
         self.prefix = key_prefix
         self._state_ttl_ms = int(state_ttl * 1000)
         self._counter_ttl_ms = int(counter_ttl * 1000)
         self._contact_ttl_ms = int(contact_ttl * 1000)
-        self._commit: AsyncScript = client.register_script(_lua("commit_partition.lua"))
-        self._put_contact: AsyncScript = client.register_script(_lua("put_contact.lua"))
+        self._commit: Script = client.register_script(_lua("commit_partition.lua"))
+        self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
         self.round_trips: list[float] = []
         self.timers_per_batch = 500
 

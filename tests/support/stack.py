@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,6 +28,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_run(count: int, bus_offset: int = 0) -> int:
+    """The first of `count` consecutive free ports (and, with `bus_offset`, the ports that far
+    above them), below the range the system hands out for outgoing connections."""
+    for _ in range(200):
+        first = random.randrange(20000, 32768 - bus_offset - count)
+        wanted = [first + i for i in range(count)]
+        if bus_offset:
+            wanted += [port + bus_offset for port in wanted]
+        if all(_bindable(port) for port in wanted):
+            return first
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -232,3 +255,45 @@ def event_records(
         key = key_of(event) if isinstance(event, dict) else b"k"
         out.append((ns.topic(case["kind"]), key, orjson.dumps(event)))
     return out
+
+
+@dataclass
+class LocalRedis:
+    """A Redis of its own (e.g. CX_LOCAL_REDIS=sentinel: primary, replica, sentinel), started
+    by the project's stack script in `state_dir` on three consecutive free ports."""
+
+    mode: str
+    state_dir: Path
+    port: int = 0
+    url: str = ""
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "CX_REDIS_URL"}
+        env.update(CX_STACK_DIR=str(self.state_dir), CX_LOCAL_REDIS=self.mode,
+                   CX_REDIS_PORT=str(self.port))
+        return env
+
+    def start(self) -> LocalRedis:
+        script = str(ROOT / "deploy/local/stack.sh")
+        failures = []
+        for _ in range(3):  # a free port can be taken before the server binds it
+            self.port = free_port_run(3)
+            started = subprocess.run([script, "start", "redis"], env=self._env(),
+                                     capture_output=True, text=True)
+            if started.returncode == 0:
+                printed = subprocess.run([script, "env"], env=self._env(), capture_output=True,
+                                         text=True, check=True).stdout
+                self.url = dict(line.split("=", 1) for line in printed.split())["CX_REDIS_URL"]
+                return self
+            failures.append(started.stderr)
+            self.stop()
+        raise RuntimeError("could not start the local Redis:\n" + "\n---\n".join(failures))
+
+    def stop(self) -> None:
+        subprocess.run([str(ROOT / "deploy/local/stack.sh"), "stop", "redis"], env=self._env(),
+                       capture_output=True)
+
+    def cli(self, port: int, *args: str) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                              text=True, timeout=30, check=True)
+        return done.stdout

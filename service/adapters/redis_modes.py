@@ -1,0 +1,198 @@
+"""Redis deployment modes: one server, a Redis Cluster, or a primary watched by Sentinel.
+
+The mode is the scheme of the Redis URL (docs/redis-modes.md), so every client built from
+`CX_REDIS_URL` (the worker's state store, the HTTP API, the business gauges) uses the same one:
+
+- `redis://host:port/db`, `rediss://...` (TLS), `unix:///path.sock?db=0`: one server;
+- `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` for TLS):
+  a Redis Cluster, given by one or more seed nodes; the other nodes are discovered;
+- `redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`
+  (`rediss+sentinel://` for TLS to the primary): the primary Sentinel names `service`,
+  asked of the listed sentinels, and asked again after a failover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import unquote
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, SlotNotCoveredError
+
+RedisMode = Literal["single", "cluster", "sentinel"]
+RedisClient = aioredis.Redis | RedisCluster
+Script = Callable[..., Awaitable[Any]]  # a registered Lua script; `client=` may be a pipeline
+
+_SCHEMES: dict[str, tuple[RedisMode, bool]] = {
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+}
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is, as a CX_REDIS_URL says."""
+
+    mode: RedisMode
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()  # cluster seed nodes or sentinels
+    service: str = ""  # the Sentinel service name of the primary
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """The mode and addresses of a Redis URL; ValueError says what is wrong with it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"expected a Redis URL such as redis://host:6379/0, got {url!r}")
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisTarget("single", url)
+    if scheme not in _SCHEMES:
+        raise ValueError(f"unknown Redis URL scheme {scheme!r} (known: redis, rediss, unix, "
+                         f"{', '.join(_SCHEMES)})")
+    mode, tls = _SCHEMES[scheme]
+    netloc, _, path = rest.partition("/")
+    path, _, query = path.partition("?")
+    if query:
+        raise ValueError(f"{scheme}:// URLs take no query parameters, got {query!r}")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = tuple(_host_port(h, scheme) for h in hosts.split(","))
+    parts = [p for p in path.split("/") if p]
+    if mode == "cluster":
+        if parts not in ([], ["0"]):
+            raise ValueError("a Redis Cluster has database 0 only; "
+                             f"expected {scheme}://host:port[,host:port...], got {url!r}")
+        return RedisTarget(mode, url, nodes, "", 0, username, password, tls)
+    if not parts or len(parts) > 2:
+        raise ValueError(f"expected {scheme}://host:port[,host:port...]/service[/db], "
+                         f"got {url!r}")
+    db = parts[1] if len(parts) == 2 else "0"
+    if not db.isdigit():
+        raise ValueError(f"the database must be a number, got {db!r}")
+    return RedisTarget(mode, url, nodes, unquote(parts[0]), int(db), username, password, tls)
+
+
+def _host_port(text: str, scheme: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")  # [::1]:7000
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port in a {scheme}:// URL, got {text!r}")
+    return host, int(port)
+
+
+def client_for(url: str, **options: Any) -> RedisClient:
+    """A client of the URL's mode; `options` (timeouts, credentials, TLS settings) go to every
+    connection to a Redis server, and win over a user or password in the URL."""
+    target = parse_redis_url(url)
+    if target.mode == "single":
+        return aioredis.Redis.from_url(url, **options)
+    given = {"username": target.username, "password": target.password,
+             "ssl": True if target.tls else None}
+    settings = {**{k: v for k, v in given.items() if v is not None}, **options}
+    if target.mode == "cluster":
+        return _ScriptReloadingCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes], **settings)
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel = Sentinel(list(target.nodes), **sentinel_options)  # type: ignore[no-untyped-call]
+    master: aioredis.Redis = sentinel.master_for(target.service, db=target.db, **settings)
+    return master
+
+
+def _unavailable(exc: Exception) -> RedisConnectionError:
+    """No reachable node, or a slot no master serves (a master is down and not yet replaced):
+    a connection error, which the worker waits out, as it does for a single server that is
+    down. redis-py raises these as RedisClusterException, which is also what it raises for a
+    command it cannot route (a defect)."""
+    return RedisConnectionError(f"Redis Cluster unavailable: {exc}")
+
+
+class _ScriptReloadingCluster(RedisCluster):
+    """A cluster client whose pipelines survive a node that does not know a script, and that
+    reports an unavailable cluster as a connection error.
+
+    A single server's pipeline loads missing scripts itself before it runs; a cluster
+    pipeline does not, and a node that restarted, joined or was promoted answers NOSCRIPT.
+    NOSCRIPT means the script did not run, so loading the scripts on every primary and
+    sending those commands again is safe.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scripts: dict[str, Any] = {}  # sha1 -> source, of the registered scripts
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _unavailable(exc) from exc
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except SlotNotCoveredError as exc:
+            raise _unavailable(exc) from exc
+
+    def register_script(self, script: Any) -> Any:
+        registered = super().register_script(script)
+        self.scripts[registered.sha] = registered.script
+        return registered
+
+    def pipeline(self, transaction: Any | None = None,
+                 shard_hint: Any | None = None) -> ClusterPipeline:
+        if transaction:
+            return super().pipeline(transaction, shard_hint)
+        return _ScriptReloadingPipeline(self)  # type: ignore[abstract]
+
+
+class _ScriptReloadingPipeline(ClusterPipeline):
+    cluster_client: _ScriptReloadingCluster
+
+    async def evalsha(self, sha: Any, numkeys: int, *keys_and_args: Any) -> Any:
+        """Queued like any other keyed command: sent to the node of its keys' slot (the client
+        refuses a script whose keys hash to different slots). redis-py blocks EVALSHA in
+        cluster pipelines because of NOSCRIPT, which `execute` below takes care of.
+
+        A coroutine, as registered scripts await it; it must not return the pipeline itself,
+        since awaiting a cluster pipeline empties it."""
+        self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        queued = [(c.args, dict(c.kwargs))
+                  for c in self._execution_strategy._command_queue]  # type: ignore[attr-defined]
+        try:
+            replies = await super().execute(False, allow_redirections)
+        except SlotNotCoveredError as exc:
+            raise _unavailable(exc) from exc
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            client = self.cluster_client
+            for source in client.scripts.values():
+                await client.script_load(source)  # on every primary
+            again = ClusterPipeline(client)  # type: ignore[abstract]
+            for i in missing:
+                args, kwargs = queued[i]
+                again.execute_command(*args, **kwargs)
+            for i, reply in zip(missing, await again.execute(False, allow_redirections),
+                                strict=True):
+                replies[i] = reply
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
