@@ -90,8 +90,20 @@ class CurveState:
         if self.t is None:
             return 0.0
         horizon = self.t - period
-        peak = max((s for (t, s) in self.recent if t >= horizon), default=self.score)
+        peak = self.score
+        for t, s in self.recent:  # decreasing scores: the first in the period is the peak
+            if t >= horizon:
+                peak = s
+                break
         return max(0.0, peak - self.score)
+
+    def remember(self, t: float, score: float) -> None:
+        """Add (t, score) to `recent`, dropping earlier entries it dominates: an entry at or
+        below a later score can never again be the peak of a period that ends later."""
+        recent = self.recent
+        while recent and recent[-1][1] <= score:
+            recent.pop()
+        recent.append((t, score))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +122,11 @@ class CurveResult:
 def start_state(snapshot: PerceptionSnapshot, baseline: float) -> CurveState:
     if snapshot.t is None or snapshot.score is None:
         return CurveState(None, baseline, False, [], [])
-    return CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points),
-                      list(snapshot.recent), snapshot.last_signal)
+    state = CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points), [],
+                       snapshot.last_signal)
+    for t, score in snapshot.recent:  # snapshots written before `remember` kept every entry
+        state.remember(t, score)
+    return state
 
 
 def run_curve(
@@ -137,10 +152,10 @@ def run_curve(
         state.drift_to(sig.t, baseline, policy.half_life)
         state.last_signal = sig.t
         before = state.score
-        state.recent.append((sig.t, before))
+        state.remember(sig.t, before)
         state.score = before + sig.weight * (sig.target - before)
         state.points.append((sig.t, state.score, sig.cause))
-        state.recent.append((sig.t, state.score))
+        state.remember(sig.t, state.score)
         _trim(state, policy)
         if sig.weight * (sig.target - before) < 0:
             causes.append(sig.cause)
