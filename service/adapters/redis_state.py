@@ -87,6 +87,7 @@ class PartitionData:
     states: dict[str, bytes | None]
     due: list[tuple[str, float]]
     outbox: list[bytes]
+    due_until: float | None = None  # `due` holds every timer due before this, not the first
 
     def state(self, key: str) -> CustomerState | None:
         return decode_state(self.states.get(key))

@@ -315,29 +315,60 @@ class IngestProcessor:
         wanted = {p: list(dict.fromkeys(state_key(e) for _, e in items))
                   for p, items in valid.items()}
         data = await self._state.load(wanted)
+        # The batch's new watermarks, found without folding, say which timers fall due: read
+        # those and their states first, so each partition is planned once.
+        marks = {p: self._next_watermark(p, valid[p], data[p].clock) for p in valid}
+        await self._read_due(data, marks)
         plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
+        # Planning found another watermark (a topic's lag changed meanwhile): read what that
+        # one needs and plan again from scratch.
+        if await self._read_due(data, {p: plan.watermark for p, plan in plans.items()}):
+            plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
+        return plans, {p: data[p].outbox for p in valid}
+
+    async def _read_due(self, data: dict[int, PartitionData],
+                        marks: Mapping[int, float | None]) -> bool:
+        """Read the timers due before each partition's watermark and the states they name
+        that are not read yet; whether anything had to be read."""
         # The first read brings only the earliest timers; when all of them fell due at the
         # new watermark there may be more: read every due one.
-        more_due = {p: plan.watermark for p, plan in plans.items()
-                    if plan.watermark is not None and data[p].due
+        more_due = {p: wm for p, wm in marks.items()
+                    if wm is not None and data[p].due
                     and len(data[p].due) >= self._state.timers_per_batch
-                    and data[p].due[-1][1] < plan.watermark}
+                    and data[p].due[-1][1] < wm
+                    and (data[p].due_until is None or wm > data[p].due_until)}
         if more_due:
             for partition, due in (await self._state.due_timers(more_due)).items():
                 data[partition].due = due
-        # Timers that fell due need their states: read those, then plan again from scratch.
+                data[partition].due_until = more_due[partition]
+        # Timers that fell due need their states.
         missing = {p: [m for m, at in data[p].due
-                       if plan.watermark is not None and at < plan.watermark
-                       and m not in data[p].states]
-                   for p, plan in plans.items()}
+                       if wm is not None and at < wm and m not in data[p].states]
+                   for p, wm in marks.items()}
         missing = {p: keys for p, keys in missing.items() if keys}
         if missing:
             more = await self._state.load_states(missing)
             for partition, states in more.items():
                 data[partition].states.update(states)
-        if more_due or missing:
-            plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
-        return plans, {p: data[p].outbox for p in valid}
+        return bool(more_due or missing)
+
+    def _next_watermark(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
+                        clock: PartitionClock) -> float | None:
+        """The watermark `_plan_partition` will reach with these items (same rules)."""
+        offsets = dict(clock.offsets)
+        newest = dict(clock.newest)
+        for msg, event in items:
+            last = offsets.get(msg.topic)
+            if last is not None and msg.offset <= last:
+                continue
+            offsets[msg.topic] = msg.offset
+            if is_too_late(event, clock.watermark, self._policy):
+                continue
+            t = event.header.occurred_at.timestamp()
+            newest[msg.topic] = max(newest.get(msg.topic, t), t)
+        lagging = [t for t in self._input_topics
+                   if self._lagging(t, partition, offsets.get(t))]
+        return clocks.advance(clock.watermark, newest, lagging)
 
     def _plan_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
                         data: PartitionData) -> _Plan:
