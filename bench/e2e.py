@@ -4,6 +4,7 @@ Redis baseline, and worker processes replaying pre-loaded input."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.adapters.kafka_admin import ensure_layout
 from service.config import Settings, load_settings
-from tests.support.stack import Namespace, Stack, Worker
+from tests.support.stack import Namespace, Stack, Worker, free_port
 
 KINDS = ("call-ended", "transfer", "survey-answered")
 
@@ -149,9 +150,8 @@ def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, worker
     client = redis.Redis.from_url(stack.redis_url)
     procs = []
     for i in range(workers):
-        extra = dict(env)
-        wns = Namespace(stack, ns.name) if i else ns
-        procs.append(Worker(wns, logs / f"{ns.name}-worker-{i}.log", **extra))
+        wns = dataclasses.replace(ns, http_port=free_port()) if i else ns
+        procs.append(Worker(wns, logs / f"{ns.name}-worker-{i}.log", **env))
     launched = time.perf_counter()
     first: float | None = None
     first_done = 0
@@ -187,6 +187,9 @@ def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, worker
         }
         if sample is not None:
             result["final_sample"] = sample(procs)
+        trips = sum(w.metric("cx_redis_round_trip_seconds_count") for w in procs)
+        batches = sum(w.metric("cx_batch_events_count") for w in procs)
+        result["round_trips_per_batch"] = trips / batches if batches else float("nan")
         return result
     finally:
         for w in procs:

@@ -41,7 +41,8 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def synthesize(calls: list[dict[str, Any]], seed: int = 7) -> list[tuple[float, str, dict[str, Any]]]:
+def synthesize(calls: list[dict[str, Any]], seed: int = 7
+               ) -> list[tuple[float, str, dict[str, Any]]]:
     """(event time, kind, event) for the calls plus transfers (8% of handled calls) and
     surveys (25% of handled calls of identified customers, 5 minutes to 2 days later)."""
     rng = random.Random(seed)

@@ -21,6 +21,7 @@ import zlib
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from service.domain.counters import (
@@ -127,6 +128,9 @@ class Verdict:
         return _STATUS_NAMES.get(self.status)
 
 
+_ORDER = attrgetter("t", "contact_id")  # ContactRecord.order, as a C-level key
+
+
 def _participates(c: ContactRecord, identified: bool) -> bool:
     return identified and c.outcome == "handled"
 
@@ -160,8 +164,8 @@ def derive_verdicts(
         found.sort(key=lambda s: (s.t, s.event_id))
 
     handled = sorted(
-        (c for c in state.contacts.values() if _participates(c, identified)),
-        key=ContactRecord.order,
+        (c for c in state.contacts.values() if identified and c.outcome == "handled"),
+        key=_ORDER,
     )
     max_window = policy.max_window
     repeat_of: dict[str, str] = {}
@@ -374,14 +378,12 @@ def _digest(view: dict[str, Any]) -> int:
     return zlib.crc32(repr(sorted(view.items())).encode())
 
 
-def _basis(c: ContactRecord, v: Verdict, perception: tuple[float, float] | None,
-           policy: Policy) -> int:
-    """A 64-bit checksum of what a contact's view and counts are derived from. A record is
-    immutable for its event_id (a correction is a new event), so is a survey."""
-    text = repr((c.event_id, v.participates, v.is_repeat, v.repeat_of, v.transfers, v.status,
-                 v.reasons, [s.event_id for s in v.surveys], perception, policy.version))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big",
-                          signed=True)
+def _basis(inputs: tuple[Any, ...]) -> int:
+    """A 64-bit checksum of what a contact's view and counts are derived from: its record's
+    event_id (a record never changes under one event_id: a correction is a new event), its
+    verdict, the survey event_ids, its perception and the policy version."""
+    text = repr(inputs).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 def _prune(state: CustomerState, watermark: float, policy: Policy,
@@ -441,9 +443,16 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
                                                       round(seen.after, 2))
         else:  # its signals are folded into the snapshot: keep what was published
             perception = before.perception if before else None
-        basis = _basis(c, v, perception, policy)
-        if before is not None and before.basis == basis:
-            continue  # nothing its view or counts derive from changed
+        inputs = (c.event_id, v.participates, v.is_repeat, v.repeat_of, v.transfers, v.status,
+                  v.reasons, [s.event_id for s in v.surveys], perception, policy.version)
+        if before is not None:
+            if before.inputs is not None:
+                if before.inputs == inputs:
+                    continue  # nothing its view or counts derive from changed
+            elif before.basis == _basis(inputs):
+                before.inputs = inputs
+                continue
+        basis = _basis(inputs)
         counted = counted_of(c, v, identified)
         old = Counted.from_tuple(before.counted) if before else None
         if old != counted:
@@ -455,7 +464,8 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
             version += 1
             view["version"] = version
             out.updates.append(ContactUpdate(c.contact_id, version, view))
-        emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception, basis)
+        emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception, basis,
+                                        inputs)
     joined_now = (sum(len(v.surveys) for v in verdicts.values()), len(state.surveys),
                   sum(v.transfers for v in verdicts.values()), len(state.transfers))
     last = state.joins

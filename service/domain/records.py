@@ -133,6 +133,9 @@ class Emitted:
     # A checksum of everything the view and counts derive from (record, verdict, perception,
     # policy): when it is unchanged the contact is skipped without rebuilding its view.
     basis: int | None = None
+    # The same inputs as a tuple, while the state stays in memory (not stored): comparing it
+    # is cheaper than computing the checksum.
+    inputs: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

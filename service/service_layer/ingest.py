@@ -332,11 +332,12 @@ class IngestProcessor:
         that are not read yet; whether anything had to be read."""
         # The first read brings only the earliest timers; when all of them fell due at the
         # new watermark there may be more: read every due one.
-        more_due = {p: wm for p, wm in marks.items()
-                    if wm is not None and data[p].due
-                    and len(data[p].due) >= self._state.timers_per_batch
-                    and data[p].due[-1][1] < wm
-                    and (data[p].due_until is None or wm > data[p].due_until)}
+        more_due: dict[int, float] = {}
+        for p, wm in marks.items():
+            d = data[p]
+            if (wm is not None and d.due and len(d.due) >= self._state.timers_per_batch
+                    and d.due[-1][1] < wm and (d.due_until is None or wm > d.due_until)):
+                more_due[p] = wm
         if more_due:
             for partition, due in (await self._state.due_timers(more_due)).items():
                 data[partition].due = due
