@@ -8,6 +8,7 @@ event-time order, each as (topic kind, key, JSON bytes).
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,8 +27,10 @@ Message = tuple[str, bytes | None, bytes]
 
 
 def month_calls(path: Path | None = None) -> list[dict[str, Any]]:
-    """The month's call-ended events, as the importer produces them."""
-    source = path or (DATA if DATA.exists() else DATA_FALLBACK)
+    """The month's call-ended events, as the importer produces them (BENCH_DATA names
+    another Anonymous Bank file)."""
+    named = os.environ.get("BENCH_DATA")
+    source = path or (Path(named) if named else DATA if DATA.exists() else DATA_FALLBACK)
     with open(source, encoding="utf-8", errors="replace") as f:
         lines = f.readlines()
     return list(convert(lines, parse_utc_offset("+02:00"), ImportReport()))
