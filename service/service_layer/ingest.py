@@ -158,6 +158,12 @@ class _Plan:
     watermark: float | None = None
     # (kind, labels, count) of what was published: first sightings, repeats, corrections
     published: list[tuple[str, tuple[str, str, str], int]] = field(default_factory=list)
+    # The outbox items of `commit`, not encoded: (kind, key, version, value)
+    outputs: list[tuple[str, str | None, int, bytes]] = field(default_factory=list)
+
+    def emit(self, kind: str, key: str | None, version: int, value: bytes) -> None:
+        self.commit.outbox.append(outbox_item(kind, key, version, value))
+        self.outputs.append((kind, key, version, value))
 
 
 class IngestProcessor:
@@ -401,9 +407,8 @@ class IngestProcessor:
                     f"{self._topic_kinds[msg.topic]}.occurred_at: older than the watermark "
                     f"minus the allowed lateness ({_now_text(datetime.fromtimestamp(t, UTC))})",
                     now)
-                plan.commit.outbox.append(outbox_item(
-                    "dead", msg.key.decode("utf-8", "replace") if msg.key else None, 0,
-                    orjson.dumps(record)))
+                plan.emit("dead", msg.key.decode("utf-8", "replace") if msg.key else None, 0,
+                          orjson.dumps(record))
                 continue
             newest[msg.topic] = max(newest.get(msg.topic, t), t)
             key = state_key(event)
@@ -472,8 +477,7 @@ class IngestProcessor:
                     plan.published.append(("repeat", labels, 1))
             else:
                 plan.published.append(("correction", labels, 1))
-            commit.outbox.append(outbox_item("contact", update.contact_id, update.version,
-                                             orjson.dumps(update.view)))
+            plan.emit("contact", update.contact_id, update.version, orjson.dumps(update.view))
         for name, delta in zip(("surveys_joined", "surveys", "transfers_joined", "transfers"),
                                settled.joins, strict=True):
             if delta:
@@ -487,8 +491,8 @@ class IngestProcessor:
         for alert in settled.alerts:
             delta = 1 if alert.alert == "at_risk_entered" else -1
             commit.clock_increments["at_risk"] = commit.clock_increments.get("at_risk", 0) + delta
-            commit.outbox.append(outbox_item("alert", alert.customer_id, alert.version,
-                                             orjson.dumps(alert_payload(alert))))
+            plan.emit("alert", alert.customer_id, alert.version,
+                      orjson.dumps(alert_payload(alert)))
         plan.outcome.updates += len(settled.updates)
         plan.outcome.alerts += len(settled.alerts)
         if settled.forget:
@@ -509,10 +513,11 @@ class IngestProcessor:
         contacts: dict[str, tuple[int, bytes]] = {}
         published: dict[int, int] = {}
         for partition, plan in plans.items():
-            items = leftovers.get(partition, []) + plan.commit.outbox
-            published[partition] = len(items)
-            for raw in items:
-                kind, name, version, value = parse_outbox_item(raw)
+            earlier = leftovers.get(partition, [])
+            published[partition] = len(earlier) + len(plan.outputs)
+            # This batch's items are at hand; only those left over are parsed from Redis.
+            for kind, name, version, value in [*map(parse_outbox_item, earlier),
+                                               *plan.outputs]:
                 key = name.encode() if name is not None else None
                 if kind == "contact" and name is not None:
                     records.append((self._topics.contact_enriched, key, value))
