@@ -33,10 +33,14 @@ def _lua(name: str) -> str:
 
 
 def connect(url: str) -> aioredis.Redis:
-    """A client with timeouts: a dead Redis must fail fast so the worker can retry."""
-    return aioredis.Redis.from_url(
-        url, socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=15,
+    """A client with timeouts: a dead Redis must fail fast so the worker can retry. Its pool
+    holds at most 64 connections; a request beyond them (a burst of HTTP lookups) waits up to
+    5 s for one instead of failing."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=5.0, socket_timeout=10.0, socket_connect_timeout=5.0,
+        health_check_interval=15,
     )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
 
 
 def _text(value: Any) -> str:
