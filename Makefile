@@ -44,7 +44,7 @@ integration: $(STAMP)
 
 test: lint unit rules integration
 
-# Never part of `make test`: about 20 minutes (BENCH_SCALE=small: a few). Starts its own Kafka
+# Never part of `make test`: about 30 minutes (BENCH_SCALE=small: about 10). Starts its own Kafka
 # and Redis in .cx-bench/ and writes the table into docs/benchmarks.md.
 bench: $(STAMP)
 	BENCH_SCALE=$(or $(BENCH_SCALE),full) BENCH_RUNS=$(or $(BENCH_RUNS),3) $(BIN)/python -m bench
