@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: help run test test-full lint unit rules integration integration-cluster \
-	integration-cluster-full stop status topics clean
+	integration-cluster-full stop status topics clean bench
 
 help:
 	@echo "make run     start Kafka, Redis, the worker and the traffic simulator (Ctrl-C stops)"
@@ -17,6 +17,7 @@ help:
 	@echo "make rules   promtool checks and unit tests of the Prometheus rules"
 	@echo "make stop    stop the local Kafka and Redis that 'make run' started"
 	@echo "make status  what the local stack runs"
+	@echo "make bench   throughput, latency and memory on a real Kafka and Redis (BENCH_SCALE=small: quick)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -29,7 +30,7 @@ run: $(STAMP)
 	@deploy/local/run.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests
+	$(BIN)/ruff check service tests bench
 	$(BIN)/mypy
 
 unit: $(STAMP)
@@ -61,6 +62,11 @@ test: lint unit rules integration integration-cluster
 
 test-full: lint unit rules integration integration-cluster-full
 
+# Never part of `make test`: about 30 minutes (BENCH_SCALE=small: about 10). Starts its own Kafka
+# and Redis in .cx-bench/ and writes the table into docs/benchmarks.md.
+bench: $(STAMP)
+	BENCH_SCALE=$(or $(BENCH_SCALE),full) BENCH_RUNS=$(or $(BENCH_RUNS),3) $(BIN)/python -m bench
+
 topics: $(STAMP)
 	@eval "$$(deploy/local/stack.sh env | sed 's/^/export /')" && $(BIN)/cx-stream topics
 
@@ -71,4 +77,4 @@ status:
 	@deploy/local/stack.sh status
 
 clean: stop
-	rm -rf .cx-local .cx-test .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .cx-local .cx-test .cx-bench .mypy_cache .ruff_cache .pytest_cache

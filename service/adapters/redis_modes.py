@@ -13,9 +13,9 @@ The mode is the scheme of the Redis URL (docs/redis-modes.md), so every client b
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
@@ -26,7 +26,13 @@ from redis.exceptions import NoScriptError, RedisClusterException, SlotNotCovere
 
 RedisMode = Literal["single", "cluster", "sentinel"]
 RedisClient = aioredis.Redis | RedisCluster
-Script = Callable[..., Awaitable[Any]]  # a registered Lua script; `client=` may be a pipeline
+class Script(Protocol):
+    """A registered Lua script; `client=` may be a pipeline."""
+
+    sha: str
+    script: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
 
 _SCHEMES: dict[str, tuple[RedisMode, bool]] = {
     "redis+cluster": ("cluster", False),
@@ -100,7 +106,9 @@ def client_for(url: str, **options: Any) -> RedisClient:
     connection to a Redis server, and win over a user or password in the URL."""
     target = parse_redis_url(url)
     if target.mode == "single":
-        return aioredis.Redis.from_url(url, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=5.0, **options)
+        return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
     given = {"username": target.username, "password": target.password,
              "ssl": True if target.tls else None}
     settings = {**{k: v for k, v in given.items() if v is not None}, **options}
@@ -159,17 +167,25 @@ class _ScriptReloadingCluster(RedisCluster):
         return _ScriptReloadingPipeline(self)  # type: ignore[abstract]
 
 
+class _Queued:
+    """An awaitable that is already done: a command queued in a pipeline."""
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
 class _ScriptReloadingPipeline(ClusterPipeline):
     cluster_client: _ScriptReloadingCluster
 
-    async def evalsha(self, sha: Any, numkeys: int, *keys_and_args: Any) -> Any:
+    def evalsha(self, sha: Any, numkeys: int, *keys_and_args: Any) -> Any:
         """Queued like any other keyed command: sent to the node of its keys' slot (the client
         refuses a script whose keys hash to different slots). redis-py blocks EVALSHA in
         cluster pipelines because of NOSCRIPT, which `execute` below takes care of.
 
-        A coroutine, as registered scripts await it; it must not return the pipeline itself,
-        since awaiting a cluster pipeline empties it."""
+        Queued at once; what it returns may be awaited (registered scripts await it) and
+        must not be the pipeline itself, since awaiting a cluster pipeline empties it."""
         self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+        return _Queued()
 
     async def execute(self, raise_on_error: bool = True,
                       allow_redirections: bool = True) -> list[Any]:

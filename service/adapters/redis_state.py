@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from service.adapters import redis_modes
 from service.adapters.redis_modes import RedisClient, Script
@@ -36,6 +36,8 @@ def connect(url: str, **options: Any) -> RedisClient:
     """A client with timeouts: a dead Redis must fail fast so the worker can retry.
 
     The URL's scheme picks the mode: one server, a Redis Cluster or Sentinel (redis_modes).
+    A single server's pool holds at most 64 connections; a request beyond them (a burst of
+    HTTP lookups) waits up to 5 s for one instead of failing.
     `options`: TLS and ACL settings (service.adapters.connections.redis_options)."""
     return redis_modes.client_for(
         url, socket_timeout=10.0, socket_connect_timeout=5.0, health_check_interval=15,
@@ -91,6 +93,7 @@ class PartitionData:
     states: dict[str, bytes | None]
     due: list[tuple[str, float]]
     outbox: list[bytes]
+    due_until: float | None = None  # `due` holds every timer due before this, not the first
 
     def state(self, key: str) -> CustomerState | None:
         return decode_state(self.states.get(key))
@@ -122,8 +125,9 @@ class RedisState:
         self._contact_ttl_ms = int(contact_ttl * 1000)
         self._commit: Script = client.register_script(_lua("commit_partition.lua"))
         self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
+        self._scripts_loaded = False
         self.round_trips: list[float] = []
-        self.timers_per_batch = 500
+        self.timers_per_batch = 100  # the earliest; more are read when all of these fell due
 
     # -- key names ------------------------------------------------------------------------
 
@@ -236,8 +240,11 @@ class RedisState:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def commit(self, commits: Mapping[int, PartitionCommit]) -> set[int]:
+    async def commit(self, commits: Mapping[int, PartitionCommit], attempt: int = 0
+                     ) -> set[int]:
         """Run each partition's commit script, all in one round trip; return the conflicted."""
+        if not self._scripts_loaded:
+            await self._load_scripts()
         pipe = self.client.pipeline(transaction=False)
         order = list(commits)
         for partition in order:
@@ -263,16 +270,32 @@ class RedisState:
             args += [b"" if s is None else orjson.dumps(s.to_dict())
                      for s in c.states.values()]
             args += c.outbox
-            await self._commit(keys=keys, args=args, client=pipe)
+            pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
         replies = await self._timed_raising(pipe)
         conflicts = set()
+        lost: list[int] = []
         for partition, reply in zip(order, replies, strict=True):
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, NoScriptError):
+                lost.append(partition)  # not run: Redis restarted and lost its scripts
+            elif isinstance(reply, ResponseError):
                 if "CONFLICT" in str(reply):
                     conflicts.add(partition)
                 else:
                     raise reply
+        if lost:
+            self._scripts_loaded = False
+            if attempt >= 3:
+                raise ConnectionError("Redis keeps losing the commit script")
+            conflicts |= await self.commit({p: commits[p] for p in lost}, attempt + 1)
         return conflicts
+
+    async def _load_scripts(self) -> None:
+        """Load the Lua scripts (at the first write, and again when Redis lost them), so that
+        pipelines call EVALSHA directly: redis-py would otherwise ask SCRIPT EXISTS before
+        every pipeline, one more round trip per call."""
+        for script in (self._commit, self._put_contact):
+            script.sha = await self.client.script_load(script.script)
+        self._scripts_loaded = True
 
     async def _timed_raising(self, pipe: Any) -> list[Any]:
         started = time.perf_counter()
@@ -281,17 +304,31 @@ class RedisState:
         return replies
 
     async def finish_outbox(self, published: Mapping[int, int],
-                            contacts: Sequence[tuple[str, int, bytes]]) -> None:
+                            contacts: Sequence[tuple[str, int, bytes]], attempt: int = 0
+                            ) -> None:
         """Store the contact views and drop the published outbox items, in one round trip."""
+        if not contacts and not any(published.values()):
+            return
+        if contacts and not self._scripts_loaded:
+            await self._load_scripts()
         pipe = self.client.pipeline(transaction=False)
         for contact_id, version, view in contacts:
-            await self._put_contact(keys=[self.contact_key(contact_id)],
-                                    args=[version, view, self._contact_ttl_ms], client=pipe)
+            pipe.evalsha(self._put_contact.sha, 1, self.contact_key(contact_id), version, view,
+                         self._contact_ttl_ms)
         for partition, n in published.items():
             if n:
                 pipe.ltrim(self.key(partition, "outbox"), n, -1)
-        if contacts or any(published.values()):
-            await self._timed(pipe)
+        replies = await self._timed_raising(pipe)
+        lost = [contacts[i] for i, reply in enumerate(replies[:len(contacts)])
+                if isinstance(reply, NoScriptError)]
+        for reply in replies:
+            if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
+                raise reply
+        if lost:  # storing a view again is harmless (the newer version wins)
+            self._scripts_loaded = False
+            if attempt >= 3:
+                raise ConnectionError("Redis keeps losing the contact script")
+            await self.finish_outbox({}, lost, attempt + 1)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

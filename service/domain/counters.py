@@ -106,12 +106,27 @@ def field_name(dimension: str, name: str) -> str:
     return f"{dimension}|{name}"
 
 
+_FIELD_NAMES: dict[str, dict[str, str]] = {}  # dimension -> count name -> hash field
+
+
+def _field_names(dimension: str) -> dict[str, str]:
+    names = _FIELD_NAMES.get(dimension)
+    if names is None:
+        if len(_FIELD_NAMES) > 50_000:  # bounded: agents and queues come and go
+            _FIELD_NAMES.clear()
+        names = _FIELD_NAMES[dimension] = {n: field_name(dimension, n) for n in FIELDS}
+    return names
+
+
 def contribution(c: Counted, sign: int = 1) -> dict[str, int]:
     """Hash field -> count, for every dimension of the contact."""
-    counts = values(c)
-    return {
-        field_name(dim, name): sign * n for dim in dimensions(c) for name, n in counts.items()
-    }
+    counts = [(name, sign * n) for name, n in values(c).items()]
+    out: dict[str, int] = {}
+    for dim in dimensions(c):
+        names = _field_names(dim)
+        for name, n in counts:
+            out[names[name]] = n
+    return out
 
 
 def add_delta(

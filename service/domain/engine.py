@@ -16,9 +16,12 @@ the snapshot; records are dropped once nothing live can depend on them.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from service.domain.counters import (
@@ -125,6 +128,9 @@ class Verdict:
         return _STATUS_NAMES.get(self.status)
 
 
+_ORDER = attrgetter("t", "contact_id")  # ContactRecord.order, as a C-level key
+
+
 def _participates(c: ContactRecord, identified: bool) -> bool:
     return identified and c.outcome == "handled"
 
@@ -158,8 +164,8 @@ def derive_verdicts(
         found.sort(key=lambda s: (s.t, s.event_id))
 
     handled = sorted(
-        (c for c in state.contacts.values() if _participates(c, identified)),
-        key=ContactRecord.order,
+        (c for c in state.contacts.values() if identified and c.outcome == "handled"),
+        key=_ORDER,
     )
     max_window = policy.max_window
     repeat_of: dict[str, str] = {}
@@ -259,6 +265,10 @@ def perception_signals(
     return out
 
 
+def _signal_time(signal: Signal) -> float:
+    return signal.t
+
+
 def _baseline(state: CustomerState, policy: Policy) -> float:
     """The baseline of the segment of the customer's latest contact."""
     latest = max(state.contacts.values(), key=ContactRecord.order, default=None)
@@ -267,11 +277,14 @@ def _baseline(state: CustomerState, policy: Policy) -> float:
 
 def perception_curve(
     state: CustomerState, verdicts: dict[str, Verdict], watermark: float, policy: Policy,
-    *, until: float | None = None,
+    *, until: float | None = None, signals: list[Signal] | None = None,
 ) -> CurveResult:
-    signals = perception_signals(state, verdicts, watermark, policy)
+    """The curve from the snapshot to the watermark (or up to `until`, excluded). `signals`,
+    when given, are `perception_signals` of this state and verdicts, already computed."""
+    if signals is None:
+        signals = perception_signals(state, verdicts, watermark, policy)
     if until is not None:
-        signals = [s for s in signals if s.t < until]
+        signals = signals[:bisect_left(signals, until, key=_signal_time)]
     baseline = _baseline(state, policy)
     result = run_curve(start_state(state.snapshot, baseline), signals, policy.perception,
                        baseline, reset_after=policy.allowed_lateness + policy.max_window)
@@ -365,8 +378,16 @@ def _digest(view: dict[str, Any]) -> int:
     return zlib.crc32(repr(sorted(view.items())).encode())
 
 
+def _basis(inputs: tuple[Any, ...]) -> int:
+    """A 64-bit checksum of what a contact's view and counts are derived from: its record's
+    event_id (a record never changes under one event_id: a correction is a new event), its
+    verdict, the survey event_ids, its perception and the policy version."""
+    text = repr(inputs).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+
 def _prune(state: CustomerState, watermark: float, policy: Policy,
-           verdicts: dict[str, Verdict]) -> None:
+           verdicts: dict[str, Verdict], signals: list[Signal] | None = None) -> None:
     """Fold final perception signals into the snapshot and drop records nothing can change.
 
     Contacts before `live_from` stay as context only: the verdicts of later contacts depend on
@@ -380,7 +401,8 @@ def _prune(state: CustomerState, watermark: float, policy: Policy,
                        + [r.t for r in state.transfers] + [r.t for r in state.surveys],
                        default=None)
         if earliest is not None and earliest < cutoff:
-            curve = perception_curve(state, verdicts, watermark, policy, until=cutoff)
+            curve = perception_curve(state, verdicts, watermark, policy, until=cutoff,
+                                     signals=signals)
             s = curve.state
             state.snapshot = PerceptionSnapshot(s.t, s.score, s.at_risk, s.points, s.recent,
                                                 s.last_signal)
@@ -402,24 +424,39 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
     """
     out = Settled()
     verdicts = derive_verdicts(state, watermark, policy)
+    identified = state.customer_id is not None
     curve = None
-    if state.customer_id is not None and not state.is_empty():
-        curve = perception_curve(state, verdicts, watermark, policy)
+    signals: list[Signal] | None = None
+    if identified and not state.is_empty():
+        signals = perception_signals(state, verdicts, watermark, policy)
+        curve = perception_curve(state, verdicts, watermark, policy, signals=signals)
+    live_from = state.live_from
+    emitted = state.emitted
     for c in state.contacts.values():
-        if state.live_from is not None and c.t < state.live_from:
+        if live_from is not None and c.t < live_from:
             continue  # context only: its last published verdict is final
         v = verdicts[c.contact_id]
-        counted = counted_of(c, v, state.customer_id is not None)
-        before = state.emitted.get(c.contact_id)
-        old = Counted.from_tuple(before.counted) if before else None
-        if old != counted:
-            add_delta(out.counter_deltas, old, counted)
+        before = emitted.get(c.contact_id)
         seen = curve.by_contact.get(c.contact_id) if curve else None
         if seen is not None:
             perception: tuple[float, float] | None = (round(seen.before, 2),
                                                       round(seen.after, 2))
         else:  # its signals are folded into the snapshot: keep what was published
             perception = before.perception if before else None
+        inputs = (c.event_id, v.participates, v.is_repeat, v.repeat_of, v.transfers, v.status,
+                  v.reasons, [s.event_id for s in v.surveys], perception, policy.version)
+        if before is not None:
+            if before.inputs is not None:
+                if before.inputs == inputs:
+                    continue  # nothing its view or counts derive from changed
+            elif before.basis == _basis(inputs):
+                before.inputs = inputs
+                continue
+        basis = _basis(inputs)
+        counted = counted_of(c, v, identified)
+        old = Counted.from_tuple(before.counted) if before else None
+        if old != counted:
+            add_delta(out.counter_deltas, old, counted)
         view = enriched_view(c, v, state.customer_id, perception, policy)
         digest = _digest(view)
         version = before.version if before else 0
@@ -427,7 +464,8 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
             version += 1
             view["version"] = version
             out.updates.append(ContactUpdate(c.contact_id, version, view))
-        state.emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception)
+        emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception, basis,
+                                        inputs)
     joined_now = (sum(len(v.surveys) for v in verdicts.values()), len(state.surveys),
                   sum(v.transfers for v in verdicts.values()), len(state.transfers))
     last = state.joins
@@ -450,7 +488,7 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
                 round(curve.state.drop(policy.perception.at_risk_drop_period), 2),
                 tuple(curve.causes), curve.state.t or watermark,
             ))
-    _prune(state, watermark, policy, verdicts)
+    _prune(state, watermark, policy, verdicts, signals)
     # Pruned records leave these counts silently: the published totals only grow.
     if held == (len(state.contacts), len(state.transfers), len(state.surveys)):
         state.joins = joined_now

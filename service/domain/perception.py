@@ -11,6 +11,7 @@ in which events arrive cannot change it. docs/perception.md gives the reasons fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from service.domain.policy import PerceptionPolicy
 from service.domain.records import PerceptionSnapshot
@@ -20,8 +21,7 @@ from service.domain.records import PerceptionSnapshot
 RANK_CONTACT, RANK_TRANSFER, RANK_REPEAT, RANK_SURVEY, RANK_RESOLUTION = range(5)
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
+class Signal(NamedTuple):
     t: float
     rank: int
     ref: str
@@ -90,8 +90,20 @@ class CurveState:
         if self.t is None:
             return 0.0
         horizon = self.t - period
-        peak = max((s for (t, s) in self.recent if t >= horizon), default=self.score)
+        peak = self.score
+        for t, s in self.recent:  # decreasing scores: the first in the period is the peak
+            if t >= horizon:
+                peak = s
+                break
         return max(0.0, peak - self.score)
+
+    def remember(self, t: float, score: float) -> None:
+        """Add (t, score) to `recent`, dropping earlier entries it dominates: an entry at or
+        below a later score can never again be the peak of a period that ends later."""
+        recent = self.recent
+        while recent and recent[-1][1] <= score:
+            recent.pop()
+        recent.append((t, score))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +122,11 @@ class CurveResult:
 def start_state(snapshot: PerceptionSnapshot, baseline: float) -> CurveState:
     if snapshot.t is None or snapshot.score is None:
         return CurveState(None, baseline, False, [], [])
-    return CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points),
-                      list(snapshot.recent), snapshot.last_signal)
+    state = CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points), [],
+                       snapshot.last_signal)
+    for t, score in snapshot.recent:  # snapshots written before `remember` kept every entry
+        state.remember(t, score)
+    return state
 
 
 def run_curve(
@@ -128,29 +143,62 @@ def run_curve(
     """
     by_contact: dict[str, ContactPerception] = {}
     causes: list[str] = []
+    # The steps of drift_to, remember, _trim and evaluate_at_risk, inlined: this loop runs for
+    # every signal of the customer's recent history at every settle.
+    half_life, period = policy.half_life, policy.at_risk_drop_period
+    below, recover_at, drop_limit = (policy.at_risk_below, policy.at_risk_recover_at,
+                                     policy.at_risk_drop)
+    keep_points = policy.curve_points
+    t_now, score, at_risk, last = state.t, state.score, state.at_risk, state.last_signal
+    points, recent = state.points, state.recent
     for sig in signals:
-        if state.last_signal is not None and sig.t - state.last_signal > reset_after:
-            state.t, state.score, state.at_risk = None, baseline, False
-            state.points.clear()
-            state.recent.clear()
+        st = sig.t
+        if last is not None and st - last > reset_after:
+            t_now, score, at_risk = None, baseline, False
+            points.clear()
+            recent.clear()
             causes.clear()
-        state.drift_to(sig.t, baseline, policy.half_life)
-        state.last_signal = sig.t
-        before = state.score
-        state.recent.append((sig.t, before))
-        state.score = before + sig.weight * (sig.target - before)
-        state.points.append((sig.t, state.score, sig.cause))
-        state.recent.append((sig.t, state.score))
-        _trim(state, policy)
-        if sig.weight * (sig.target - before) < 0:
+        if t_now is None:
+            t_now = st
+        elif st > t_now:
+            score = baseline + (score - baseline) * 0.5 ** ((st - t_now) / half_life)
+            t_now = st
+        last = st
+        before = score
+        while recent and recent[-1][1] <= before:
+            recent.pop()
+        recent.append((st, before))
+        change = sig.weight * (sig.target - before)
+        score = before + change
+        points.append((st, score, sig.cause))
+        while recent and recent[-1][1] <= score:
+            recent.pop()
+        recent.append((st, score))
+        horizon = t_now - period
+        if recent[0][0] < horizon:
+            recent[:] = [(t, s) for (t, s) in recent if t >= horizon]
+        if len(points) > keep_points:
+            del points[: len(points) - keep_points]
+        if change < 0:
             causes.append(sig.cause)
             del causes[:-5]
-        evaluate_at_risk(state, policy)
+        peak = score
+        for t, s in recent:
+            if t >= horizon:
+                peak = s
+                break
+        drop = peak - score if peak > score else 0.0
+        if not at_risk:
+            if score < below or drop >= drop_limit:
+                at_risk = True
+        elif score >= recover_at and drop < drop_limit / 2:
+            at_risk = False
         if sig.contact_id is not None:
             seen = by_contact.get(sig.contact_id)
             by_contact[sig.contact_id] = ContactPerception(
-                seen.before if seen else before, state.score
+                seen.before if seen else before, score
             )
+    state.t, state.score, state.at_risk, state.last_signal = t_now, score, at_risk, last
     return CurveResult(state, by_contact, causes)
 
 

@@ -48,14 +48,19 @@ class Policy:
     allowed_lateness: float = 7 * DAY
     perception: PerceptionPolicy = PerceptionPolicy()
     version: str = "1"
+    # Derived once: the engine asks for it several times per settle.
+    _max_window: float = field(init=False, repr=False, compare=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        windows = [q.repeat_window for q in self.per_queue.values()]
+        object.__setattr__(self, "_max_window", max([self.default.repeat_window, *windows]))
 
     def for_queue(self, queue: str) -> QueuePolicy:
         return self.per_queue.get(queue, self.default)
 
     @property
     def max_window(self) -> float:
-        windows = [q.repeat_window for q in self.per_queue.values()]
-        return max([self.default.repeat_window, *windows])
+        return self._max_window
 
     @property
     def join_horizon(self) -> float:

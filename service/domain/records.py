@@ -130,6 +130,12 @@ class Emitted:
     digest: int
     counted: tuple[Any, ...]
     perception: tuple[float, float] | None = None
+    # A checksum of everything the view and counts derive from (record, verdict, perception,
+    # policy): when it is unchanged the contact is skipped without rebuilding its view.
+    basis: int | None = None
+    # The same inputs as a tuple, while the state stays in memory (not stored): comparing it
+    # is cheaper than computing the checksum.
+    inputs: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -180,7 +186,7 @@ class CustomerState:
             "s": [r.to_list() for r in self.surveys],
             "x": [list(x) for x in self.superseded],
             "e": {k: [e.version, e.digest, list(e.counted),
-                      None if e.perception is None else list(e.perception)]
+                      None if e.perception is None else list(e.perception), e.basis]
                   for k, e in self.emitted.items()},
             "p": [snap.t, snap.score, snap.at_risk, [list(p) for p in snap.points],
                   [list(r) for r in snap.recent], snap.last_signal],
@@ -201,7 +207,8 @@ class CustomerState:
             surveys=[SurveyRecord.from_list(v) for v in d["s"]],
             superseded=[(x[0], x[1]) for x in d["x"]],
             emitted={k: Emitted(v[0], v[1], tuple(v[2]),
-                                None if v[3] is None else (v[3][0], v[3][1]))
+                                None if v[3] is None else (v[3][0], v[3][1]),
+                                v[4] if len(v) > 4 else None)
                      for k, v in d["e"].items()},
             snapshot=PerceptionSnapshot(t, score, at_risk, [(p[0], p[1], p[2]) for p in points],
                                         [(r[0], r[1]) for r in recent], last_signal),

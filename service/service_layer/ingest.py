@@ -158,6 +158,12 @@ class _Plan:
     watermark: float | None = None
     # (kind, labels, count) of what was published: first sightings, repeats, corrections
     published: list[tuple[str, tuple[str, str, str], int]] = field(default_factory=list)
+    # The outbox items of `commit`, not encoded: (kind, key, version, value)
+    outputs: list[tuple[str, str | None, int, bytes]] = field(default_factory=list)
+
+    def emit(self, kind: str, key: str | None, version: int, value: bytes) -> None:
+        self.commit.outbox.append(outbox_item(kind, key, version, value))
+        self.outputs.append((kind, key, version, value))
 
 
 class IngestProcessor:
@@ -315,29 +321,61 @@ class IngestProcessor:
         wanted = {p: list(dict.fromkeys(state_key(e) for _, e in items))
                   for p, items in valid.items()}
         data = await self._state.load(wanted)
+        # The batch's new watermarks, found without folding, say which timers fall due: read
+        # those and their states first, so each partition is planned once.
+        marks = {p: self._next_watermark(p, valid[p], data[p].clock) for p in valid}
+        await self._read_due(data, marks)
         plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
+        # Planning found another watermark (a topic's lag changed meanwhile): read what that
+        # one needs and plan again from scratch.
+        if await self._read_due(data, {p: plan.watermark for p, plan in plans.items()}):
+            plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
+        return plans, {p: data[p].outbox for p in valid}
+
+    async def _read_due(self, data: dict[int, PartitionData],
+                        marks: Mapping[int, float | None]) -> bool:
+        """Read the timers due before each partition's watermark and the states they name
+        that are not read yet; whether anything had to be read."""
         # The first read brings only the earliest timers; when all of them fell due at the
         # new watermark there may be more: read every due one.
-        more_due = {p: plan.watermark for p, plan in plans.items()
-                    if plan.watermark is not None and data[p].due
-                    and len(data[p].due) >= self._state.timers_per_batch
-                    and data[p].due[-1][1] < plan.watermark}
+        more_due: dict[int, float] = {}
+        for p, wm in marks.items():
+            d = data[p]
+            if (wm is not None and d.due and len(d.due) >= self._state.timers_per_batch
+                    and d.due[-1][1] < wm and (d.due_until is None or wm > d.due_until)):
+                more_due[p] = wm
         if more_due:
             for partition, due in (await self._state.due_timers(more_due)).items():
                 data[partition].due = due
-        # Timers that fell due need their states: read those, then plan again from scratch.
+                data[partition].due_until = more_due[partition]
+        # Timers that fell due need their states.
         missing = {p: [m for m, at in data[p].due
-                       if plan.watermark is not None and at < plan.watermark
-                       and m not in data[p].states]
-                   for p, plan in plans.items()}
+                       if wm is not None and at < wm and m not in data[p].states]
+                   for p, wm in marks.items()}
         missing = {p: keys for p, keys in missing.items() if keys}
         if missing:
             more = await self._state.load_states(missing)
             for partition, states in more.items():
                 data[partition].states.update(states)
-        if more_due or missing:
-            plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
-        return plans, {p: data[p].outbox for p in valid}
+        return bool(more_due or missing)
+
+    def _next_watermark(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
+                        clock: PartitionClock) -> float | None:
+        """The watermark `_plan_partition` will reach with these items (same rules)."""
+        offsets = dict(clock.offsets)
+        newest = dict(clock.newest)
+        for msg, event in items:
+            last = offsets.get(msg.topic)
+            if last is not None and msg.offset <= last:
+                continue
+            offsets[msg.topic] = msg.offset
+            if is_too_late(event, clock.watermark, self._policy):
+                continue
+            t = event.header.occurred_at.timestamp()
+            newest[msg.topic] = max(newest.get(msg.topic, t), t)
+        lagging = [t for t in self._input_topics
+                   if self._lagging(t, partition, offsets.get(t))]
+        return clocks.advance(clock.watermark, newest, lagging)
 
     def _plan_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
                         data: PartitionData) -> _Plan:
@@ -369,9 +407,8 @@ class IngestProcessor:
                     f"{self._topic_kinds[msg.topic]}.occurred_at: older than the watermark "
                     f"minus the allowed lateness ({_now_text(datetime.fromtimestamp(t, UTC))})",
                     now)
-                plan.commit.outbox.append(outbox_item(
-                    "dead", msg.key.decode("utf-8", "replace") if msg.key else None, 0,
-                    orjson.dumps(record)))
+                plan.emit("dead", msg.key.decode("utf-8", "replace") if msg.key else None, 0,
+                          orjson.dumps(record))
                 continue
             newest[msg.topic] = max(newest.get(msg.topic, t), t)
             key = state_key(event)
@@ -440,8 +477,7 @@ class IngestProcessor:
                     plan.published.append(("repeat", labels, 1))
             else:
                 plan.published.append(("correction", labels, 1))
-            commit.outbox.append(outbox_item("contact", update.contact_id, update.version,
-                                             orjson.dumps(update.view)))
+            plan.emit("contact", update.contact_id, update.version, orjson.dumps(update.view))
         for name, delta in zip(("surveys_joined", "surveys", "transfers_joined", "transfers"),
                                settled.joins, strict=True):
             if delta:
@@ -455,8 +491,8 @@ class IngestProcessor:
         for alert in settled.alerts:
             delta = 1 if alert.alert == "at_risk_entered" else -1
             commit.clock_increments["at_risk"] = commit.clock_increments.get("at_risk", 0) + delta
-            commit.outbox.append(outbox_item("alert", alert.customer_id, alert.version,
-                                             orjson.dumps(alert_payload(alert))))
+            plan.emit("alert", alert.customer_id, alert.version,
+                      orjson.dumps(alert_payload(alert)))
         plan.outcome.updates += len(settled.updates)
         plan.outcome.alerts += len(settled.alerts)
         if settled.forget:
@@ -477,10 +513,11 @@ class IngestProcessor:
         contacts: dict[str, tuple[int, bytes]] = {}
         published: dict[int, int] = {}
         for partition, plan in plans.items():
-            items = leftovers.get(partition, []) + plan.commit.outbox
-            published[partition] = len(items)
-            for raw in items:
-                kind, name, version, value = parse_outbox_item(raw)
+            earlier = leftovers.get(partition, [])
+            published[partition] = len(earlier) + len(plan.outputs)
+            # This batch's items are at hand; only those left over are parsed from Redis.
+            for kind, name, version, value in [*map(parse_outbox_item, earlier),
+                                               *plan.outputs]:
                 key = name.encode() if name is not None else None
                 if kind == "contact" and name is not None:
                     records.append((self._topics.contact_enriched, key, value))

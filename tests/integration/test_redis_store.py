@@ -66,3 +66,22 @@ def test_one_partition_keys_share_a_cluster_slot() -> None:
             store.state_key(4, "c:someone"), store.hour_key(4, 1_700_000_000)]
     assert len({key_slot(k.encode()) for k in keys}) == 1
     assert key_slot(store.key(5, "clock").encode()) != key_slot(keys[0].encode())
+
+
+def test_writes_go_on_after_redis_lost_its_scripts(stack: Stack) -> None:
+    async def scenario() -> None:
+        store = _store(stack)
+        first = PartitionCommit("", {}, {3600: {"all|contacts": 1}}, {}, [], {}, [b"x"])
+        assert await store.commit({2: first}) == set()
+        await store.client.script_flush()  # as after a restart of Redis
+        second = PartitionCommit("1", {}, {3600: {"all|contacts": 1}}, {}, [], {},
+                                 [b"y", b"z"])
+        assert await store.commit({2: second}) == set()
+        assert await store.read_counters(6, [3600], ["all|contacts"]) == [2]  # applied once
+        await store.client.script_flush()
+        await store.finish_outbox({2: 2}, [("c", 3, b'{"v":3}')])
+        assert await store.read_contact("c") == b'{"v":3}'
+        assert (await store.load({2: []}))[2].outbox == [b"z"]  # trimmed once, not twice
+        await store.client.aclose()
+
+    asyncio.run(scenario())

@@ -1,0 +1,332 @@
+"""`make bench` (python -m bench): every measurement of docs/benchmarks.md, in one run.
+
+BENCH_SCALE=small runs a quick version (fewer events, shorter phases) to iterate with;
+BENCH_RUNS sets how many times the fold and the pass-through run (medians are reported),
+BENCH_E2E_RUNS how many times each end-to-end replay runs (1 in the full run, else BENCH_RUNS);
+BENCH_WRITE=0 prints the table without updating docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from bench import e2e, fold, live, workload
+from bench.stack import ROOT, local_stack
+from tests.support.stack import Namespace, Stack, Worker
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    fold_events: int
+    e2e_events: int
+    memory_events: int
+    latency_seconds: float
+    lookup_seconds: float
+    timeout: float
+
+
+SCALES = {
+    "small": Scale("small", 30_000, 60_000, 150_000, 10, 5, 600),
+    "full": Scale("full", 100_000, 500_000, 2_000_000, 30, 15, 1800),
+}
+
+WORKER_ENV = {"CX_BATCH_MAX_EVENTS": "5000", "CX_BATCH_MAX_WAIT": "50ms",
+              "CX_METRICS_REFRESH": "15s", "CX_COMMIT_INTERVAL": "1s"}
+
+
+@dataclass
+class SharedTopics(Namespace):
+    """A namespace of its own (group, Redis prefix, port) reading another one's topics."""
+
+    topics_of: str = ""
+
+    def topic(self, kind: str) -> str:
+        return f"{self.topics_of}-{kind}"
+
+
+def log(text: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {text}", file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores ({model or platform.machine()}), "
+            f"{mem_kb / 1024 / 1024:.0f} GB, Python {platform.python_version()}, "
+            f"load average at start {os.getloadavg()[0]:.2f}")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return ""
+    return f" (runs: {', '.join(f'{v:,.0f}' for v in values)})"
+
+
+def main() -> None:
+    scale = SCALES[os.environ.get("BENCH_SCALE", "full")]
+    runs = int(os.environ.get("BENCH_RUNS", "3"))
+    # A full end-to-end run replays 500,000 events: once by default, BENCH_E2E_RUNS for more.
+    e2e_runs = int(os.environ.get("BENCH_E2E_RUNS", "1" if scale.name == "full" else runs))
+    write = os.environ.get("BENCH_WRITE", "1") != "0"
+    logs = ROOT / ".cx-bench" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    started_at = datetime.now(UTC)
+    rows: list[tuple[str, str, str, str]] = []  # (measure, figure, target, note)
+    env_machine = machine()
+
+    log("building the workload from the Anonymous Bank month")
+    base = workload.synthesize(workload.month_calls())
+    need = max(scale.fold_events, scale.e2e_events)
+    messages = workload.messages(need, base)
+
+    # 1. fold ------------------------------------------------------------------------------
+    events = fold.prepare(messages[: scale.fold_events])
+    fold_rates = []
+    for i in range(runs):
+        r = fold.run(events)
+        fold_rates.append(r["events_per_s"])
+        log(f"fold run {i + 1}: {r['events_per_s']:,.0f} events/s")
+    fold_rate = median(fold_rates)
+    rows.append(("Fold: apply + settle after every event, one core",
+                 f"{fold_rate:,.0f} events/s{spread(fold_rates)}", ">= 100,000 events/s",
+                 f"{scale.fold_events:,} events of the workload"))
+
+    with local_stack() as stack:
+        ns = stack.namespace()
+        partitions = asyncio.run(e2e.create_topics(ns))
+        log(f"pre-loading {scale.e2e_events:,} events into {partitions} partitions")
+        preload_s = asyncio.run(e2e.preload(stack.kafka_bootstrap, ns,
+                                            messages[: scale.e2e_events]))
+        log(f"pre-loaded in {preload_s:.1f}s")
+
+        # 2. baselines ---------------------------------------------------------------------
+        pt_rates = []
+        for i in range(runs):
+            pns = SharedTopics(stack, f"{ns.name}pt{i}", topics_of=ns.name)
+            r = asyncio.run(e2e.passthrough(stack.kafka_bootstrap, pns, scale.e2e_events))
+            pt_rates.append(r["events_per_s"])
+            log(f"pass-through run {i + 1}: {r['events_per_s']:,.0f} events/s")
+        pt_rate = median(pt_rates)
+        rows.append(("Baseline: raw aiokafka getmany -> produce pass-through",
+                     f"{pt_rate:,.0f} events/s{spread(pt_rates)}", "(the limit)",
+                     "same messages, batches of up to 5,000, acks=all"))
+
+        # 3. end to end, one worker (then two) -------------------------------------------
+        scale_rows: dict[int, list[float]] = {}
+        trips: list[float] = []
+        for workers in (1, 2):
+            rates = []
+            for i in range(e2e_runs):
+                wns = SharedTopics(stack, f"{ns.name}w{workers}r{i}", topics_of=ns.name)
+                r = e2e.run_workers(stack, wns, scale.e2e_events, partitions, workers, logs,
+                                    WORKER_ENV, scale.timeout)
+                rates.append(r["events_per_s"])
+                log(f"end to end, {workers} worker(s), run {i + 1}: "
+                    f"{r['events_per_s']:,.0f} events/s (start-up {r['startup_s']:.1f}s)")
+                if workers == 1:
+                    trips.append(r["round_trips_per_batch"])
+            scale_rows[workers] = rates
+        one = median(scale_rows[1])
+        rows.append(("End to end, one worker: first batch stored -> last state committed "
+                     "and enriched output published",
+                     f"{one:,.0f} events/s{spread(scale_rows[1])}", ">= 10,000 events/s",
+                     f"{scale.e2e_events:,} pre-loaded events, {partitions} partitions, "
+                     f"CX_BATCH_MAX_EVENTS={WORKER_ENV['CX_BATCH_MAX_EVENTS']}"))
+        rows.append(("End to end / pass-through, same run", f"{one / pt_rate:.3f}",
+                     ">= 0.25", ""))
+        two = median(scale_rows[2])
+        rows.append(("Scale: end to end, two worker processes",
+                     f"{two:,.0f} events/s{spread(scale_rows[2])} = {two / one:.2f} x one "
+                     "worker", "(shows overhead on 2 cores)",
+                     "Kafka, Redis and both workers share the 2 cores"))
+
+        # Redis baseline: as many round trips of the same shape as the service makes.
+        per_batch = median(trips)
+        batches = max(1, scale.e2e_events // int(WORKER_ENV["CX_BATCH_MAX_EVENTS"]))
+        rb = e2e.redis_baseline(stack.redis_url, round_trips=max(200, int(per_batch * batches)),
+                                commands_per_trip=1000)
+        rows.append(("Baseline: raw Redis pipelines (1,000 SET/GET of 700 B each)",
+                     f"{rb['round_trips_per_s']:,.0f} round trips/s = "
+                     f"{rb['commands_per_s']:,.0f} commands/s", "(the limit)",
+                     f"{rb['round_trips']:,} round trips; the service makes "
+                     f"{per_batch:.1f} per batch"))
+
+        # 4 + 5. latency at a steady rate, then the lookup under load ----------------------
+        lns = stack.namespace()
+        asyncio.run(e2e.create_topics(lns))
+        worker = Worker(lns, logs / f"{lns.name}-live.log", **{**WORKER_ENV,
+                                                                "CX_BATCH_MAX_WAIT": "20ms"})
+        try:
+            worker.wait_ready(120)
+            asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 200, 3))
+            lat = asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 1000,
+                                           scale.latency_seconds))
+            e, k = lat["enriched"], lat["lookup"]
+            rows.append(("Latency at 1,000 events/s: produce -> enriched readable",
+                         f"p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms, "
+                         f"max {e['max_ms']:.0f} ms", "p99 <= 250 ms",
+                         f"{e['n']:,} events at {lat['rate']:,.0f}/s, {lat['lost']} unmatched"))
+            rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
+                         f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
+                         f"max {k['max_ms']:.0f} ms", "",
+                         f"{k['n']} sampled events, polled every 5 ms"))
+            customers = [f"live-cust-{i}" for i in range(20_000)]
+            known = [c for c in customers[:5000]
+                     if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
+            for concurrency in (200, 1):
+                lk = asyncio.run(live.lookup_load(worker.base_url, known, concurrency,
+                                                  scale.lookup_seconds))
+                rows.append((f"GET /api/v1/customers/{{id}}, {concurrency} concurrent",
+                             f"p50 {lk['p50_ms']:.1f} ms, p99 {lk['p99_ms']:.1f} ms, "
+                             f"{lk['requests_per_s']:,.0f} req/s",
+                             "p99 <= 10 ms" if concurrency == 200 else "",
+                             f"{len(known):,} customers, errors: {lk['errors'] or 'none'}, "
+                             "client on the same 2 cores"))
+        finally:
+            worker.stop(30)
+
+        # 6. memory ------------------------------------------------------------------------
+        rows.extend(_memory(stack, base, scale, logs))
+
+    elapsed = time.perf_counter() - began
+    command = f"make bench BENCH_SCALE={scale.name} BENCH_RUNS={runs}"
+    table = _table(rows)
+    print(table)
+    print(f"\n{command}: {elapsed / 60:.1f} min on {env_machine}")
+    if write:
+        _write_doc(table, command, started_at, env_machine, elapsed)
+
+
+def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: Scale,
+            logs: Path) -> list[tuple[str, str, str, str]]:
+    client = redis.Redis.from_url(stack.redis_url)
+    ns = stack.namespace()
+    partitions = asyncio.run(e2e.create_topics(ns))
+    log(f"memory: pre-loading {scale.memory_events:,} events")
+    before = int(client.info("memory")["used_memory"])
+    chunk = 250_000
+    produced = 0
+    source = workload.events(scale.memory_events, base)
+    customers: set[str] = set()
+    while produced < scale.memory_events:
+        part = []
+        for kind, event in source:
+            part.append((kind, workload.key_of(event), orjson.dumps(event)))
+            if event.get("customer_id") is not None:
+                customers.add(event["customer_id"])
+            if len(part) >= chunk:
+                break
+        if not part:
+            break
+        asyncio.run(e2e.preload(stack.kafka_bootstrap, ns, part))
+        produced += len(part)
+    log(f"memory: {produced:,} events over {len(customers):,} identified customers; "
+        "one worker replays them")
+
+    def sample(procs: list[Worker]) -> float:
+        return e2e.rss_mb(procs[0].proc.pid)
+
+    r = e2e.run_workers(stack, ns, produced, partitions, 1, logs, WORKER_ENV,
+                        scale.timeout * 2, sample)
+    rss = [s[2] for s in r["samples"]]
+    final = r.get("final_sample", rss[-1] if rss else 0.0)
+    marks = [rss[len(rss) * q // 4] if rss else final for q in (1, 2, 3)]
+    after = int(client.info("memory")["used_memory"])
+    families = _key_families(client, ns.name)
+    states, state_bytes, ttl_share = families["state"]
+    client.close()
+    per_state = state_bytes / max(1, states)
+    others = ", ".join(f"{name} {n:,} keys {b / 1e6:,.1f} MB" for name, (n, b, _) in
+                       families.items() if name != "state")
+    return [
+        ("Memory: worker RSS over the replay (at 25% / 50% / 75% of the time / at the end; "
+         "peak)",
+         " / ".join(f"{m:.0f}" for m in [*marks, final]) + f" MB; {max([*rss, final]):.0f} MB",
+         "<= 300 MB, flat", f"{produced:,} events, {len(customers):,} identified customers, "
+         f"{r['events_per_s']:,.0f} events/s"),
+        ("Memory: Redis bytes per tracked state (customer, or contact of an unidentified "
+         "caller)", f"{per_state:,.0f} B", "<= 2 KB",
+         f"{states:,} states held {state_bytes / 1e6:,.1f} MB (MEMORY USAGE); all of Redis "
+         f"grew {(after - before) / 1e6:,.1f} MB = {(after - before) / max(1, states):,.0f} B "
+         f"per state, with {others}"),
+        ("Idle state expires", f"{ttl_share:.0%} of state keys have a TTL", "all",
+         "and a state is deleted once the watermark passes its window"),
+    ]
+
+
+def _key_families(client: redis.Redis, prefix: str) -> dict[str, tuple[int, float, float]]:
+    """Per kind of key: (keys, bytes by MEMORY USAGE extrapolated from up to 20,000 of them,
+    share of the sampled keys with a time-to-live)."""
+    kinds = {"state": ":s:", "contact view": ":contact:", "hour counters": ":h:"}
+    found: dict[str, list[bytes]] = {k: [] for k in [*kinds, "other"]}
+    for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
+        text = key.decode()
+        kind = next((k for k, mark in kinds.items() if mark in text), "other")
+        found[kind].append(key)
+    out: dict[str, tuple[int, float, float]] = {}
+    for kind, keys in found.items():
+        sample = keys[:: max(1, len(keys) // 20_000)]
+        pipe = client.pipeline(transaction=False)
+        for key in sample:
+            pipe.memory_usage(key, samples=0)
+            pipe.pttl(key)
+        replies = pipe.execute() if sample else []
+        used = sum(int(v or 0) for v in replies[0::2])
+        with_ttl = sum(1 for v in replies[1::2] if int(v) > 0)
+        scale = len(keys) / len(sample) if sample else 0
+        out[kind] = (len(keys), used * scale, with_ttl / len(sample) if sample else 0.0)
+    return out
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| measure | result (median) | target | notes |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _write_doc(table: str, command: str, started: datetime, env_machine: str,
+               elapsed: float) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    block = (f"{BEGIN}\nMeasured {started:%Y-%m-%d %H:%M} UTC with `{command}` "
+             f"({elapsed / 60:.1f} min) on {env_machine}.\n\n{table}\n{END}")
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    path.write_text(head + block + tail)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""End-to-end measurements on the real stack: pre-loading, the raw pass-through baseline, the
+Redis baseline, and worker processes replaying pre-loaded input."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from service.adapters.kafka_admin import ensure_layout
+from service.config import Settings, load_settings
+from tests.support.stack import Namespace, Stack, Worker, free_port
+
+KINDS = ("call-ended", "transfer", "survey-answered")
+
+
+def settings_of(ns: Namespace) -> Settings:
+    return load_settings(ns.settings_env())
+
+
+async def create_topics(ns: Namespace) -> int:
+    """The service's topics, and the pass-through's output topic."""
+    settings = settings_of(ns)
+    _, partitions = await ensure_layout(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(ns.topic("passthrough-out"), partitions, 1)])
+    finally:
+        await admin.close()
+    return partitions
+
+
+async def preload(bootstrap: str, ns: Namespace, messages: list[tuple[str, bytes, bytes]]
+                  ) -> float:
+    """Publish the messages to the namespace's input topics; seconds it took."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                                max_batch_size=512 * 1024, compression_type=None)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        topics = {k: ns.topic(k) for k in KINDS}
+        pending = []
+        for kind, key, value in messages:
+            pending.append(await producer.send(topics[kind], value=value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def passthrough(bootstrap: str, ns: Namespace, total: int) -> dict[str, Any]:
+    """Raw aiokafka: getmany from the input topics, produce every value unchanged to an output
+    topic, wait for the acks of each batch; no decoding, no state."""
+    consumer = AIOKafkaConsumer(
+        *[ns.topic(k) for k in KINDS], bootstrap_servers=bootstrap,
+        group_id=f"{ns.name}-passthrough", auto_offset_reset="earliest",
+        enable_auto_commit=False, max_poll_records=5000,
+        fetch_max_bytes=50 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=512 * 1024)
+    await consumer.start()
+    await producer.start()
+    out_topic = ns.topic("passthrough-out")
+    seen = 0
+    first: float | None = None
+    try:
+        while seen < total:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if not batch:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            futures = []
+            for msgs in batch.values():
+                for m in msgs:
+                    futures.append(await producer.send(out_topic, value=m.value, key=m.key))
+                seen += len(msgs)
+            await asyncio.gather(*futures)
+            await consumer.commit()
+        elapsed = time.perf_counter() - (first or time.perf_counter())
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return {"events": seen, "seconds": elapsed, "events_per_s": seen / elapsed}
+
+
+def redis_baseline(url: str, round_trips: int, commands_per_trip: int) -> dict[str, Any]:
+    """Raw redis-py pipelines: `round_trips` pipelines of `commands_per_trip` SET/GET of
+    state-sized values (the service's batch shape), round trips per second."""
+    client = redis.Redis.from_url(url)
+    value = b"x" * 700
+    started = time.perf_counter()
+    for i in range(round_trips):
+        pipe = client.pipeline(transaction=False)
+        for j in range(commands_per_trip):
+            if i % 2:
+                pipe.get(f"bench:k:{j}")
+            else:
+                pipe.set(f"bench:k:{j}", value)
+        pipe.execute()
+    elapsed = time.perf_counter() - started
+    client.delete(*[f"bench:k:{j}" for j in range(commands_per_trip)])
+    client.close()
+    return {"round_trips": round_trips, "seconds": elapsed,
+            "round_trips_per_s": round_trips / elapsed,
+            "commands_per_s": round_trips * commands_per_trip / elapsed}
+
+
+async def end_offsets(bootstrap: str, ns: Namespace, partitions: int) -> dict[tuple[str, int], int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(ns.topic(k), p) for k in KINDS for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def progress(client: redis.Redis, ns: Namespace, partitions: int) -> tuple[int, int]:
+    """(input messages applied or skipped, outbox items not yet published), from Redis."""
+    pipe = client.pipeline(transaction=False)
+    for p in range(partitions):
+        pipe.hgetall(f"{ns.name}:{{p{p}}}:clock")
+        pipe.llen(f"{ns.name}:{{p{p}}}:outbox")
+    replies = pipe.execute()
+    done = 0
+    for clock in replies[0::2]:
+        for key, value in clock.items():
+            if key.startswith(b"o:"):
+                done += int(value) + 1
+    return done, sum(replies[1::2])
+
+
+def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, workers: int,
+                logs: Path, env: dict[str, str], timeout: float,
+                sample: Any = None) -> dict[str, Any]:
+    """Start `workers` processes on pre-loaded topics; events/s from the first batch stored
+    to the last one stored with its outputs published."""
+    client = redis.Redis.from_url(stack.redis_url)
+    procs = []
+    for i in range(workers):
+        wns = dataclasses.replace(ns, http_port=free_port()) if i else ns
+        procs.append(Worker(wns, logs / f"{ns.name}-worker-{i}.log", **env))
+    launched = time.perf_counter()
+    first: float | None = None
+    first_done = 0
+    finished: float | None = None
+    samples: list[tuple[float, int, int]] = []
+    try:
+        deadline = launched + timeout
+        last_sample = 0.0
+        while time.perf_counter() < deadline:
+            done, outbox = progress(client, ns, partitions)
+            now = time.perf_counter()
+            if first is None and done > 0:
+                first, first_done = now, done
+            if done >= total and outbox == 0:
+                finished = now
+                break
+            if sample is not None and now - last_sample >= 2.0:
+                last_sample = now
+                samples.append((now - launched, done, sample(procs)))
+            for w in procs:
+                if w.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited: {w.logs()}")
+            time.sleep(0.05)
+        if finished is None or first is None:
+            raise RuntimeError(f"workers did not finish {total} events in {timeout}s "
+                               f"(done {progress(client, ns, partitions)})")
+        result: dict[str, Any] = {
+            "events": total, "workers": workers,
+            "seconds": finished - first,
+            "events_per_s": (total - first_done) / (finished - first),
+            "startup_s": first - launched,
+            "samples": samples,
+        }
+        if sample is not None:
+            result["final_sample"] = sample(procs)
+        trips = sum(w.metric("cx_redis_round_trip_seconds_count") for w in procs)
+        batches = sum(w.metric("cx_batch_events_count") for w in procs)
+        result["round_trips_per_batch"] = trips / batches if batches else float("nan")
+        return result
+    finally:
+        for w in procs:
+            w.stop(30)
+        client.close()
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
