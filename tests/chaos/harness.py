@@ -62,6 +62,7 @@ class Scenario:
         self.messages: list[Message] = []
         self.workers: list[Worker] = []
         self.measured = Measured()
+        self.customers: int | None = None
         self.started = time.monotonic()
         asyncio.run(ensure_topics(load_settings(self.ns.settings_env())))
 
@@ -161,6 +162,8 @@ class Scenario:
     # -- verdict -------------------------------------------------------------------------------
 
     def verify(self, api_worker: Worker | None = None) -> Report:
+        """Compare every output with the oracle (perception: every customer, or a sample of
+        CX_CHAOS_CUSTOMERS of them; the short forms in `make test` use a sample)."""
         worker = api_worker or self.live_workers()[0]
         began = time.monotonic()
         truth = expected(self.messages, PARTITIONS)
@@ -168,7 +171,7 @@ class Scenario:
             truth, self.sent, redis_url=self.stack.redis_url, prefix=self.ns.name,
             bootstrap=self.stack.kafka_bootstrap,
             dead_letter_topic=self.ns.topic("dead-letter"), api=worker.base_url,
-            partitions=PARTITIONS))
+            partitions=PARTITIONS, customers=self.customers))
         self.measured.report = report
         self.measured.seconds = time.monotonic() - self.started
         print(f"{self.name}: compared in {time.monotonic() - began:.1f}s: {report}")
@@ -211,19 +214,18 @@ def _pid(stack: Stack, name: str) -> int:
 def kill_redis(stack: Stack, lose_seconds: float = 0.0, aof_sizes: dict[float, int] | None
                = None) -> None:
     """SIGKILL Redis. With `lose_seconds`, cut its append-only file back to its size that long
-    ago: what a power cut loses with `appendfsync everysec` (writes Redis acknowledged but had
-    not yet fsynced)."""
+    before the kill: what a power cut loses with `appendfsync everysec` (writes Redis had
+    acknowledged but not yet written to disk)."""
     pid = _pid(stack, "redis")
+    killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     _wait_gone(pid)
     if lose_seconds and aof_sizes:
-        now = time.monotonic()
-        older = [t for t in aof_sizes if t <= now - lose_seconds]
-        if older:
-            path = incr_aof(stack)
-            size = aof_sizes[max(older)]
-            if path is not None and path.stat().st_size > size:
-                os.truncate(path, size)
+        older = [t for t in list(aof_sizes) if t <= killed - lose_seconds]
+        path = incr_aof(stack)
+        if older and path is not None and path.stat().st_size > aof_sizes[max(older)]:
+            print(f"Redis AOF cut from {path.stat().st_size} to {aof_sizes[max(older)]} bytes")
+            os.truncate(path, aof_sizes[max(older)])
 
 
 def incr_aof(stack: Stack) -> Path | None:
