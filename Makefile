@@ -5,13 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test lint unit rules integration stop status topics clean
+.PHONY: help run test lint unit rules integration chaos stop status topics clean
 
 help:
 	@echo "make run     start Kafka, Redis, the worker and the traffic simulator (Ctrl-C stops)"
 	@echo "make test    lint, unit, integration and end-to-end tests on a real Kafka and Redis"
 	@echo "make lint    ruff and mypy --strict"
 	@echo "make rules   promtool checks and unit tests of the Prometheus rules"
+	@echo "make chaos   every fault scenario at full size, compared with an oracle (docs/reliability.md)"
 	@echo "make stop    stop the local Kafka and Redis that 'make run' started"
 	@echo "make status  what the local stack runs"
 
@@ -42,6 +43,13 @@ integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration tests/e2e
 
 test: lint unit rules integration
+
+# Full-size fault scenarios (docs/reliability.md); one result line per scenario in .cx-test/chaos.txt
+chaos: $(STAMP)
+	@deploy/local/stack.sh tools
+	@mkdir -p .cx-test && rm -f .cx-test/chaos.txt
+	CX_CHAOS=full CX_CHAOS_RESULTS=$(CURDIR)/.cx-test/chaos.txt $(BIN)/pytest -q -s tests/chaos
+	@cat .cx-test/chaos.txt
 
 topics: $(STAMP)
 	@eval "$$(deploy/local/stack.sh env | sed 's/^/export /')" && $(BIN)/cx-stream topics

@@ -139,12 +139,14 @@ class Scenario:
             return False
 
     def wait_caught_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         while time.monotonic() < deadline:
             for w in self.workers:
                 if not w._log.closed and w.proc.poll() not in (None, 0):
                     raise AssertionError(f"worker exited {w.proc.returncode}:\n{w.logs()}")
             if self.caught_up():
+                print(f"{self.name}: caught up after {time.monotonic() - began:.1f}s")
                 return
             time.sleep(1)
         raise AssertionError(f"not caught up after {timeout}s; applied {self.applied()}")
