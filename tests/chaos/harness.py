@@ -66,11 +66,24 @@ class Scenario:
         self.started = time.monotonic()
         asyncio.run(ensure_topics(load_settings(self.ns.settings_env())))
 
+    def __enter__(self) -> Scenario:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Whatever happened, no worker outlives the scenario."""
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait(10)
+
     # -- workers -------------------------------------------------------------------------------
 
     def start_worker(self, **env: str) -> Worker:
         port = free_port()
         self.ns.http_port = port
+        # The business gauges are not under test here; refreshing them every second (as the
+        # other end-to-end tests do) would take most of the worker's time on a long stream.
+        env.setdefault("CX_METRICS_REFRESH", "120s")
         worker = Worker(self.ns, self.tmp / f"worker-{len(self.workers)}.log", **env)
         self.workers.append(worker)
         return worker

@@ -90,45 +90,45 @@ def _finish(sc: Scenario, stream: Stream, late: int = 30, timeout: float = 600,
 def kill_9(stack: Stack, tmp: Path, *, events: int, kills: int, seed: int = 1,
            days: int = 28) -> Measured:
     """Scenario 1: SIGKILL the worker at random points of the stream, restart it each time."""
-    sc = Scenario(stack, tmp, "kill-9")
-    stream = generate(seed, events, days=days)
-    sc.produce(stream.main)
-    total = _valid_count(stream)
-    worker = sc.start_worker()
-    rng = random.Random(seed)
-    for fraction in _fractions(rng, kills):
-        _wait_fraction(sc, total, fraction)
-        time.sleep(rng.uniform(0, 0.5))  # not always right after a batch was committed
-        worker.kill()
-        killed = time.monotonic()
-        sc.measured.faults.append(f"kill -9 at {fraction:.0%}")
-        baseline = sc.applied()
+    with Scenario(stack, tmp, "kill-9") as sc:
+        stream = generate(seed, events, days=days)
+        sc.produce(stream.main)
+        total = _valid_count(stream)
         worker = sc.start_worker()
-        sc.measured.recoveries.append(sc.wait_progress(killed, baseline))
-    return _finish(sc, stream)
+        rng = random.Random(seed)
+        for fraction in _fractions(rng, kills):
+            _wait_fraction(sc, total, fraction)
+            time.sleep(rng.uniform(0, 0.5))  # not always right after a batch was committed
+            worker.kill()
+            killed = time.monotonic()
+            sc.measured.faults.append(f"kill -9 at {fraction:.0%}")
+            baseline = sc.applied()
+            worker = sc.start_worker()
+            sc.measured.recoveries.append(sc.wait_progress(killed, baseline))
+        return _finish(sc, stream)
 
 
 def rebalances(stack: Stack, tmp: Path, *, events: int, joins: int, seed: int = 2,
                days: int = 21) -> Measured:
     """Scenario 2: two workers in one group; a third joins and leaves, `joins` times."""
-    sc = Scenario(stack, tmp, "rebalance")
-    stream = generate(seed, events, days=days)
-    sc.produce(stream.main)
-    total = _valid_count(stream)
-    sc.start_worker()
-    sc.start_worker()
-    rng = random.Random(seed)
-    for fraction in _fractions(rng, joins):
-        _wait_fraction(sc, total, fraction)
-        third = sc.start_worker()
-        started = time.monotonic()
-        sc.measured.faults.append(f"third worker joins at {fraction:.0%}")
-        third.wait_ready(120)
-        time.sleep(rng.uniform(1, 4))
-        assert third.stop() == 0, third.logs()
-        sc.measured.faults.append("third worker leaves")
-        sc.measured.recoveries.append(sc.wait_progress(started, sc.applied()))
-    return _finish(sc, stream)
+    with Scenario(stack, tmp, "rebalance") as sc:
+        stream = generate(seed, events, days=days)
+        sc.produce(stream.main)
+        total = _valid_count(stream)
+        sc.start_worker()
+        sc.start_worker()
+        rng = random.Random(seed)
+        for fraction in _fractions(rng, joins):
+            _wait_fraction(sc, total, fraction)
+            third = sc.start_worker()
+            started = time.monotonic()
+            sc.measured.faults.append(f"third worker joins at {fraction:.0%}")
+            third.wait_ready(120)
+            time.sleep(rng.uniform(1, 4))
+            assert third.stop() == 0, third.logs()
+            sc.measured.faults.append("third worker leaves")
+            sc.measured.recoveries.append(sc.wait_progress(started, sc.applied()))
+        return _finish(sc, stream)
 
 
 def _supervise(sc: Scenario, worker: Worker, codes: list[int]) -> Worker:
@@ -143,29 +143,29 @@ def kafka_restart(stack: Stack, tmp: Path, *, events: int, outage: float = 8.0,
                   seed: int = 3, days: int = 21) -> Measured:
     """Scenario 3: the broker is stopped mid-stream and started again. The worker must
     recover on its own (it is not restarted unless it exits)."""
-    sc = Scenario(stack, tmp, "kafka-restart")
-    stream = generate(seed, events, days=days)
-    sc.produce(stream.main)
-    total = _valid_count(stream)
-    worker = sc.start_worker()
-    codes: list[int] = []
-    try:
-        _wait_fraction(sc, total, 0.3)
-        stopped = time.monotonic()
-        stop_kafka(stack)
-        sc.measured.faults.append(f"broker stopped for {outage:.0f}s at 30%")
-        time.sleep(outage)
-        start_stack(stack)
-        baseline = sc.applied()
-        deadline = time.monotonic() + 180
-        while sc.applied() <= baseline and time.monotonic() < deadline:
-            worker = _supervise(sc, worker, codes)
-            time.sleep(0.5)
-        sc.measured.recoveries.append(time.monotonic() - stopped)
-    finally:
-        start_stack(stack)
-    assert not codes, f"the worker exited {codes} instead of recovering by itself"
-    return _finish(sc, stream)
+    with Scenario(stack, tmp, "kafka-restart") as sc:
+        stream = generate(seed, events, days=days)
+        sc.produce(stream.main)
+        total = _valid_count(stream)
+        worker = sc.start_worker()
+        codes: list[int] = []
+        try:
+            _wait_fraction(sc, total, 0.3)
+            stopped = time.monotonic()
+            stop_kafka(stack)
+            sc.measured.faults.append(f"broker stopped for {outage:.0f}s at 30%")
+            time.sleep(outage)
+            start_stack(stack)
+            baseline = sc.applied()
+            deadline = time.monotonic() + 180
+            while sc.applied() <= baseline and time.monotonic() < deadline:
+                worker = _supervise(sc, worker, codes)
+                time.sleep(0.5)
+            sc.measured.recoveries.append(time.monotonic() - stopped)
+        finally:
+            start_stack(stack)
+        assert not codes, f"the worker exited {codes} instead of recovering by itself"
+        return _finish(sc, stream)
 
 
 class _AofWatch:
@@ -195,47 +195,47 @@ def redis_loss(stack: Stack, tmp: Path, *, events: int, crashes: int, seed: int 
                days: int = 21, lose_seconds: float = 1.0) -> Measured:
     """Scenario 4: Redis is killed mid-stream and loses the last second of writes it had
     acknowledged (its AOF cut back as a power cut would), then restarts from its AOF."""
-    sc = Scenario(stack, tmp, "redis-loss")
-    stream = generate(seed, events, days=days)
-    sc.produce(stream.main)
-    total = _valid_count(stream)
-    worker = sc.start_worker()
-    rng = random.Random(seed)
-    codes: list[int] = []
-    forgotten: list[int] = []
-    watch = _AofWatch(stack)
-    try:
-        for fraction in _fractions(rng, crashes):
-            _wait_fraction(sc, total, fraction)
-            applied_before = sc.applied()
-            kill_redis(stack, lose_seconds, watch.sizes)
-            crashed = time.monotonic()
-            sc.measured.faults.append(f"Redis killed at {fraction:.0%}, last "
-                                      f"{lose_seconds:.0f}s of writes lost")
-            time.sleep(1)  # a commit of a batch acknowledged before the kill may be in flight
-            committed = _committed(sc)
-            time.sleep(2)
-            # while Redis is down nothing more is applied, so no offset moves
-            assert _committed(sc) == committed
+    with Scenario(stack, tmp, "redis-loss") as sc:
+        stream = generate(seed, events, days=days)
+        sc.produce(stream.main)
+        total = _valid_count(stream)
+        worker = sc.start_worker()
+        rng = random.Random(seed)
+        codes: list[int] = []
+        forgotten: list[int] = []
+        watch = _AofWatch(stack)
+        try:
+            for fraction in _fractions(rng, crashes):
+                _wait_fraction(sc, total, fraction)
+                applied_before = sc.applied()
+                kill_redis(stack, lose_seconds, watch.sizes)
+                crashed = time.monotonic()
+                sc.measured.faults.append(f"Redis killed at {fraction:.0%}, last "
+                                          f"{lose_seconds:.0f}s of writes lost")
+                time.sleep(1)  # a commit of a batch acknowledged before the kill may be in flight
+                committed = _committed(sc)
+                time.sleep(2)
+                # while Redis is down nothing more is applied, so no offset moves
+                assert _committed(sc) == committed
+                start_stack(stack)
+                baseline = sc.applied()
+                forgotten.append(applied_before - baseline)
+                print(f"applied before {applied_before}, after restart {baseline}")
+                sc.measured.faults.append(f"Redis came back without {applied_before - baseline} "
+                                          "applied events")
+                deadline = time.monotonic() + 180
+                while sc.applied() <= baseline and time.monotonic() < deadline:
+                    worker = _supervise(sc, worker, codes)
+                    time.sleep(0.2)
+                sc.measured.recoveries.append(time.monotonic() - crashed)
+        finally:
+            watch.stop()
             start_stack(stack)
-            baseline = sc.applied()
-            forgotten.append(applied_before - baseline)
-            print(f"applied before {applied_before}, after restart {baseline}")
-            sc.measured.faults.append(f"Redis came back without {applied_before - baseline} "
-                                      "applied events")
-            deadline = time.monotonic() + 180
-            while sc.applied() <= baseline and time.monotonic() < deadline:
-                worker = _supervise(sc, worker, codes)
-                time.sleep(0.2)
-            sc.measured.recoveries.append(time.monotonic() - crashed)
-    finally:
-        watch.stop()
-        start_stack(stack)
-    # the fault bit: Redis forgot events it had acknowledged, whose offsets Kafka may hold
-    assert max(forgotten) > 0, forgotten
-    assert codes, "the worker did not stop when Redis restarted"
-    assert all(code == EXIT_REDIS_RESTARTED for code in codes), codes
-    return _finish(sc, stream)
+        # the fault bit: Redis forgot events it had acknowledged, whose offsets Kafka may hold
+        assert max(forgotten) > 0, forgotten
+        assert codes, "the worker did not stop when Redis restarted"
+        assert all(code == EXIT_REDIS_RESTARTED for code in codes), codes
+        return _finish(sc, stream)
 
 
 def _committed(sc: Scenario) -> dict[tuple[str, int], int]:
@@ -252,20 +252,20 @@ def redis_slow(stack: Stack, tmp: Path, *, events: int, pauses: list[float], see
     """Scenario 5: Redis stops answering for a while (DEBUG SLEEP), several times; one pause
     is longer than the worker's socket timeout (10 s), so a commit times out on the client
     while Redis still runs it afterwards."""
-    sc = Scenario(stack, tmp, "redis-slow")
-    stream = generate(seed, events, days=days)
-    sc.produce(stream.main)
-    total = _valid_count(stream)
-    sc.start_worker()
-    rng = random.Random(seed)
-    for fraction, pause in zip(_fractions(rng, len(pauses)), pauses, strict=True):
-        _wait_fraction(sc, total, fraction)
-        started = time.monotonic()
-        subprocess.run(["redis-cli", "-p", str(stack.redis_port), "DEBUG", "SLEEP",
-                        str(pause)], check=True, capture_output=True)
-        sc.measured.faults.append(f"Redis paused {pause:.0f}s at {fraction:.0%}")
-        sc.measured.recoveries.append(sc.wait_progress(started, sc.applied()) - pause)
-    return _finish(sc, stream)
+    with Scenario(stack, tmp, "redis-slow") as sc:
+        stream = generate(seed, events, days=days)
+        sc.produce(stream.main)
+        total = _valid_count(stream)
+        sc.start_worker()
+        rng = random.Random(seed)
+        for fraction, pause in zip(_fractions(rng, len(pauses)), pauses, strict=True):
+            _wait_fraction(sc, total, fraction)
+            started = time.monotonic()
+            subprocess.run(["redis-cli", "-p", str(stack.redis_port), "DEBUG", "SLEEP",
+                            str(pause)], check=True, capture_output=True)
+            sc.measured.faults.append(f"Redis paused {pause:.0f}s at {fraction:.0%}")
+            sc.measured.recoveries.append(sc.wait_progress(started, sc.applied()) - pause)
+        return _finish(sc, stream)
 
 
 def poison_flood(stack: Stack, tmp: Path, *, events: int, flood: int, oversized: int,
@@ -273,75 +273,75 @@ def poison_flood(stack: Stack, tmp: Path, *, events: int, flood: int, oversized:
     """Scenario 6: `flood` invalid events in a row on one partition and `oversized` events
     over the size limit, in the middle of the stream: all dead-lettered, the partition keeps
     moving, the worker's memory stays flat."""
-    sc = Scenario(stack, tmp, "poison-flood")
-    stream = generate(seed, events, days=days)
-    half = len(stream.main) // 2
-    worker = sc.start_worker()
-    sc.produce(stream.main[:half])
-    sc.wait_caught_up(300)
-    rss_before = rss_kib(worker.proc.pid)
-    rng = random.Random(seed)
-    template = next(m for m in stream.main if m.kind == "call-ended" and m.event is not None)
-    assert template.event is not None
-    bad: list[Message] = []
-    kinds = ("not_json", "not_object", "missing_field", "wrong_type", "invalid_value",
-             "bad_timestamp", "started_after_occurred")
-    for i in range(flood):
-        reason = kinds[i % len(kinds)]
-        kind, value = invalid_message(rng, reason, "call-ended",
-                                      dict(template.event, event_id=f"flood-{i}"))
-        bad.append(Message(kind, template.key, value, None, reason))
-    for i in range(oversized):
-        event = dict(template.event, event_id=f"huge-{i}",
-                     notes="x" * rng.randrange(70_000, 900_000))
-        kind, value = invalid_message(rng, "too_large", "call-ended", event)
-        bad.append(Message(kind, template.key, value, None, "too_large"))
-    flooded = time.monotonic()
-    sc.produce(bad)
-    sc.produce(stream.main[half:])
-    sc.measured.faults.append(f"{flood} invalid events in a row, {oversized} over the limit")
-    sc.wait_caught_up(600)
-    sc.measured.recoveries.append(time.monotonic() - flooded)
-    rss_after = rss_kib(worker.proc.pid)
-    sc.measured.faults.append(f"worker RSS {rss_before // 1024} MiB -> {rss_after // 1024} MiB")
-    assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
-    stream.main = stream.main + bad
-    return _finish(sc, stream, counted=True)
+    with Scenario(stack, tmp, "poison-flood") as sc:
+        stream = generate(seed, events, days=days)
+        half = len(stream.main) // 2
+        worker = sc.start_worker()
+        sc.produce(stream.main[:half])
+        sc.wait_caught_up(300)
+        rss_before = rss_kib(worker.proc.pid)
+        rng = random.Random(seed)
+        template = next(m for m in stream.main if m.kind == "call-ended" and m.event is not None)
+        assert template.event is not None
+        bad: list[Message] = []
+        kinds = ("not_json", "not_object", "missing_field", "wrong_type", "invalid_value",
+                 "bad_timestamp", "started_after_occurred")
+        for i in range(flood):
+            reason = kinds[i % len(kinds)]
+            kind, value = invalid_message(rng, reason, "call-ended",
+                                          dict(template.event, event_id=f"flood-{i}"))
+            bad.append(Message(kind, template.key, value, None, reason))
+        for i in range(oversized):
+            event = dict(template.event, event_id=f"huge-{i}",
+                         notes="x" * rng.randrange(70_000, 900_000))
+            kind, value = invalid_message(rng, "too_large", "call-ended", event)
+            bad.append(Message(kind, template.key, value, None, "too_large"))
+        flooded = time.monotonic()
+        sc.produce(bad)
+        sc.produce(stream.main[half:])
+        sc.measured.faults.append(f"{flood} invalid events in a row, {oversized} over the limit")
+        sc.wait_caught_up(600)
+        sc.measured.recoveries.append(time.monotonic() - flooded)
+        rss_after = rss_kib(worker.proc.pid)
+        sc.measured.faults.append(f"worker RSS {rss_before // 1024} MiB -> {rss_after // 1024} MiB")
+        assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
+        stream.main = stream.main + bad
+        return _finish(sc, stream, counted=True)
 
 
 def resend_hour(stack: Stack, tmp: Path, *, events: int, seed: int = 7, days: int = 21
                 ) -> Measured:
     """Scenario 7: a producer sends a whole hour of events again (same ids, new offsets)."""
-    sc = Scenario(stack, tmp, "resend-hour")
-    stream = generate(seed, events, days=days)
-    sc.produce(stream.main)
-    sc.start_worker()
-    sc.wait_caught_up(600)
-    newest = max(m.event["occurred_at"] for m in stream.main if m.event is not None)
-    from tests.chaos.oracle import seconds
+    with Scenario(stack, tmp, "resend-hour") as sc:
+        stream = generate(seed, events, days=days)
+        sc.produce(stream.main)
+        sc.start_worker()
+        sc.wait_caught_up(600)
+        newest = max(m.event["occurred_at"] for m in stream.main if m.event is not None)
+        from tests.chaos.oracle import seconds
 
-    floor = seconds(newest) - 6 * DAY  # within the allowed lateness of every watermark
-    last = stream.main[-1].emit
-    hour = [m for m in stream.main
-            if last - 2 * 3600 <= m.emit < last - 3600
-            and (m.event is None or seconds(m.event["occurred_at"]) >= floor)]
-    started = time.monotonic()
-    sc.produce(hour)
-    sc.measured.faults.append(f"{len(hour)} events of one hour sent again")
-    sc.wait_caught_up(300)
-    sc.measured.recoveries.append(time.monotonic() - started)
-    stream.main = stream.main + hour
-    return _finish(sc, stream)
+        floor = seconds(newest) - 6 * DAY  # within the allowed lateness of every watermark
+        last = stream.main[-1].emit
+        hour = [m for m in stream.main
+                if last - 2 * 3600 <= m.emit < last - 3600
+                and (m.event is None or seconds(m.event["occurred_at"]) >= floor)]
+        started = time.monotonic()
+        sc.produce(hour)
+        sc.measured.faults.append(f"{len(hour)} events of one hour sent again")
+        sc.wait_caught_up(300)
+        sc.measured.recoveries.append(time.monotonic() - started)
+        stream.main = stream.main + hour
+        return _finish(sc, stream)
 
 
 def too_late(stack: Stack, tmp: Path, *, events: int, late: int, seed: int = 8,
              days: int = 14) -> Measured:
     """Scenario 8: events beyond the allowed lateness: dead-lettered as too late, counted,
     nothing else changed (the comparer checks every output and every watermark)."""
-    sc = Scenario(stack, tmp, "too-late")
-    stream = generate(seed, events, days=days)
-    sc.produce(stream.main)
-    worker = sc.start_worker()
-    worker.wait_ready()
-    sc.measured.faults.append(f"{late} events older than watermark - lateness")
-    return _finish(sc, stream, late=late, counted=True)
+    with Scenario(stack, tmp, "too-late") as sc:
+        stream = generate(seed, events, days=days)
+        sc.produce(stream.main)
+        worker = sc.start_worker()
+        worker.wait_ready()
+        sc.measured.faults.append(f"{late} events older than watermark - lateness")
+        return _finish(sc, stream, late=late, counted=True)
