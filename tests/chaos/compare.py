@@ -62,14 +62,15 @@ Sent = dict[tuple[str, int, int], str | None]  # (topic, partition, offset) -> e
 
 async def compare(truth: Expected, sent: Sent, *, redis_url: str, prefix: str,
                   bootstrap: str, dead_letter_topic: str, api: str, partitions: int,
-                  customers: int | None = None) -> Report:
+                  customers: int | None = None, enriched_topic: str | None = None
+                  ) -> Report:
     """Compare everything; `customers` limits the perception check to that many customers
     (every n-th one, so the sample spreads over the partitions), None checks every one."""
     report = Report()
     state = RedisState(connect(redis_url), prefix, state_ttl=60, counter_ttl=60,
                        contact_ttl=60)
     try:
-        await _contacts(report, truth, state)
+        views = await _contacts(report, truth, state)
         await _counters(report, truth, state, partitions)
         clocks = await state.read_clocks(partitions)
         for p, wm in truth.watermarks.items():
@@ -78,6 +79,8 @@ async def compare(truth: Expected, sent: Sent, *, redis_url: str, prefix: str,
                 report.add("wrong", f"partition {p} watermark {clocks[p].watermark} != {wm}")
     finally:
         await state.client.aclose()
+    if enriched_topic is not None:
+        await _published(report, views, bootstrap, enriched_topic)
     await _dead_letters(report, sent, bootstrap, dead_letter_topic)
     scores = truth.perception
     if customers is not None and len(scores) > customers:
@@ -88,7 +91,9 @@ async def compare(truth: Expected, sent: Sent, *, redis_url: str, prefix: str,
     return report
 
 
-async def _contacts(report: Report, truth: Expected, state: RedisState) -> None:
+async def _contacts(report: Report, truth: Expected, state: RedisState
+                    ) -> dict[str, dict[str, Any]]:
+    views: dict[str, dict[str, Any]] = {}
     ids = list(truth.contacts)
     for i in range(0, len(ids), 5000):
         chunk = ids[i:i + 5000]
@@ -102,6 +107,7 @@ async def _contacts(report: Report, truth: Expected, state: RedisState) -> None:
                 report.add("lost", f"contact {cid}")
                 continue
             view = orjson.loads(raw)
+            views[cid] = view
             got = {name: view.get(name) for name in want}
             if got == want:
                 continue
@@ -117,6 +123,25 @@ async def _contacts(report: Report, truth: Expected, state: RedisState) -> None:
     for cid, found in zip(bad, await pipe.execute(), strict=True):
         if found:
             report.add("wrong", f"contact {cid} exists but every event of it was too late")
+    return views
+
+
+async def _published(report: Report, views: dict[str, dict[str, Any]], bootstrap: str,
+                     topic: str) -> None:
+    """The latest version of each contact on `contact-enriched` is the view the API serves."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in await read_all(bootstrap, topic):
+        view = orjson.loads(record.value)
+        seen = latest.get(view["contact_id"])
+        if seen is None or seen["version"] < view["version"]:
+            latest[view["contact_id"]] = view
+    for cid, view in views.items():
+        report.checked["published contacts"] += 1
+        if cid not in latest:
+            report.add("lost", f"contact {cid} never published")
+        elif latest[cid] != view:
+            report.add("wrong", f"contact {cid}: published version {latest[cid]['version']} "
+                       f"differs from the view served (version {view['version']})")
 
 
 def _diff(got: dict[str, Any], want: dict[str, Any]) -> str:

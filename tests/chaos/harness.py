@@ -49,7 +49,9 @@ class Measured:
         return (f"{name}: events={self.events} faults={len(self.faults)} "
                 f"lost={r.lost if r else '?'} double_applied={r.double_applied if r else '?'} "
                 f"wrong={r.wrong if r else '?'} max_recovery={rec:.1f}s "
-                f"total={self.seconds:.0f}s")
+                f"recoveries={[round(x, 1) for x in self.recoveries]} "
+                f"total={self.seconds:.0f}s checked={dict(r.checked) if r else {}} "
+                f"faults: {'; '.join(self.faults)}")
 
 
 class Scenario:
@@ -186,7 +188,8 @@ class Scenario:
             truth, self.sent, redis_url=self.stack.redis_url, prefix=self.ns.name,
             bootstrap=self.stack.kafka_bootstrap,
             dead_letter_topic=self.ns.topic("dead-letter"), api=worker.base_url,
-            partitions=PARTITIONS, customers=self.customers))
+            partitions=PARTITIONS, customers=self.customers,
+            enriched_topic=self.ns.topic("contact-enriched")))
         self.measured.report = report
         self.measured.seconds = time.monotonic() - self.started
         print(f"{self.name}: compared in {time.monotonic() - began:.1f}s: {report}")
