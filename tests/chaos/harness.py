@@ -51,6 +51,7 @@ class Measured:
                 f"wrong={r.wrong if r else '?'} max_recovery={rec:.1f}s "
                 f"recoveries={[round(x, 1) for x in self.recoveries]} "
                 f"total={self.seconds:.0f}s checked={dict(r.checked) if r else {}} "
+                f"version_regressions={r.version_regressions if r else '?'} "
                 f"faults: {'; '.join(self.faults)}")
 
 
