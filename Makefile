@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: help run test test-full lint unit rules integration integration-cluster \
-	integration-cluster-full stop status topics clean bench
+	integration-cluster-full stop status topics clean bench chaos
 
 help:
 	@echo "make run     start Kafka, Redis, the worker and the traffic simulator (Ctrl-C stops)"
@@ -15,6 +15,7 @@ help:
 	@echo "make integration-cluster  the Redis store and engine tests on a 3-master Redis Cluster"
 	@echo "make lint    ruff and mypy --strict"
 	@echo "make rules   promtool checks and unit tests of the Prometheus rules"
+	@echo "make chaos   every fault scenario at full size, compared with an oracle (docs/reliability.md)"
 	@echo "make stop    stop the local Kafka and Redis that 'make run' started"
 	@echo "make status  what the local stack runs"
 	@echo "make bench   throughput, latency and memory on a real Kafka and Redis (BENCH_SCALE=small: quick)"
@@ -66,6 +67,13 @@ test-full: lint unit rules integration integration-cluster-full
 # and Redis in .cx-bench/ and writes the table into docs/benchmarks.md.
 bench: $(STAMP)
 	BENCH_SCALE=$(or $(BENCH_SCALE),full) BENCH_RUNS=$(or $(BENCH_RUNS),3) $(BIN)/python -m bench
+
+# Full-size fault scenarios (docs/reliability.md); one result line per scenario in .cx-test/chaos.txt
+chaos: $(STAMP)
+	@deploy/local/stack.sh tools
+	@mkdir -p .cx-test && rm -f .cx-test/chaos.txt
+	CX_CHAOS=full CX_CHAOS_RESULTS=$(CURDIR)/.cx-test/chaos.txt $(BIN)/pytest -q -s tests/chaos
+	@cat .cx-test/chaos.txt
 
 topics: $(STAMP)
 	@eval "$$(deploy/local/stack.sh env | sed 's/^/export /')" && $(BIN)/cx-stream topics

@@ -5,6 +5,13 @@ in order. Events are taken in batches with `noack_take`, applied, and only then 
 Faust commits an offset only once every event up to it was acknowledged, so an offset is never
 committed ahead of stored effects. (Faust's plain `take` acknowledges a batch even when the
 agent raised on it; that is why it is not used.)
+
+Redis may lose the writes of its last second when it dies (AOF `everysec`) although it
+acknowledged them, and their offsets may already be committed to Kafka. Two guards keep that
+from losing events (docs/reliability.md): on every partition assignment the worker seeks each
+input partition back to the offset after the last one applied in Redis when Kafka's committed
+offset is ahead of it; and a worker that finds Redis restarted under it (a new run id) stops
+with exit code 75 before writing anything, so that its restart takes that path.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -36,6 +43,8 @@ from service.domain.policy import Policy
 from service.service_layer.ingest import IngestProcessor, InputMessage, ProcessingDefect, Topics
 
 log = logging.getLogger(__name__)
+EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
+EXIT_REDIS_RESTARTED = 75  # EX_TEMPFAIL: restart me, I will resume from what Redis holds
 
 
 class KafkaOutputs:
@@ -110,6 +119,9 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         metrics.lag.labels(topic, str(partition)).set(max(0, behind))
         return behind > 0
 
+    guard_redis_restarts(state.client)
+    rewind_to_applied(app, state, settings.input_topics, partitions)
+
     processor = IngestProcessor(
         state=state,
         sink=KafkaOutputs(app),
@@ -143,13 +155,17 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             task = asyncio.ensure_future(processor.process(batch))
             try:
                 await asyncio.shield(task)
-            except ProcessingDefect:
+            except ProcessingDefect as exc:
                 # Not acknowledged: exit at once, non-zero, so nothing after this batch is
                 # committed and a supervisor restarts the worker (the batch comes again).
+                if isinstance(exc.__cause__, RedisRestarted):
+                    log.critical("stopping: %s", exc.__cause__)
+                    logging.shutdown()
+                    os._exit(EXIT_REDIS_RESTARTED)
                 log.critical("stopping: a batch of %d cannot be applied", len(events),
                              exc_info=True)
                 logging.shutdown()
-                os._exit(70)
+                os._exit(EXIT_DEFECT)
             except asyncio.CancelledError:
                 # Shutting down: finish the batch in hand, acknowledge it, then stop.
                 try:
@@ -230,6 +246,89 @@ async def claim_policy_version(settings: Settings) -> None:
                 delay = min(delay * 2, settings.retry_max_backoff)
     finally:
         await client.aclose()
+
+
+# -- Redis that lost acknowledged writes --------------------------------------------------------
+
+
+class RedisRestarted(Exception):
+    """Redis is a new process since this worker first connected: it may have lost writes it
+    had acknowledged, which only a restart of the worker (and its rewind) can re-apply."""
+
+
+def guard_redis_restarts(client: Any) -> None:
+    """Check Redis' run id on every new connection; once it changed, refuse every connection,
+    so that nothing is written to the new Redis from positions it may no longer hold.
+
+    One server or Sentinel only: a Redis Cluster client has no single pool to guard, and a
+    cluster node that lost writes is covered by the rewind when the worker next restarts
+    (docs/redis-modes.md)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return
+    first: list[str] = []
+
+    async def on_connect(connection: Any) -> None:
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        info = await connection.read_response()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        run_id = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                       if line.startswith("run_id:")), "")
+        if not first:
+            first.append(run_id)
+        elif run_id != first[0]:
+            await connection.disconnect()
+            raise RedisRestarted(f"Redis restarted (run id {first[0]} is now {run_id}); "
+                                 "restarting from the offsets it holds")
+
+    pool.connection_kwargs["redis_connect_func"] = on_connect
+
+
+def rewind_to_applied(app: faust.App, state: RedisState, input_topics: Sequence[str],
+                      partitions: int) -> None:
+    """When Faust seeks newly assigned partitions to Kafka's committed offsets, seek each input
+    partition whose committed offset is ahead of the last offset applied in Redis back to the
+    one after it. Events already applied are recognised by offset and not applied twice."""
+    consumer: Any = app.consumer  # the transport's consumer (seek_to_committed is not on ConsumerT)
+    seek_to_committed: Callable[[], Awaitable[Mapping[TP, int]]] = consumer.seek_to_committed
+
+    async def seek_to_applied() -> Mapping[TP, int]:
+        positions = dict(await seek_to_committed())
+        inputs = [tp for tp, offset in positions.items()
+                  if tp.topic in input_topics and offset is not None and offset > 0]
+        if not inputs:
+            return positions
+        clocks = await _clocks_retrying(state, partitions)
+        for tp in inputs:
+            applied = clocks[tp.partition].offsets.get(tp.topic)
+            target = 0 if applied is None else applied + 1
+            if target < positions[tp]:
+                log.warning("%s[%d]: Kafka's committed offset %d is ahead of Redis (%s); "
+                            "reading again from %d", tp.topic, tp.partition, positions[tp],
+                            "nothing applied" if applied is None else f"applied {applied}",
+                            target)
+                await consumer.seek(tp, target)
+                positions[tp] = target
+        return positions
+
+    consumer.seek_to_committed = seek_to_applied
+
+
+async def _clocks_retrying(state: RedisState, partitions: int) -> dict[int, Any]:
+    delay = 0.1
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        try:
+            return await state.read_clocks(partitions)
+        except Exception as exc:
+            if isinstance(exc, RedisRestarted) or asyncio.get_running_loop().time() > deadline:
+                log.critical("stopping: cannot read the applied offsets from Redis: %s", exc)
+                logging.shutdown()
+                os._exit(EXIT_REDIS_RESTARTED)
+            log.warning("applied offsets not read (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def _kafka_reachable(app: faust.App) -> bool:
