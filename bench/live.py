@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.support.stack import Namespace
+from tests.support.stack import Namespace, assign_topic
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -52,14 +52,10 @@ async def latency(bootstrap: str, ns: Namespace, base_url: str, rate: float, sec
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=5, auto_offset_reset="latest")
     await consumer.start()
-    parts = consumer.partitions_for_topic(out_topic)
-    while not parts:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(out_topic)
-    consumer.assign([TopicPartition(out_topic, p) for p in parts])
+    tps = await assign_topic(consumer, out_topic)
     await consumer.seek_to_end()
-    for p in parts:  # resolve the end offsets now, not when the first record is produced
-        await consumer.position(TopicPartition(out_topic, p))
+    for tp in tps:  # resolve the end offsets now, not when the first record is produced
+        await consumer.position(tp)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
     sent: dict[str, float] = {}

@@ -24,10 +24,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from service.adapters.redis_state import RedisState, connect
 from tests.chaos.oracle import Expected
+from tests.support.stack import assign_topic
 
 PERCEPTION_TOLERANCE = 0.011  # the API rounds to 2 decimals
 
@@ -191,12 +192,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        while not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
+        tps = await assign_topic(consumer, topic)
         await consumer.seek_to_beginning()
         ends = await consumer.end_offsets(tps)
         records: list[Any] = []

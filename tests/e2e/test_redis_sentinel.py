@@ -1,6 +1,8 @@
 """The worker on a Redis primary watched by Sentinel, through a `redis+sentinel://` URL: it
-applies events, serves the API, and when the primary dies it follows the replica Sentinel
-promotes and keeps applying, with what was written before the failover intact."""
+applies events, serves the API; when the primary dies it notices the promoted replica is
+another Redis process (which may lack the last acknowledged writes), stops with exit code 75,
+and once restarted (as a supervisor would) applies on the new primary, with what was written
+before the failover intact."""
 
 from __future__ import annotations
 
@@ -89,6 +91,11 @@ def test_worker_applies_through_sentinel_and_follows_a_failover(
                    timeout=30, what="the replica promoted")
 
         asyncio.run(produce(stack.kafka_bootstrap, _calls(ns, 40, 20)))
+        wait_until(lambda: worker.proc.poll() is not None, timeout=90,
+                   what="the worker stopping on the new primary")
+        assert worker.proc.returncode == 75, worker.logs()
+        worker = Worker(ns, tmp_path / "worker-restarted.log", CX_REDIS_URL=sentinel.url)
+        worker.wait_ready()
         try:
             wait_until(lambda: _applied(ns, sentinel.url) == 60, timeout=90,
                        what="events after the failover applied on the new primary")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from service.adapters.connections import StartupError, kafka_options
 from service.adapters.kafka_admin import ensure_topics
@@ -33,7 +33,7 @@ from tests.support.secure import (
     SecureRedis,
     make_pki,
 )
-from tests.support.stack import ROOT, Namespace, Stack, Worker, wait_until
+from tests.support.stack import ROOT, Namespace, Stack, Worker, assign_topic, wait_until
 
 API_TOKEN = "api-token-0123456789abcdef"
 METRICS_TOKEN = "metrics-token-0123456789"
@@ -100,11 +100,7 @@ async def _read_one(env: dict[str, str], topic: str, timeout: float = 60) -> lis
                                 **kafka_options(settings))
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        while not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        consumer.assign([TopicPartition(topic, p) for p in parts])
+        await assign_topic(consumer, topic)
         await consumer.seek_to_beginning()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

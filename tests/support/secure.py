@@ -23,7 +23,7 @@ KAFKA_PASSWORD = "kafka-secret-1"
 REDIS_USER = "cx-worker"
 REDIS_PASSWORD = "redis-secret-1"
 # The command rules docs/security.md recommends (the tests' key prefixes start with "t").
-REDIS_ACL = "-@all +@read +@write +@scripting +@transaction +@connection -@dangerous"
+REDIS_ACL = "-@all +@read +@write +@scripting +@transaction +@connection -@dangerous +info"
 
 
 NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")  # quick to make

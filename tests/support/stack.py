@@ -92,6 +92,7 @@ class Namespace:
             CX_COMMIT_INTERVAL="200ms",
             CX_KAFKA_SESSION_TIMEOUT="6s",
             CX_METRICS_REFRESH="1s",  # a refresh reads 2 x 168 hours x 6 partitions
+            CX_API_RATE_LIMIT="0",  # tests and benchmarks read the API in bulk from one address
         )
         env.update(extra)
         return env
@@ -194,17 +195,24 @@ async def produce(
         await producer.stop()
 
 
+async def assign_topic(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of `topic` to a started consumer (waiting for its metadata)."""
+    parts = consumer.partitions_for_topic(topic)
+    while not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    return tps
+
+
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[Any]:
     """Read a topic from the start until `expected` records arrived (or the time ran out)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        while not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        consumer.assign([TopicPartition(topic, p) for p in parts])
+        await assign_topic(consumer, topic)
         await consumer.seek_to_beginning()
         records: list[Any] = []
         deadline = time.monotonic() + timeout
