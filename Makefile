@@ -5,13 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-full lint unit rules integration integration-cluster \
+.PHONY: help run test lint unit rules integration integration-cluster \
 	integration-cluster-full stop status topics clean bench chaos
 
 help:
 	@echo "make run     start Kafka, Redis, the worker and the traffic simulator (Ctrl-C stops)"
 	@echo "make test    lint, unit, integration and end-to-end tests on a real Kafka and Redis"
-	@echo "make test-full  make test, and the month-long engine replays on a Redis Cluster too"
 	@echo "make integration-cluster  the Redis store and engine tests on a 3-master Redis Cluster"
 	@echo "make lint    ruff and mypy --strict"
 	@echo "make rules   promtool checks and unit tests of the Prometheus rules"
@@ -46,8 +45,8 @@ integration: $(STAMP)
 	@deploy/local/stack.sh tools
 	$(BIN)/pytest -q tests/integration tests/e2e
 
-# The same test files, with the test stack's Redis a 3-master Redis Cluster. `make test` runs
-# them without the two month-long replays, which `make test-full` adds.
+# The same test files, unchanged, with the test stack's Redis a 3-master Redis Cluster
+# (`make integration-cluster` leaves out the two month-long replays, for a quicker pass).
 CLUSTER_TESTS := tests/integration/test_redis_store.py tests/integration/test_redis_scripts.py \
 	tests/e2e/test_engine.py
 
@@ -59,9 +58,7 @@ integration-cluster-full: $(STAMP)
 	@deploy/local/stack.sh tools
 	CX_TEST_REDIS_MODE=cluster $(BIN)/pytest -q $(CLUSTER_TESTS)
 
-test: lint unit rules integration integration-cluster
-
-test-full: lint unit rules integration integration-cluster-full
+test: lint unit rules integration integration-cluster-full
 
 # Never part of `make test`: about 30 minutes (BENCH_SCALE=small: about 10). Starts its own Kafka
 # and Redis in .cx-bench/ and writes the table into docs/benchmarks.md.
