@@ -40,7 +40,13 @@ from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.policy import Policy
-from service.service_layer.ingest import IngestProcessor, InputMessage, ProcessingDefect, Topics
+from service.service_layer.ingest import (
+    IngestProcessor,
+    InputMessage,
+    ProcessingDefect,
+    Topics,
+    is_transient,
+)
 
 log = logging.getLogger(__name__)
 EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
@@ -279,10 +285,19 @@ def guard_redis_restarts(client: Any) -> None:
             first.append(run_id)
         elif run_id != first[0]:
             await connection.disconnect()
+            # Stop even when no batch is in hand (an idle worker, or a gauge refresh found it).
+            asyncio.get_running_loop().call_soon(_stop_redis_restarted)
             raise RedisRestarted(f"Redis restarted (run id {first[0]} is now {run_id}); "
                                  "restarting from the offsets it holds")
 
     pool.connection_kwargs["redis_connect_func"] = on_connect
+
+
+def _stop_redis_restarted() -> None:
+    log.critical("stopping: Redis restarted and may have lost acknowledged writes; a restart "
+                 "reads again from the offsets it holds")
+    logging.shutdown()
+    os._exit(EXIT_REDIS_RESTARTED)
 
 
 def rewind_to_applied(app: faust.App, state: RedisState, input_topics: Sequence[str],
@@ -322,7 +337,13 @@ async def _clocks_retrying(state: RedisState, partitions: int) -> dict[int, Any]
         try:
             return await state.read_clocks(partitions)
         except Exception as exc:
+            if not isinstance(exc, RedisRestarted) and not is_transient(exc):
+                log.critical("stopping: cannot read the applied offsets from Redis: %s", exc)
+                logging.shutdown()
+                os._exit(EXIT_DEFECT)  # e.g. an ACL without a command: retrying cannot cure it
             if isinstance(exc, RedisRestarted) or asyncio.get_running_loop().time() > deadline:
+                # Waiting longer inside a rebalance would only make the group evict this
+                # member: a supervisor's restart starts the assignment again.
                 log.critical("stopping: cannot read the applied offsets from Redis: %s", exc)
                 logging.shutdown()
                 os._exit(EXIT_REDIS_RESTARTED)

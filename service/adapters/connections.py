@@ -192,7 +192,7 @@ async def redis_startup_failure(settings: Settings, *,
     """Ping Redis once with the service's options: a StartupError when it refuses the
     credentials or the certificate; None when it answers or is merely unreachable for now
     (the worker then retries, as for any outage)."""
-    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+    from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
     from service.adapters.redis_modes import client_for
 
@@ -201,9 +201,13 @@ async def redis_startup_failure(settings: Settings, *,
     where = redis_location(settings.redis_url)
     try:
         await client.ping()
+        await client.info("server")  # the worker reads Redis' run id (an ACL must allow INFO)
     except AuthenticationError as exc:
         return StartupError(f"Redis at {where}: authentication failed ({exc}); check "
                             "CX_REDIS_USERNAME / CX_REDIS_PASSWORD or the URL's user and password")
+    except NoPermissionError as exc:
+        return StartupError(f"Redis at {where}: the user may not run a command the worker "
+                            f"needs ({exc}); see the ACL in docs/security.md")
     except ResponseError as exc:
         if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
             return StartupError(f"Redis at {where}: authentication failed ({exc})")
