@@ -28,6 +28,7 @@ from service.adapters.kafka_admin import ensure_topics
 from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.tools.traffic import TrafficModel
+from tests.support.engine_state import views_and_counters
 from tests.support.stack import ROOT, Namespace, Stack, Worker, free_port, produce, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -63,18 +64,7 @@ def _snapshot(stack: Stack, prefix: str) -> tuple[dict[str, Any], Counter[str]]:
     async def read() -> tuple[dict[str, Any], Counter[str]]:
         client = connect(stack.redis_url)
         try:
-            views = {}
-            async for key in client.scan_iter(match=f"{prefix}:contact:*", count=1000):
-                view = orjson.loads(await client.hget(key, "j"))
-                view.pop("version")
-                views[view["contact_id"]] = view
-            counters: Counter[str] = Counter()
-            async for key in client.scan_iter(match=f"{prefix}:{{p*}}:h:*", count=1000):
-                hour = key.decode().rsplit(":", 1)[1]
-                for name, n in (await client.hgetall(key)).items():
-                    if int(n):
-                        counters[f"{hour}/{name.decode()}"] += int(n)
-            return views, counters
+            return await views_and_counters(client, prefix)
         finally:
             await client.aclose()
 

@@ -42,6 +42,22 @@ def settled(ns: Namespace, applied: int) -> bool:
     return asyncio.run(read())
 
 
+async def views_and_counters(client: Any, prefix: str) -> tuple[dict[str, Any], Counter[str]]:
+    """Every contact's latest view under `prefix` (without its version) and every counter."""
+    views = {}
+    async for key in client.scan_iter(match=f"{prefix}:contact:*", count=1000):
+        view = orjson.loads(await client.hget(key, "j"))
+        view.pop("version")
+        views[view["contact_id"]] = view
+    counters: Counter[str] = Counter()
+    async for key in client.scan_iter(match=f"{prefix}:{{p*}}:h:*", count=1000):
+        hour = key.decode().rsplit(":", 1)[1]
+        for name, n in (await client.hgetall(key)).items():
+            if int(n):
+                counters[f"{hour}/{name.decode()}"] += int(n)
+    return views, counters
+
+
 def snapshot(ns: Namespace) -> tuple[dict[str, Any], Counter[str], int]:
     """Every contact's latest view (without its version), all counters, events applied."""
 
@@ -49,17 +65,7 @@ def snapshot(ns: Namespace) -> tuple[dict[str, Any], Counter[str], int]:
         store = store_of(ns)
         client = store.client
         try:
-            views = {}
-            async for key in client.scan_iter(match=f"{ns.name}:contact:*", count=1000):
-                view = orjson.loads(await client.hget(key, "j"))
-                view.pop("version")
-                views[view["contact_id"]] = view
-            counters: Counter[str] = Counter()
-            async for key in client.scan_iter(match=f"{ns.name}:{{p*}}:h:*", count=1000):
-                hour = key.decode().rsplit(":", 1)[1]
-                for name, n in (await client.hgetall(key)).items():
-                    if int(n):
-                        counters[f"{hour}/{name.decode()}"] += int(n)
+            views, counters = await views_and_counters(client, ns.name)
             applied = sum(sum(c.applied.values())
                           for c in (await store.read_clocks(PARTITIONS)).values())
             return views, counters, applied
