@@ -52,14 +52,23 @@ cx-stream is running on live simulated traffic (one simulated hour per wall-cloc
 Counts every 10 s below; Ctrl-C stops the worker and the simulator.
 
 EOT
-while kill -0 "$worker" 2>/dev/null; do
+while true; do
+  if ! kill -0 "$worker" 2>/dev/null; then
+    rc=0
+    wait "$worker" 2>/dev/null || rc=$?
+    [ "$rc" = 75 ] || break  # 75: Redis restarted under it; a restart rewinds (docs/reliability.md)
+    echo "the worker stopped with exit code 75 (Redis restarted); starting it again"
+    "$bin/cx-stream" worker >>"$worker_log" 2>&1 &
+    worker=$!
+  fi
   sleep 10
   curl -fs "$url/metrics" 2>/dev/null | awk '
     /^cx_events_consumed_total/ { consumed += $NF }
     /^cx_events_applied_total/ { applied += $NF }
     /^cx_events_duplicate_total/ { dup += $NF }
     /^cx_events_invalid_total/ { bad += $NF }
-    END { printf "consumed %d  applied %d  duplicates dropped %d  dead-lettered %d", consumed, applied, dup, bad }'
+    END { printf "consumed %d  applied %d  duplicates dropped %d  dead-lettered %d", consumed, applied, dup, bad }' \
+    || true
   curl -fs "$url/api/v1/fcr?from=$start&to=$until" 2>/dev/null \
     | "$bin/python" deploy/local/fcr_line.py 2>/dev/null || echo
 done
