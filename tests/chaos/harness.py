@@ -10,9 +10,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from aiokafka import AIOKafkaProducer
 
 from service.adapters.kafka_admin import ensure_topics
 from service.adapters.redis_state import RedisState, connect
@@ -27,6 +24,7 @@ from tests.support.stack import (
     committed_offsets,
     end_offsets,
     free_port,
+    produce,
 )
 
 PARTITIONS = 6
@@ -102,8 +100,10 @@ class Scenario:
     def produce(self, messages: Iterable[Message]) -> None:
         began = time.monotonic()
         batch = list(messages)
-        metas = asyncio.run(_produce(self.stack.kafka_bootstrap,
-                                     [(self.ns.topic(m.kind), m.key, m.value) for m in batch]))
+        metas = asyncio.run(produce(
+            self.stack.kafka_bootstrap, [(self.ns.topic(m.kind), m.key, m.value) for m in batch],
+            linger_ms=20, enable_idempotence=True, max_request_size=4 << 20,
+            max_batch_size=1 << 20))
         for m, meta in zip(batch, metas, strict=True):
             self.sent[(meta.topic, meta.partition, meta.offset)] = m.reject
         self.messages.extend(batch)
@@ -208,19 +208,6 @@ def _record(tmp: Path, name: str, m: Measured) -> None:
     if out:
         with open(out, "a") as f:
             f.write(line + "\n")
-
-
-async def _produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]
-                   ) -> list[Any]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
-                                enable_idempotence=True, max_request_size=4 << 20,
-                                max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        futures = [await producer.send(t, value=v, key=k) for t, k, v in records]
-        return list(await asyncio.gather(*futures))
-    finally:
-        await producer.stop()
 
 
 # -- the servers of the test stack ---------------------------------------------------------------

@@ -183,10 +183,12 @@ def wait_until(check: Any, timeout: float = 60, interval: float = 0.25, what: st
 
 
 async def produce(
-    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]]
+    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes | None]], **options: Any
 ) -> list[Any]:
-    """Publish and return each record's metadata (topic, partition, offset), in order."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    """Publish and return each record's metadata (topic, partition, offset), in order.
+    `options` go to the producer (e.g. larger requests for oversized events)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **{"acks": "all", "linger_ms": 5,
+                                                                **options})
     await producer.start()
     try:
         futures = [await producer.send(t, value=v, key=k) for t, k, v in records]
