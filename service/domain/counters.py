@@ -129,19 +129,57 @@ def contribution(c: Counted, sign: int = 1) -> dict[str, int]:
     return out
 
 
-def add_delta(
-    deltas: dict[int, dict[str, int]], old: Counted | None, new: Counted | None
-) -> None:
-    """Accumulate the change from `old` to `new` into per-hour field deltas."""
-    for counted, sign in ((old, -1), (new, 1)):
-        if counted is None:
-            continue
-        bucket = deltas.setdefault(counted.hour, {})
-        for name, n in contribution(counted, sign).items():
+def vector(c: Counted) -> tuple[int, ...]:
+    """The counts of one contact, in the order of FIELDS."""
+    outcome, status = c.outcome, c.status
+    return (1, int(c.identified), int(outcome == "abandoned"), int(outcome == "self_service"),
+            int(outcome == "handled"), int(c.participates), int(status == STATUS_UNRESOLVED),
+            int(status == STATUS_RESOLVED), int(c.is_repeat), int(c.transferred), c.surveys,
+            c.survey_unresolved, c.csat_sum, c.csat_count, c.nps_promoters, c.nps_detractors,
+            c.nps_count, c.ces_sum, c.ces_count)
+
+
+_FIELD_ROWS: dict[str, tuple[str, ...]] = {}  # dimension -> hash fields in the order of FIELDS
+
+
+def _field_row(dimension: str) -> tuple[str, ...]:
+    row = _FIELD_ROWS.get(dimension)
+    if row is None:
+        if len(_FIELD_ROWS) > 50_000:
+            _FIELD_ROWS.clear()
+        row = _FIELD_ROWS[dimension] = tuple(field_name(dimension, n) for n in FIELDS)
+    return row
+
+
+def _add(bucket: dict[str, int], c: Counted, changes: list[tuple[int, int]]) -> None:
+    for dim in dimensions(c):
+        row = _field_row(dim)
+        for i, n in changes:
+            name = row[i]
             total = bucket.get(name, 0) + n
             if total:
                 bucket[name] = total
             else:
-                bucket.pop(name, None)
+                del bucket[name]
+
+
+def add_delta(
+    deltas: dict[int, dict[str, int]], old: Counted | None, new: Counted | None
+) -> None:
+    """Accumulate the change from `old` to `new` into per-hour field deltas."""
+    if (old is not None and new is not None and old.hour == new.hour
+            and old.queue == new.queue and old.channel == new.channel
+            and old.agent == new.agent and old.segment == new.segment):
+        # Same bucket and dimensions (a verdict changed): only the counts that differ.
+        changes = [(i, b - a) for i, (a, b) in enumerate(zip(vector(old), vector(new),
+                                                              strict=True)) if a != b]
+        if changes:
+            _add(deltas.setdefault(new.hour, {}), new, changes)
+    else:
+        for counted, sign in ((old, -1), (new, 1)):
+            if counted is None:
+                continue
+            changes = [(i, sign * n) for i, n in enumerate(vector(counted)) if n]
+            _add(deltas.setdefault(counted.hour, {}), counted, changes)
     for hour in [h for h, b in deltas.items() if not b]:
         del deltas[hour]

@@ -16,7 +16,6 @@ the snapshot; records are dropped once nothing live can depend on them.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -43,7 +42,9 @@ from service.domain.perception import (
     REPEAT,
     RESOLVED,
     TRANSFER,
+    ContactPerception,
     CurveResult,
+    CurveTrack,
     Signal,
     contact_signal,
     evaluate_at_risk,
@@ -59,6 +60,7 @@ from service.domain.records import (
     PerceptionSnapshot,
     SurveyRecord,
     TransferRecord,
+    basis_of,
 )
 
 REPEAT_CONTACT = "repeat_contact"
@@ -84,23 +86,39 @@ def new_state(event: ContactEvent) -> CustomerState:
 def apply_event(state: CustomerState, event: ContactEvent) -> bool:
     """Add the event to the state; False when its event_id was already applied."""
     header = event.header
-    if state.seen(header.event_id):
+    memo = state.memo
+    if memo is not None:
+        if header.event_id in memo.ids:
+            return False
+    elif state.seen(header.event_id):
         return False
     if isinstance(event, CallEnded):
         record = ContactRecord.of(event)
         current = state.contacts.get(record.contact_id)
         if current is None:
             state.contacts[record.contact_id] = record
+            if memo is not None:
+                memo.contact_recorded(None, record)
         elif (record.t, record.event_id) > (current.t, current.event_id):
             # A second call-ended for one contact: the later one (by time, then id) stands.
             state.superseded.append((current.event_id, current.t))
             state.contacts[record.contact_id] = record
+            if memo is not None:
+                memo.contact_recorded(current, record)
         else:
             state.superseded.append((record.event_id, record.t))
+            if memo is not None:
+                memo.ids.add(record.event_id)
     elif isinstance(event, Transfer):
-        state.transfers.append(TransferRecord.of(event))
+        transfer = TransferRecord.of(event)
+        state.transfers.append(transfer)
+        if memo is not None:
+            memo.add_record(transfer)
     elif isinstance(event, SurveyAnswered):
-        state.surveys.append(SurveyRecord.of(event))
+        survey = SurveyRecord.of(event)
+        state.surveys.append(survey)
+        if memo is not None:
+            memo.add_record(survey)
     return True
 
 
@@ -215,6 +233,58 @@ def derive_verdicts(
     return verdicts
 
 
+def _join_horizon_records(records: list[Any] | None, t: float, horizon: float) -> list[Any]:
+    return [r for r in records if abs(r.t - t) <= horizon] if records else []
+
+
+def contact_verdict(c: ContactRecord, memo: Memo, watermark: float, policy: Policy) -> Verdict:
+    """One contact's verdict from the memo's indexes: the same as `derive_verdicts` gives it."""
+    cid = c.contact_id
+    horizon = policy.join_horizon
+    n_transfers = len(_join_horizon_records(memo.transfers_of.get(cid), c.t, horizon))
+    found = _join_horizon_records(memo.surveys_of.get(cid), c.t, horizon)
+    if len(found) > 1:
+        found.sort(key=lambda sv: (sv.t, sv.event_id))
+    joined: tuple[SurveyRecord, ...] = tuple(found)
+    if not (memo.identified and c.outcome == "handled"):
+        return Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined)
+    handled, contacts = memo.handled, memo.contacts
+    max_window = policy.max_window
+    i = bisect_left(handled, (c.t, cid))
+    repeat_of: str | None = None
+    for j in range(i - 1, -1, -1):
+        pt, pid = handled[j]
+        if c.t - pt > max_window:
+            break
+        if _in_scope(contacts[pid], c, policy):
+            repeat_of = pid
+            break
+    repeated = False
+    for j in range(i + 1, len(handled)):
+        lt, lid = handled[j]
+        if lt - c.t > max_window:
+            break
+        if _in_scope(c, contacts[lid], policy):
+            repeated = True
+            break
+    rules = policy.for_queue(c.queue)
+    reasons: list[str] = []
+    if repeated:
+        reasons.append(REPEAT_CONTACT)
+    if n_transfers and rules.transfer_breaks_fcr:
+        reasons.append(TRANSFERRED)
+    if any(sv.resolved is False for sv in joined):
+        reasons.append(SURVEY_UNRESOLVED)
+    if reasons:
+        status = STATUS_UNRESOLVED
+    elif watermark > c.t + rules.repeat_window:
+        status = STATUS_RESOLVED
+    else:
+        status = STATUS_PENDING
+    return Verdict(True, repeat_of is not None, repeat_of, n_transfers, status, tuple(reasons),
+                   joined)
+
+
 def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
     csat = [s.csat for s in v.surveys if s.csat is not None]
     nps = [s.nps for s in v.surveys if s.nps is not None]
@@ -229,6 +299,172 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         nps_count=len(nps), ces_sum=sum(ces), ces_count=len(ces),
         identified=identified,
     )
+
+
+# -- the memo: what settling keeps of a customer between settles ------------------------------
+
+PRUNE_STEP = 86400.0  # records are dropped a day's worth at a time (see Memo)
+_LAST = "\U0010ffff"
+
+
+def _signals_of_contact(c: ContactRecord, v: Verdict, policy: Policy) -> tuple[Signal, ...]:
+    """A contact's perception signals, as `perception_signals` makes them."""
+    cid = c.contact_id
+    target, weight, cause = contact_signal(policy.perception, c.outcome, c.wait, c.hold)
+    out = [Signal(c.t, RANK_CONTACT, cid, target, weight, cause, cid)]
+    if v.is_repeat:
+        out.append(Signal(c.t, RANK_REPEAT, cid, REPEAT[0], REPEAT[1], REPEAT[2], cid))
+    if v.status == STATUS_RESOLVED:
+        out.append(Signal(c.t + policy.for_queue(c.queue).repeat_window, RANK_RESOLUTION, cid,
+                          RESOLVED[0], RESOLVED[1], RESOLVED[2]))
+    return tuple(out)
+
+
+def _record_signals(record: TransferRecord | SurveyRecord) -> list[Signal]:
+    if isinstance(record, TransferRecord):
+        return [Signal(record.t, RANK_TRANSFER, record.event_id, *TRANSFER)]
+    return [Signal(record.t, RANK_SURVEY, record.event_id, *spec)
+            for spec in survey_signals(record.csat, record.nps, record.ces, record.resolved)]
+
+
+class Memo:
+    """What `settle` derived from a customer's state, kept on the state object (never stored)
+    so the next settle redoes only what the events since changed.
+
+    `apply_event` tells the memo what it added: the contacts whose verdict may change (the
+    contact itself, its transfers and surveys, its neighbours within the longest window), and
+    the perception signals to insert. `settle` recomputes those verdicts, runs the curve from
+    the first signal that changed (`CurveTrack`), and rebuilds the views of the contacts whose
+    verdict or perception changed. A state read from storage starts without a memo: its first
+    settle derives everything, as it would without one. Dropping old records moves the
+    perception snapshot, so the memo is rebuilt then; records are dropped in steps of
+    `PRUNE_STEP` so that this happens about once a day of event time per customer.
+    """
+
+    __slots__ = (
+        "contacts",
+        "dirty",
+        "earliest_contact",
+        "earliest_other",
+        "handled",
+        "identified",
+        "ids",
+        "joined",
+        "latest",
+        "pending",
+        "pending_min",
+        "policy",
+        "recorded",
+        "signals",
+        "surveys_of",
+        "touched",
+        "track",
+        "transfers_of",
+        "uniform",
+        "verdicts",
+    )
+
+    def __init__(self, state: CustomerState, policy: Policy) -> None:
+        self.policy = policy
+        self.identified = identified = state.customer_id is not None
+        self.contacts = state.contacts
+        self.ids: set[str] = {x[0] for x in state.superseded}
+        self.handled: list[tuple[float, str]] = []
+        self.transfers_of: dict[str, list[TransferRecord]] = {}
+        self.surveys_of: dict[str, list[SurveyRecord]] = {}
+        self.verdicts: dict[str, Verdict] = {}
+        self.signals: dict[str, tuple[Signal, ...]] = {}
+        self.dirty: set[str] = set(state.contacts)  # verdicts to derive again
+        self.recorded: set[str] = set(state.contacts)  # contacts with a new record
+        self.touched: set[str] = set(state.contacts)  # views and counts to check
+        self.pending: dict[str, float] = {}  # contacts pending -> when their window closes
+        self.pending_min = float("inf")
+        self.joined = [0, 0]  # surveys joined, transfers joined
+        self.earliest_contact = float("inf")
+        self.earliest_other = float("inf")
+        self.latest: tuple[float, str] | None = None
+        # One window for every queue and no scope rules: only a new contact's nearest
+        # neighbours can change their verdicts.
+        self.uniform = not policy.per_queue and not (
+            policy.default.repeat_same_reason or policy.default.repeat_same_channel)
+        for c in state.contacts.values():
+            self.ids.add(c.event_id)
+            if identified and c.outcome == "handled":
+                self.handled.append((c.t, c.contact_id))
+            self._note_contact(c)
+        self.handled.sort()
+        self.track: CurveTrack | None = None
+        if identified:
+            baseline = _baseline(state, policy)
+            self.track = CurveTrack(start_state(state.snapshot, baseline), baseline,
+                                    state.snapshot.t, policy.perception,
+                                    policy.allowed_lateness + policy.max_window)
+        for tr in state.transfers:
+            self.add_record(tr)
+        for sv in state.surveys:
+            self.add_record(sv)
+
+    def _note_contact(self, c: ContactRecord) -> None:
+        if c.t < self.earliest_contact:
+            self.earliest_contact = c.t
+        key = (c.t, c.contact_id)
+        if self.latest is None or key > self.latest:
+            self.latest = key
+
+    def add_record(self, record: TransferRecord | SurveyRecord) -> None:
+        """A transfer or survey applied to the state."""
+        self.ids.add(record.event_id)
+        index = self.transfers_of if isinstance(record, TransferRecord) else self.surveys_of
+        index.setdefault(record.contact_id, []).append(record)  # type: ignore[arg-type]
+        if record.contact_id in self.contacts:
+            self.dirty.add(record.contact_id)
+        if record.t < self.earliest_other:
+            self.earliest_other = record.t
+        if self.track is not None:
+            for sig in _record_signals(record):
+                self.track.add(sig)
+
+    def contact_recorded(self, old: ContactRecord | None, new: ContactRecord) -> None:
+        """A call-ended applied: `new` is the contact's record now, `old` the one it replaced."""
+        cid = new.contact_id
+        self.ids.add(new.event_id)
+        self.dirty.add(cid)
+        self.recorded.add(cid)
+        participates = self.identified
+        if old is not None:
+            if participates and old.outcome == "handled":
+                key = (old.t, cid)
+                i = bisect_left(self.handled, key)
+                if i < len(self.handled) and self.handled[i] == key:
+                    del self.handled[i]
+                self._mark_window(old.t)
+            if old.t <= self.earliest_contact:
+                self.earliest_contact = min(c.t for c in self.contacts.values())
+            if self.latest == (old.t, cid):
+                self.latest = max((c.t, c.contact_id) for c in self.contacts.values())
+        if participates and new.outcome == "handled":
+            key = (new.t, cid)
+            i = bisect_left(self.handled, key)
+            self.handled.insert(i, key)
+            if self.uniform and old is None:
+                if i > 0:
+                    self.dirty.add(self.handled[i - 1][1])
+                if i + 1 < len(self.handled):
+                    self.dirty.add(self.handled[i + 1][1])
+            else:
+                self._mark_window(new.t)
+        self._note_contact(new)
+
+    def _mark_window(self, t: float) -> None:
+        """Every handled contact within the longest window of `t`: their verdicts may change."""
+        window = self.policy.max_window
+        handled = self.handled
+        lo = bisect_left(handled, (t - window,))
+        for j in range(lo, len(handled)):
+            ht, hid = handled[j]
+            if ht - t > window:
+                break
+            self.dirty.add(hid)
 
 
 # -- perception --------------------------------------------------------------------------------
@@ -378,12 +614,7 @@ def _digest(view: dict[str, Any]) -> int:
     return zlib.crc32(repr(sorted(view.items())).encode())
 
 
-def _basis(inputs: tuple[Any, ...]) -> int:
-    """A 64-bit checksum of what a contact's view and counts are derived from: its record's
-    event_id (a record never changes under one event_id: a correction is a new event), its
-    verdict, the survey event_ids, its perception and the policy version."""
-    text = repr(inputs).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+_basis = basis_of
 
 
 def _prune(state: CustomerState, watermark: float, policy: Policy,
@@ -416,6 +647,102 @@ def _prune(state: CustomerState, watermark: float, policy: Policy,
         state.live_from = live_from
 
 
+def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
+                     seen: ContactPerception | None, policy: Policy, out: Settled) -> None:
+    """Compare what the contact's view and counts derive from with what was last published;
+    when it changed, retract and add its counts and publish a new version if its view
+    changed."""
+    emitted = state.emitted
+    before = emitted.get(c.contact_id)
+    if seen is not None:
+        perception: tuple[float, float] | None = (round(seen.before, 2), round(seen.after, 2))
+    else:  # its signals are folded into the snapshot: keep what was published
+        perception = before.perception if before else None
+    inputs = (c.event_id, v.participates, v.is_repeat, v.repeat_of, v.transfers, v.status,
+              v.reasons, [sv.event_id for sv in v.surveys], perception, policy.version)
+    if before is not None:
+        if before.inputs is not None:
+            if before.inputs == inputs:
+                return  # nothing its view or counts derive from changed
+        elif before.basis == _basis(inputs):
+            before.inputs = inputs
+            return
+    identified = state.customer_id is not None
+    counted = counted_of(c, v, identified)
+    old = Counted.from_tuple(before.counted) if before else None
+    if old != counted:
+        add_delta(out.counter_deltas, old, counted)
+    view = enriched_view(c, v, state.customer_id, perception, policy)
+    version = before.version if before else 0
+    digest = 0  # only states stored before view checksums existed are compared by digest
+    if before is not None and before.inputs is None and before.basis is None:
+        digest = _digest(view)
+        changed = before.digest != digest
+    else:
+        changed = True  # its inputs changed, and the view is a function of them
+    if changed:
+        version += 1
+        view["version"] = version
+        out.updates.append(ContactUpdate(c.contact_id, version, view))
+    # The checksum of the inputs is computed when the state is stored (records.py).
+    emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception, None,
+                                    inputs)
+
+
+def _derive_changes(state: CustomerState, memo: Memo, watermark: float, policy: Policy
+                    ) -> None:
+    """Derive again the verdicts the memo marked, and move their signals on the curve."""
+    contacts, verdicts, track = state.contacts, memo.verdicts, memo.track
+    if memo.pending and watermark > memo.pending_min:
+        memo.dirty.update(cid for cid, due in memo.pending.items() if watermark > due)
+    pending_changed = False
+    for cid in memo.dirty:
+        c = contacts.get(cid)
+        if c is None:
+            continue
+        v = contact_verdict(c, memo, watermark, policy)
+        old = verdicts.get(cid)
+        new_record = cid in memo.recorded
+        if old is not None and not new_record and old == v:
+            continue
+        verdicts[cid] = v
+        memo.touched.add(cid)
+        if old is not None:
+            memo.joined[0] += len(v.surveys) - len(old.surveys)
+            memo.joined[1] += v.transfers - old.transfers
+        else:
+            memo.joined[0] += len(v.surveys)
+            memo.joined[1] += v.transfers
+        if v.status == STATUS_PENDING:
+            memo.pending[cid] = c.t + policy.for_queue(c.queue).repeat_window
+            pending_changed = True
+        elif memo.pending.pop(cid, None) is not None:
+            pending_changed = True
+        if track is not None and (
+                new_record or old is None or old.is_repeat != v.is_repeat
+                or (old.status == STATUS_RESOLVED) != (v.status == STATUS_RESOLVED)):
+            sigs = _signals_of_contact(c, v, policy)
+            previous = memo.signals.get(cid, ())
+            if sigs != previous:
+                for sig in previous:
+                    track.remove(sig)
+                for sig in sigs:
+                    track.add(sig)
+                memo.signals[cid] = sigs
+    memo.dirty.clear()
+    memo.recorded.clear()
+    if pending_changed:
+        memo.pending_min = min(memo.pending.values(), default=float("inf"))
+
+
+def _prune_due(state: CustomerState, memo: Memo, watermark: float, policy: Policy) -> bool:
+    """Whether records are a step past the point where they are dropped."""
+    lateness, window = policy.allowed_lateness, policy.max_window
+    live_from = watermark - 2 * lateness - window
+    return (memo.earliest_contact < live_from - window - PRUNE_STEP
+            or memo.earliest_other < live_from - policy.join_horizon - PRUNE_STEP)
+
+
 def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
     """Publish what changed in the state's verdicts at this watermark, then prune.
 
@@ -423,76 +750,74 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
     it must be published (with its final verdict) before it is pruned.
     """
     out = Settled()
-    verdicts = derive_verdicts(state, watermark, policy)
-    identified = state.customer_id is not None
-    curve = None
-    signals: list[Signal] | None = None
-    if identified and not state.is_empty():
-        signals = perception_signals(state, verdicts, watermark, policy)
-        curve = perception_curve(state, verdicts, watermark, policy, signals=signals)
+    memo = state.memo
+    if memo is None or memo.policy is not policy:
+        memo = state.memo = Memo(state, policy)
+    _derive_changes(state, memo, watermark, policy)
+    track = memo.track
+    curve_now = None
+    if track is not None and not state.is_empty():
+        latest = state.contacts[memo.latest[1]] if memo.latest is not None else None
+        baseline = policy.perception.baseline_for(latest.segment if latest else None)
+        if baseline != track.baseline:  # the latest contact changed the segment's baseline
+            memo = state.memo = Memo(state, policy)
+            _derive_changes(state, memo, watermark, policy)
+            track = memo.track
+            assert track is not None
+        memo.touched.update(track.run())
+        curve_now = track.now(watermark)
     live_from = state.live_from
-    emitted = state.emitted
-    for c in state.contacts.values():
-        if live_from is not None and c.t < live_from:
+    contacts, verdicts = state.contacts, memo.verdicts
+    by_contact = track.by_contact if track is not None else None
+    touched = memo.touched
+    if len(touched) > 1:
+        order = sorted(touched, key=lambda cid: (contacts[cid].t, cid) if cid in contacts
+                       else (0.0, cid))
+    else:
+        order = list(touched)
+    touched.clear()
+    for cid in order:
+        c = contacts.get(cid)
+        if c is None or (live_from is not None and c.t < live_from):
             continue  # context only: its last published verdict is final
-        v = verdicts[c.contact_id]
-        before = emitted.get(c.contact_id)
-        seen = curve.by_contact.get(c.contact_id) if curve else None
-        if seen is not None:
-            perception: tuple[float, float] | None = (round(seen.before, 2),
-                                                      round(seen.after, 2))
-        else:  # its signals are folded into the snapshot: keep what was published
-            perception = before.perception if before else None
-        inputs = (c.event_id, v.participates, v.is_repeat, v.repeat_of, v.transfers, v.status,
-                  v.reasons, [s.event_id for s in v.surveys], perception, policy.version)
-        if before is not None:
-            if before.inputs is not None:
-                if before.inputs == inputs:
-                    continue  # nothing its view or counts derive from changed
-            elif before.basis == _basis(inputs):
-                before.inputs = inputs
-                continue
-        basis = _basis(inputs)
-        counted = counted_of(c, v, identified)
-        old = Counted.from_tuple(before.counted) if before else None
-        if old != counted:
-            add_delta(out.counter_deltas, old, counted)
-        view = enriched_view(c, v, state.customer_id, perception, policy)
-        digest = _digest(view)
-        version = before.version if before else 0
-        if before is None or before.digest != digest:
-            version += 1
-            view["version"] = version
-            out.updates.append(ContactUpdate(c.contact_id, version, view))
-        emitted[c.contact_id] = Emitted(version, digest, counted.to_tuple(), perception, basis,
-                                        inputs)
-    joined_now = (sum(len(v.surveys) for v in verdicts.values()), len(state.surveys),
-                  sum(v.transfers for v in verdicts.values()), len(state.transfers))
+        _publish_contact(state, c, verdicts[cid],
+                         by_contact.get(cid) if by_contact is not None else None, policy, out)
+    joined_now = (memo.joined[0], len(state.surveys), memo.joined[1], len(state.transfers))
     last = state.joins
     out.joins = (joined_now[0] - last[0], joined_now[1] - last[1], joined_now[2] - last[2],
                  joined_now[3] - last[3])
-    held = (len(state.contacts), len(state.transfers), len(state.surveys))
-    if curve is not None:
-        band = min(9, max(0, int(curve.state.score // 10)))
+    state.joins = joined_now
+    if curve_now is not None:
+        band = min(9, max(0, int(curve_now.score // 10)))
         if band != state.band:
             out.band_change = (state.band, band)
             state.band = band
-    if curve is not None and state.customer_id is not None:
-        at_risk = curve.state.at_risk
-        if at_risk != state.alerted_at_risk:
+        at_risk = curve_now.at_risk
+        if at_risk != state.alerted_at_risk and state.customer_id is not None:
+            assert track is not None
             state.alerted_at_risk = at_risk
             state.alert_version += 1
             out.alerts.append(CustomerAlert(
                 state.customer_id, "at_risk_entered" if at_risk else "at_risk_left",
-                state.alert_version, round(curve.state.score, 2),
-                round(curve.state.drop(policy.perception.at_risk_drop_period), 2),
-                tuple(curve.causes), curve.state.t or watermark,
+                state.alert_version, round(curve_now.score, 2),
+                round(curve_now.drop(policy.perception.at_risk_drop_period), 2),
+                tuple(track.causes()), curve_now.t or watermark,
             ))
-    _prune(state, watermark, policy, verdicts, signals)
-    # Pruned records leave these counts silently: the published totals only grow.
-    if held == (len(state.contacts), len(state.transfers), len(state.surveys)):
-        state.joins = joined_now
-    else:
+    lateness, window = policy.allowed_lateness, policy.max_window
+    new_live_from = watermark - 2 * lateness - window
+    if state.live_from is None or new_live_from > state.live_from:
+        state.live_from = new_live_from
+    if state.superseded and state.superseded[0][1] < watermark - lateness:
+        kept = [x for x in state.superseded if x[1] >= watermark - lateness]
+        for event_id, _ in state.superseded:
+            memo.ids.discard(event_id)
+        memo.ids.update(x[0] for x in kept)
+        state.superseded = kept
+    pruned = _prune_due(state, memo, watermark, policy)
+    if pruned:
+        signals = track.signals if track is not None else None
+        _prune(state, watermark, policy, verdicts, signals)
+        state.memo = None
         after = derive_verdicts(state, watermark, policy)
         state.joins = (sum(len(v.surveys) for v in after.values()), len(state.surveys),
                        sum(v.transfers for v in after.values()), len(state.transfers))
@@ -509,16 +834,20 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
                                             state.alert_version, policy.perception.baseline,
                                             0.0, ("idle",), watermark))
         return out
-    next_due: float | None = None
-    for c in state.contacts.values():
-        if state.emitted.get(c.contact_id) is not None and verdicts[c.contact_id].status == \
-                STATUS_PENDING:
-            due = c.t + policy.for_queue(c.queue).repeat_window
-            next_due = due if next_due is None else min(next_due, due)
-    lateness, window = policy.allowed_lateness, policy.max_window
-    earliest = min([c.t for c in state.contacts.values()]
-                   + [r.t for r in state.transfers] + [r.t for r in state.surveys])
-    prune_at = earliest + 3 * lateness + 2 * window
+    if pruned:
+        next_due: float | None = None
+        for c in state.contacts.values():
+            v = verdicts.get(c.contact_id)
+            if state.emitted.get(c.contact_id) is not None and v is not None \
+                    and v.status == STATUS_PENDING:
+                due = c.t + policy.for_queue(c.queue).repeat_window
+                next_due = due if next_due is None else min(next_due, due)
+        earliest = min([c.t for c in state.contacts.values()]
+                       + [r.t for r in state.transfers] + [r.t for r in state.surveys])
+    else:
+        next_due = memo.pending_min if memo.pending else None
+        earliest = min(memo.earliest_contact, memo.earliest_other)
+    prune_at = earliest + 3 * lateness + 2 * window + PRUNE_STEP
     out.next_due = prune_at if next_due is None else min(next_due, prune_at)
     return out
 

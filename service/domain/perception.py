@@ -10,6 +10,7 @@ in which events arrive cannot change it. docs/perception.md gives the reasons fo
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -218,3 +219,188 @@ def _trim(state: CurveState, policy: PerceptionPolicy) -> None:
             state.recent = [(t, s) for (t, s) in state.recent if t >= horizon]
     if len(state.points) > policy.curve_points:
         del state.points[: len(state.points) - policy.curve_points]
+
+
+@dataclass(slots=True)
+class _Point:
+    """The curve right after one signal: enough to resume from it and to read what it did."""
+
+    t_now: float
+    score: float
+    at_risk: bool
+    last: float
+    recent: tuple[tuple[float, float], ...]
+    before: float
+    falls: bool  # the signal moved the score down (its cause is a candidate alert cause)
+    reset: int  # index of the signal that began this stretch of the curve, -1: the snapshot
+
+
+class CurveTrack:
+    """A customer's curve kept between settles: the signals in order and the curve right
+    after each, so a change at signal i runs the curve again from i only.
+
+    The curve after signal i is exactly what `run_curve` computes (the same steps on the same
+    numbers), so keeping it changes no result, only the work.
+    """
+
+    __slots__ = (
+        "baseline",
+        "by_contact",
+        "keys",
+        "lost",
+        "points",
+        "policy",
+        "reset_after",
+        "signals",
+        "since",
+        "start",
+    )
+
+    def __init__(self, start: CurveState, baseline: float, since: float | None,
+                 policy: PerceptionPolicy, reset_after: float) -> None:
+        self.start = start
+        self.baseline = baseline
+        self.since = since
+        self.policy = policy
+        self.reset_after = reset_after
+        self.keys: list[tuple[float, int, str, str]] = []
+        self.signals: list[Signal] = []
+        self.points: list[_Point] = []  # valid for signals[: len(points)]
+        self.by_contact: dict[str, ContactPerception] = {}
+        self.lost: set[str] = set()  # contacts that lost a signal since the last run
+
+    def add(self, sig: Signal) -> None:
+        if self.since is not None and sig.t < self.since:
+            return
+        key = sig.key()
+        i = bisect_left(self.keys, key)
+        self.keys.insert(i, key)
+        self.signals.insert(i, sig)
+        if i < len(self.points):
+            del self.points[i:]
+
+    def remove(self, sig: Signal) -> None:
+        if self.since is not None and sig.t < self.since:
+            return
+        key = sig.key()
+        i = bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            del self.keys[i]
+            del self.signals[i]
+            if i < len(self.points):
+                del self.points[i:]
+            if sig.contact_id is not None:
+                self.lost.add(sig.contact_id)
+
+    def run(self) -> set[str]:
+        """Bring the curve up to date; the contacts whose (before, after) changed."""
+        signals, points = self.signals, self.points
+        n = len(signals)
+        i = len(points)
+        # A contact's signals share one time: start at the first signal of that time, so no
+        # contact is split across the part kept and the part run again.
+        while 0 < i < n and signals[i - 1].t == signals[i].t:
+            i -= 1
+        del points[i:]
+        if i == n and not self.lost:
+            return set()
+        policy = self.policy
+        half_life, period = policy.half_life, policy.at_risk_drop_period
+        below, recover_at, drop_limit = (policy.at_risk_below, policy.at_risk_recover_at,
+                                         policy.at_risk_drop)
+        baseline, reset_after = self.baseline, self.reset_after
+        if i == 0:
+            begin = self.start
+            t_now: float | None = begin.t
+            score, at_risk, last = begin.score, begin.at_risk, begin.last_signal
+            recent = list(begin.recent)
+            reset = -1
+        else:
+            p = points[i - 1]
+            t_now, score, at_risk, last = p.t_now, p.score, p.at_risk, p.last
+            recent = list(p.recent)
+            reset = p.reset
+        # The same steps as run_curve, keeping the curve after every signal.
+        for j in range(i, n):
+            sig = signals[j]
+            st = sig.t
+            if last is not None and st - last > reset_after:
+                t_now, score, at_risk = None, baseline, False
+                recent.clear()
+                reset = j
+            if t_now is None:
+                t_now = st
+            elif st > t_now:
+                score = baseline + (score - baseline) * 0.5 ** ((st - t_now) / half_life)
+                t_now = st
+            last = st
+            before = score
+            while recent and recent[-1][1] <= before:
+                recent.pop()
+            recent.append((st, before))
+            change = sig.weight * (sig.target - before)
+            score = before + change
+            while recent and recent[-1][1] <= score:
+                recent.pop()
+            recent.append((st, score))
+            horizon = t_now - period
+            if recent[0][0] < horizon:
+                recent[:] = [(t, s) for (t, s) in recent if t >= horizon]
+            peak = score
+            for t, s in recent:
+                if t >= horizon:
+                    peak = s
+                    break
+            drop = peak - score if peak > score else 0.0
+            if not at_risk:
+                if score < below or drop >= drop_limit:
+                    at_risk = True
+            elif score >= recover_at and drop < drop_limit / 2:
+                at_risk = False
+            points.append(_Point(t_now, score, at_risk, st, tuple(recent), before, change < 0,
+                                 reset))
+        changed = set(self.lost)
+        self.lost.clear()
+        for lost in changed:
+            self.by_contact.pop(lost, None)
+        by_contact = self.by_contact
+        fresh: set[str] = set()
+        for j in range(i, n):
+            contact_id = signals[j].contact_id
+            if contact_id is None:
+                continue
+            p = points[j]
+            if contact_id in fresh:
+                by_contact[contact_id] = ContactPerception(by_contact[contact_id].before, p.score)
+            else:
+                fresh.add(contact_id)
+                by_contact[contact_id] = ContactPerception(p.before, p.score)
+        return changed | fresh
+
+    def now(self, until: float) -> CurveState:
+        """The curve's state at `until` (the watermark): drifted there and at-risk judged, as
+        `perception_curve` does. Its points are left empty: settling never reads them (the
+        stored snapshot and the API's curve come from `perception_curve`)."""
+        if not self.points:
+            s = self.start
+            state = CurveState(s.t, s.score, s.at_risk, [], list(s.recent), s.last_signal)
+        else:
+            p = self.points[-1]
+            state = CurveState(p.t_now, p.score, p.at_risk, [], list(p.recent), p.last)
+        if state.t is not None and until > state.t:
+            state.drift_to(until, self.baseline, self.policy.half_life)
+            evaluate_at_risk(state, self.policy)
+        return state
+
+    def causes(self) -> list[str]:
+        """The causes of the last (up to 5) falls of the score since the curve last began."""
+        points, n = self.points, len(self.points)
+        first = points[-1].reset if n and points[-1].reset >= 0 else 0
+        out: list[str] = []
+        for j in range(n - 1, first - 1, -1):
+            if points[j].falls:
+                out.append(self.signals[j].cause)
+                if len(out) == 5:
+                    break
+        out.reverse()
+        return out

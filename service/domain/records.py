@@ -7,6 +7,7 @@ store it anywhere. Event times are seconds since the epoch.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +138,20 @@ class Emitted:
     # is cheaper than computing the checksum.
     inputs: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
+    def checksum(self) -> int | None:
+        """`basis`, computed from `inputs` the first time the contact is stored after a change."""
+        if self.basis is None and self.inputs is not None:
+            self.basis = basis_of(self.inputs)
+        return self.basis
+
+
+def basis_of(inputs: tuple[Any, ...]) -> int:
+    """A 64-bit checksum of what a contact's view and counts are derived from: its record's
+    event_id (a record never changes under one event_id: a correction is a new event), its
+    verdict, the survey event_ids, its perception and the policy version."""
+    text = repr(inputs).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
 
 @dataclass(slots=True)
 class PerceptionSnapshot:
@@ -164,6 +179,9 @@ class CustomerState:
     live_from: float | None = None  # contacts before this are context only (see engine)
     band: int | None = None  # perception band (score // 10) last counted for this customer
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)  # surveys joined/held, transfers joined/held
+    # What the engine derived from this state, kept while the object lives (engine.Memo);
+    # never stored.
+    memo: Any = field(default=None, compare=False, repr=False)
 
     def seen(self, event_id: str) -> bool:
         if any(e == event_id for e, _ in self.superseded):
@@ -186,7 +204,7 @@ class CustomerState:
             "s": [r.to_list() for r in self.surveys],
             "x": [list(x) for x in self.superseded],
             "e": {k: [e.version, e.digest, list(e.counted),
-                      None if e.perception is None else list(e.perception), e.basis]
+                      None if e.perception is None else list(e.perception), e.checksum()]
                   for k, e in self.emitted.items()},
             "p": [snap.t, snap.score, snap.at_risk, [list(p) for p in snap.points],
                   [list(r) for r in snap.recent], snap.last_signal],

@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from service.domain.counters import FIELDS, hour_of
-from service.domain.engine import Settled, apply_event, fold, new_state, settle, state_key
+from service.domain.engine import (
+    PRUNE_STEP,
+    Settled,
+    apply_event,
+    fold,
+    new_state,
+    settle,
+    state_key,
+)
 from service.domain.events import ContactEvent
 from service.domain.policy import Policy
 from service.domain.records import CustomerState
@@ -207,9 +215,10 @@ def test_too_late_and_state_is_bounded() -> None:
     for i in range(40):
         apply_event(state, call(f"c{i:02d}", i * 24))
         settle(state, ts(i * 24), POLICY)
-    # Only contacts within 2L + 2W (28 days) of the watermark are kept.
-    assert len(state.contacts) <= 29
-    assert min(c.t for c in state.contacts.values()) >= ts(39 * 24) - 28 * DAY
+    # Only contacts within 2L + 2W (28 days) of the watermark are kept, plus at most one
+    # prune step (a day): records are dropped a day's worth at a time.
+    assert len(state.contacts) <= 30
+    assert min(c.t for c in state.contacts.values()) >= ts(39 * 24) - 28 * DAY - PRUNE_STEP
     # Idle long enough, the customer is forgotten.
     assert settle(state, ts(39 * 24) + 40 * DAY, POLICY).forget is True
 
