@@ -8,7 +8,6 @@ added, so any hour-aligned range sums exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,67 +65,8 @@ def hour_of(t: float) -> int:
     return int(t // HOUR) * HOUR
 
 
-def dimensions(c: Counted) -> Iterator[str]:
-    yield "all"
-    yield f"queue:{c.queue}"
-    yield f"channel:{c.channel}"
-    if c.agent is not None:
-        yield f"agent:{c.agent}"
-    if c.segment is not None:
-        yield f"segment:{c.segment}"
-
-
-def values(c: Counted) -> dict[str, int]:
-    """The non-zero counts of one contact."""
-    v = {
-        "contacts": 1,
-        "identified": int(c.identified),
-        "abandoned": int(c.outcome == "abandoned"),
-        "self_service": int(c.outcome == "self_service"),
-        "handled": int(c.outcome == "handled"),
-        "fcr_total": int(c.participates),
-        "unresolved": int(c.status == STATUS_UNRESOLVED),
-        "resolved": int(c.status == STATUS_RESOLVED),
-        "repeats": int(c.is_repeat),
-        "transferred": int(c.transferred),
-        "surveys": c.surveys,
-        "survey_unresolved": c.survey_unresolved,
-        "csat_sum": c.csat_sum,
-        "csat_count": c.csat_count,
-        "nps_promoters": c.nps_promoters,
-        "nps_detractors": c.nps_detractors,
-        "nps_count": c.nps_count,
-        "ces_sum": c.ces_sum,
-        "ces_count": c.ces_count,
-    }
-    return {k: n for k, n in v.items() if n}
-
-
 def field_name(dimension: str, name: str) -> str:
     return f"{dimension}|{name}"
-
-
-_FIELD_NAMES: dict[str, dict[str, str]] = {}  # dimension -> count name -> hash field
-
-
-def _field_names(dimension: str) -> dict[str, str]:
-    names = _FIELD_NAMES.get(dimension)
-    if names is None:
-        if len(_FIELD_NAMES) > 50_000:  # bounded: agents and queues come and go
-            _FIELD_NAMES.clear()
-        names = _FIELD_NAMES[dimension] = {n: field_name(dimension, n) for n in FIELDS}
-    return names
-
-
-def contribution(c: Counted, sign: int = 1) -> dict[str, int]:
-    """Hash field -> count, for every dimension of the contact."""
-    counts = [(name, sign * n) for name, n in values(c).items()]
-    out: dict[str, int] = {}
-    for dim in dimensions(c):
-        names = _field_names(dim)
-        for name, n in counts:
-            out[names[name]] = n
-    return out
 
 
 def vector(c: Counted) -> tuple[int, ...]:
@@ -151,35 +91,60 @@ def _field_row(dimension: str) -> tuple[str, ...]:
     return row
 
 
-def _add(bucket: dict[str, int], c: Counted, changes: list[tuple[int, int]]) -> None:
-    for dim in dimensions(c):
-        row = _field_row(dim)
-        for i, n in changes:
-            name = row[i]
-            total = bucket.get(name, 0) + n
-            if total:
-                bucket[name] = total
-            else:
-                del bucket[name]
+# A contact's counts are kept per bucket key (hour, queue, channel, agent, segment) as vectors
+# in the order of FIELDS while settling; they become hash fields per dimension only when read.
+BucketKey = tuple[int, str, str, str | None, str | None]
 
 
-def add_delta(
-    deltas: dict[int, dict[str, int]], old: Counted | None, new: Counted | None
-) -> None:
-    """Accumulate the change from `old` to `new` into per-hour field deltas."""
-    if (old is not None and new is not None and old.hour == new.hour
-            and old.queue == new.queue and old.channel == new.channel
-            and old.agent == new.agent and old.segment == new.segment):
-        # Same bucket and dimensions (a verdict changed): only the counts that differ.
-        changes = [(i, b - a) for i, (a, b) in enumerate(zip(vector(old), vector(new),
-                                                              strict=True)) if a != b]
-        if changes:
-            _add(deltas.setdefault(new.hour, {}), new, changes)
-    else:
-        for counted, sign in ((old, -1), (new, 1)):
-            if counted is None:
-                continue
-            changes = [(i, sign * n) for i, n in enumerate(vector(counted)) if n]
-            _add(deltas.setdefault(counted.hour, {}), counted, changes)
-    for hour in [h for h, b in deltas.items() if not b]:
-        del deltas[hour]
+def bucket_key(c: Counted) -> BucketKey:
+    return (c.hour, c.queue, c.channel, c.agent, c.segment)
+
+
+def add_change(counts: dict[BucketKey, list[int]], old: Counted | None,
+               new: Counted | None) -> None:
+    """Accumulate the change from `old` to `new` as count vectors per bucket key."""
+    if old is not None:
+        key = bucket_key(old)
+        row = counts.get(key)
+        if row is None:
+            counts[key] = [-n for n in vector(old)]
+        else:
+            counts[key] = [a - b for a, b in zip(row, vector(old), strict=True)]
+    if new is not None:
+        key = bucket_key(new)
+        row = counts.get(key)
+        if row is None:
+            counts[key] = list(vector(new))
+        else:
+            counts[key] = [a + b for a, b in zip(row, vector(new), strict=True)]
+
+
+def merge_counts(into: dict[BucketKey, list[int]], more: dict[BucketKey, list[int]]) -> None:
+    for key, row in more.items():
+        have = into.get(key)
+        into[key] = row if have is None else [a + b for a, b in zip(have, row, strict=True)]
+
+
+def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
+    """Per-hour hash-field deltas (`dimension|count`) of count vectors; zeros left out."""
+    out: dict[int, dict[str, int]] = {}
+    for (hour, queue, channel, agent, segment), row in counts.items():
+        changes = [(i, n) for i, n in enumerate(row) if n]
+        if not changes:
+            continue
+        bucket = out.setdefault(hour, {})
+        dims = ["all", f"queue:{queue}", f"channel:{channel}"]
+        if agent is not None:
+            dims.append(f"agent:{agent}")
+        if segment is not None:
+            dims.append(f"segment:{segment}")
+        for dim in dims:
+            names = _field_row(dim)
+            for i, n in changes:
+                name = names[i]
+                total = bucket.get(name, 0) + n
+                if total:
+                    bucket[name] = total
+                else:
+                    del bucket[name]
+    return {hour: bucket for hour, bucket in out.items() if bucket}

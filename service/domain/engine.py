@@ -28,8 +28,10 @@ from service.domain.counters import (
     STATUS_PENDING,
     STATUS_RESOLVED,
     STATUS_UNRESOLVED,
+    BucketKey,
     Counted,
-    add_delta,
+    add_change,
+    expand,
     hour_of,
 )
 from service.domain.events import CallEnded, ContactEvent, SurveyAnswered, Transfer
@@ -555,7 +557,8 @@ class CustomerAlert:
 
 @dataclass
 class Settled:
-    counter_deltas: dict[int, dict[str, int]] = field(default_factory=dict)
+    # Count vectors per bucket key (counters.add_change); `counter_deltas` as hash fields.
+    counts: dict[BucketKey, list[int]] = field(default_factory=dict)
     updates: list[ContactUpdate] = field(default_factory=list)
     alerts: list[CustomerAlert] = field(default_factory=list)
     next_due: float | None = None
@@ -563,6 +566,11 @@ class Settled:
     band_change: tuple[int | None, int | None] | None = None  # (old, new) perception band
     # Growth of (surveys joined, surveys, transfers joined, transfers) since the last settle
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def counter_deltas(self) -> dict[int, dict[str, int]]:
+        """Per-hour hash-field deltas: what `counts` adds to each dimension's counters."""
+        return expand(self.counts)
 
 
 def rfc3339(t: float) -> str:
@@ -671,7 +679,7 @@ def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
     counted = counted_of(c, v, identified)
     old = Counted.from_tuple(before.counted) if before else None
     if old != counted:
-        add_delta(out.counter_deltas, old, counted)
+        add_change(out.counts, old, counted)
     view = enriched_view(c, v, state.customer_id, perception, policy)
     version = before.version if before else 0
     digest = 0  # only states stored before view checksums existed are compared by digest
