@@ -40,6 +40,7 @@ from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.policy import Policy
+from service.gc_settings import tune_garbage_collector
 from service.service_layer.ingest import (
     IngestProcessor,
     InputMessage,
@@ -384,5 +385,6 @@ def run_worker(settings: Settings) -> int:
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, partitions)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    tune_garbage_collector()
     worker.execute_from_commandline()
     return 0
