@@ -47,6 +47,7 @@ from service.service_layer.ingest import (
     Topics,
     is_transient,
 )
+from service.service_layer.state_cache import StateCache
 
 log = logging.getLogger(__name__)
 EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
@@ -128,6 +129,10 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     guard_redis_restarts(state.client)
     rewind_to_applied(app, state, settings.input_topics, partitions)
 
+    # Customer states kept between batches (service_layer/state_cache.py); a rebalance drops
+    # them: another worker may write a partition in between.
+    cache = (StateCache(settings.state_cache_mb * 1024 * 1024, settings.state_idle_ttl)
+             if settings.state_cache_mb else None)
     processor = IngestProcessor(
         state=state,
         sink=KafkaOutputs(app),
@@ -140,6 +145,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         retry_max_backoff=settings.retry_max_backoff,
         lagging=lagging,
         input_topics=settings.input_topics,
+        cache=cache,
     )
     group_joined = asyncio.Event()
 
@@ -191,6 +197,14 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     @app.on_rebalance_complete.connect
     async def _joined(*args: Any, **kwargs: Any) -> None:
         group_joined.set()
+
+    if cache is not None:
+        def _drop(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            """Revoked or assigned (the signals' first argument): forget those partitions."""
+            cache.drop({tp.partition for tp in args[0]})
+
+        app.on_partitions_revoked.connect(_drop)
+        app.on_partitions_assigned.connect(_drop)
 
     async def readiness() -> dict[str, bool]:
         try:

@@ -1,8 +1,9 @@
 """Redis side of the engine: partition clocks, customer states, hour counters, timers, outbox.
 
 Keys (`P` is the key prefix, `{pN}` the input partition's Redis Cluster hash tag):
-- `P:{pN}:clock` hash: `seq` (write guard), `wm` (watermark), and per input topic `m:` newest
-  event time, `o:` last applied offset, `n:` events applied;
+- `P:{pN}:clock` hash: `seq` (write guard), `w` (token of the worker that wrote `seq`, '' when
+  it keeps no states in memory), `wm` (watermark), and per input topic `m:` newest event time,
+  `o:` last applied offset, `n:` events applied;
 - `P:{pN}:s:c:<customer_id>` a customer's state; `P:{pN}:s:u:<contact_id>` the state of an
   unidentified caller's contact (JSON strings);
 - `P:{pN}:timers` sorted set: state keys by the event time they next need attention;
@@ -52,6 +53,7 @@ def _text(value: Any) -> str:
 @dataclass
 class PartitionClock:
     seq: str = ""
+    writer: str = ""  # the token of the worker that committed `seq` (StateCache)
     watermark: float | None = None
     newest: dict[str, float] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
@@ -67,6 +69,8 @@ class PartitionClock:
             name, text = _text(key), _text(value)
             if name == "seq":
                 clock.seq = text
+            elif name == "w":
+                clock.writer = text
             elif name == "wm":
                 clock.watermark = float(text)
             elif name.startswith("m:"):
@@ -86,17 +90,22 @@ class PartitionClock:
 
 @dataclass
 class PartitionData:
-    """What a batch reads of one partition. States stay encoded: each planning pass decodes
-    its own copy, so a pass that is redone starts from what Redis holds."""
+    """What a batch reads of one partition: states as Redis holds them (encoded), and states
+    this worker kept in memory since its last commit of the partition (`held`)."""
 
     clock: PartitionClock
     states: dict[str, bytes | None]
     due: list[tuple[str, float]]
     outbox: list[bytes]
     due_until: float | None = None  # `due` holds every timer due before this, not the first
+    held: dict[str, CustomerState] = field(default_factory=dict)
+
+    def has(self, key: str) -> bool:
+        return key in self.held or key in self.states
 
     def state(self, key: str) -> CustomerState | None:
-        return decode_state(self.states.get(key))
+        held = self.held.get(key)
+        return held if held is not None else decode_state(self.states.get(key))
 
 
 @dataclass
@@ -109,6 +118,11 @@ class PartitionCommit:
     clock_fields: dict[str, str]
     outbox: list[bytes]
     clock_increments: dict[str, int] = field(default_factory=dict)
+    writer: str = ""  # stored as the clock's `w`: the committing worker's token, if any
+    # Set by RedisState.commit once committed: the clock's new seq, and each written state's
+    # JSON size in bytes.
+    committed_seq: str | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 class Conflict(Exception):
@@ -264,11 +278,18 @@ class RedisState:
                 "tr": c.timers_remove,
                 "k": [v for kv in c.clock_fields.items() for v in kv],
                 "ci": [[name, n] for name, n in c.clock_increments.items() if n],
+                "w": c.writer,
             }
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
                                self._counter_ttl_ms, orjson.dumps(ops)]
-            args += [b"" if s is None else orjson.dumps(s.to_dict())
-                     for s in c.states.values()]
+            sizes = c.sizes
+            for name, s in c.states.items():
+                if s is None:
+                    args.append(b"")
+                else:
+                    encoded = orjson.dumps(s.to_dict())
+                    sizes[name] = len(encoded)
+                    args.append(encoded)
             args += c.outbox
             pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
         replies = await self._timed_raising(pipe)
@@ -282,6 +303,8 @@ class RedisState:
                     conflicts.add(partition)
                 else:
                     raise reply
+            else:
+                commits[partition].committed_seq = _text(reply)
         if lost:
             self._scripts_loaded = False
             if attempt >= 3:
