@@ -204,8 +204,11 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
             rates.append(r["events_per_s"])
             log(f"end to end, {workers} worker(s), run {i + 1}: "
                 f"{r['events_per_s']:,.0f} events/s (start-up {r['startup_s']:.1f}s, "
+                f"{r['events_per_batch']:,.0f} events and "
                 f"{r['round_trips_per_batch']:.1f} Redis round trips per batch, "
-                f"worker CPU {r['cpu_s']:.1f}s)")
+                f"{r['states_from_memory']:.0%} of states from memory, "
+                f"worker CPU {r['cpu_s']:.1f}s = {r['cpu_s'] * 1e6 / scale.e2e_events:.0f} us "
+                "per event)")
             if workers == 1:
                 trips.append(r["round_trips_per_batch"])
         scale_rows[workers] = rates

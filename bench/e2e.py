@@ -202,7 +202,12 @@ def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, worker
             result["final_sample"] = sample(procs)
         trips = sum(w.metric("cx_redis_round_trip_seconds_count") for w in procs)
         batches = sum(w.metric("cx_batch_events_count") for w in procs)
+        events = sum(w.metric("cx_batch_events_sum") for w in procs)
         result["round_trips_per_batch"] = trips / batches if batches else float("nan")
+        result["events_per_batch"] = events / batches if batches else float("nan")
+        memory = sum(w.metric("cx_state_reads_total", source="memory") for w in procs)
+        read = sum(w.metric("cx_state_reads_total", source="redis") for w in procs)
+        result["states_from_memory"] = memory / (memory + read) if memory + read else 0.0
         return result
     finally:
         for spy in spies:

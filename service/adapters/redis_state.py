@@ -10,7 +10,8 @@ Keys (`P` is the key prefix, `{pN}` the input partition's Redis Cluster hash tag
 - `P:{pN}:outbox` list: outputs committed but not yet published to Kafka;
 - `P:{pN}:h:<hour>` hash: counters of the hour starting at epoch second `<hour>`, fields
   `<dimension>|<name>`;
-- `P:contact:<contact_id>` hash: latest enriched view of a contact (`v` version, `j` JSON).
+- `P:contact:<contact_id>` hash: latest enriched view of a contact (`v` version, `j` JSON),
+  stored by put_contact.lua, many per call (on a Redis Cluster, those of one slot).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from importlib import resources
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from service.adapters import redis_modes
@@ -173,15 +176,15 @@ class RedisState:
             pipe.zrangebyscore(self.key(partition, "timers"), "-inf", "+inf", start=0,
                                num=self.timers_per_batch, withscores=True)
             pipe.lrange(self.key(partition, "outbox"), 0, -1)
-            for state in states:
-                pipe.get(self.state_key(partition, state))
+            if states:  # one MGET: a partition's keys share its Redis Cluster slot
+                pipe.mget([self.state_key(partition, state) for state in states])
         replies = iter(await self._timed(pipe))
         out: dict[int, PartitionData] = {}
         for partition, states in wanted.items():
             clock = PartitionClock.parse(next(replies))
             due = [(_text(m), float(s)) for m, s in next(replies)]
             outbox = list(next(replies))
-            loaded = {state: next(replies) for state in states}
+            loaded = dict(zip(states, next(replies), strict=True)) if states else {}
             out[partition] = PartitionData(clock, loaded, due, outbox)
         return out
 
@@ -198,13 +201,14 @@ class RedisState:
     async def load_states(self, wanted: Mapping[int, Iterable[str]]
                           ) -> dict[int, dict[str, bytes | None]]:
         pipe = self.client.pipeline(transaction=False)
-        order = [(p, s) for p, states in wanted.items() for s in states]
-        for partition, state in order:
-            pipe.get(self.state_key(partition, state))
+        order = [(p, list(states)) for p, states in wanted.items()]
+        order = [(p, states) for p, states in order if states]
+        for partition, states in order:
+            pipe.mget([self.state_key(partition, state) for state in states])
         replies = await self._timed(pipe) if order else []
         out: dict[int, dict[str, bytes | None]] = {p: {} for p in wanted}
-        for (partition, state), raw in zip(order, replies, strict=True):
-            out[partition][state] = raw
+        for (partition, states), raw in zip(order, replies, strict=True):
+            out[partition] = dict(zip(states, raw, strict=True))
         return out
 
     async def read_state(self, partition: int, state: str) -> tuple[CustomerState | None,
@@ -335,15 +339,17 @@ class RedisState:
         if contacts and not self._scripts_loaded:
             await self._load_scripts()
         pipe = self.client.pipeline(transaction=False)
-        for contact_id, version, view in contacts:
-            pipe.evalsha(self._put_contact.sha, 1, self.contact_key(contact_id), version, view,
-                         self._contact_ttl_ms)
+        groups = self._contact_groups(contacts)
+        for group in groups:
+            keys = [self.contact_key(contact_id) for contact_id, _, _ in group]
+            args: list[Any] = [v for _, version, view in group for v in (version, view)]
+            pipe.evalsha(self._put_contact.sha, len(keys), *keys, *args, self._contact_ttl_ms)
         for partition, n in published.items():
             if n:
                 pipe.ltrim(self.key(partition, "outbox"), n, -1)
         replies = await self._timed_raising(pipe)
-        lost = [contacts[i] for i, reply in enumerate(replies[:len(contacts)])
-                if isinstance(reply, NoScriptError)]
+        lost = [c for group, reply in zip(groups, replies, strict=False)
+                if isinstance(reply, NoScriptError) for c in group]
         for reply in replies:
             if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
                 raise reply
@@ -352,6 +358,19 @@ class RedisState:
             if attempt >= 3:
                 raise ConnectionError("Redis keeps losing the contact script")
             await self.finish_outbox({}, lost, attempt + 1)
+
+    def _contact_groups(self, contacts: Sequence[tuple[str, int, bytes]]
+                        ) -> list[list[tuple[str, int, bytes]]]:
+        """Contacts in groups of up to 500 stored by one script call: on a Redis Cluster, the
+        keys of one call must share a slot."""
+        if isinstance(self.client, RedisCluster):
+            by_slot: dict[int, list[tuple[str, int, bytes]]] = {}
+            for c in contacts:
+                by_slot.setdefault(key_slot(self.contact_key(c[0]).encode()), []).append(c)
+            slots = list(by_slot.values())
+        else:
+            slots = [list(contacts)]
+        return [group[i:i + 500] for group in slots for i in range(0, len(group), 500)]
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
