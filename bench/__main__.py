@@ -5,7 +5,8 @@ BENCH_RUNS sets how many times the fold and the pass-through run (medians are re
 BENCH_E2E_RUNS how many times each end-to-end replay runs (1 in the full run, else BENCH_RUNS);
 BENCH_WRITE=0 prints the table without updating docs/benchmarks.md;
 BENCH_PHASES (comma-separated, default all) runs only some phases: fold, passthrough, e2e,
-scale, redis, latency, memory (e.g. BENCH_PHASES=passthrough,e2e for the end-to-end ratio);
+floor (a Faust app that only acknowledges: the most a Faust worker reaches), scale, redis,
+latency, memory (e.g. BENCH_PHASES=passthrough,e2e for the end-to-end ratio);
 BENCH_E2E_EVENTS and BENCH_MEMORY_EVENTS change the scale's event counts; BENCH_PROFILE=DIR
 records a py-spy profile of each end-to-end worker into DIR (py-spy must be
 installed in the venv).
@@ -44,7 +45,7 @@ class Scale:
     timeout: float
 
 
-PHASES = ("fold", "passthrough", "e2e", "scale", "redis", "latency", "memory")
+PHASES = ("fold", "passthrough", "floor", "e2e", "scale", "redis", "latency", "memory")
 
 SCALES = {
     "small": Scale("small", 30_000, 60_000, 150_000, 10, 5, 600),
@@ -167,7 +168,7 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
     """The phases on the real stack, in order; their table rows."""
     rows: list[tuple[str, str, str, str]] = []
     profile = os.environ.get("BENCH_PROFILE")
-    if phases & {"passthrough", "e2e", "scale", "redis"}:
+    if phases & {"passthrough", "floor", "e2e", "scale", "redis"}:
         ns = stack.namespace()
         partitions = asyncio.run(e2e.create_topics(ns))
         log(f"pre-loading {scale.e2e_events:,} events into {partitions} partitions")
@@ -188,6 +189,19 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
         rows.append(("Baseline: raw aiokafka getmany -> produce pass-through",
                      f"{pt_rate:,.0f} events/s{spread(pt_rates)}", "(the limit)",
                      "same messages, batches of up to 5,000, acks=all"))
+
+    if "floor" in phases:
+        floor_rates = []
+        for i in range(runs):
+            r = e2e.faust_floor(stack, SharedTopics(stack, f"{ns.name}fl{i}", topics_of=ns.name),
+                                scale.e2e_events, WORKER_ENV)
+            floor_rates.append(r["events_per_s"])
+            log(f"Faust floor run {i + 1}: {r['events_per_s']:,.0f} events/s "
+                f"(CPU {r['cpu_s'] * 1e6 / r['events']:.0f} us per event)")
+        floor = median(floor_rates)
+        rows.append(("Baseline: a Faust worker that only acknowledges (noack_take batches)",
+                     f"{floor:,.0f} events/s{spread(floor_rates)}", "(the limit of a worker)",
+                     "same messages and batch settings as the worker"))
 
     # 3. end to end, one worker (then two) -----------------------------------------------
     scale_rows: dict[int, list[float]] = {}

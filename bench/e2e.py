@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.adapters.kafka_admin import ensure_layout
 from service.config import Settings, load_settings
-from tests.support.stack import Namespace, Stack, Worker, free_port
+from tests.support.stack import ROOT, Namespace, Stack, Worker, free_port
 
 KINDS = ("call-ended", "transfer", "survey-answered")
 
@@ -247,3 +249,23 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def faust_floor(stack: Stack, ns: Namespace, total: int, env: dict[str, str]) -> dict[str, Any]:
+    """bench.faust_floor on the namespace's input topics: events/s of Faust alone."""
+    from service.domain.durations import parse_duration
+
+    run_env = {**os.environ, "BENCH_FLOOR_BOOTSTRAP": stack.kafka_bootstrap,
+               "BENCH_FLOOR_TOPICS": ",".join(ns.topic(k) for k in KINDS),
+               "BENCH_FLOOR_EVENTS": str(total), "BENCH_FLOOR_GROUP": f"{ns.name}-floor",
+               "BENCH_FLOOR_BATCH": env["CX_BATCH_MAX_EVENTS"],
+               "BENCH_FLOOR_WITHIN": str(parse_duration(env["CX_BATCH_MAX_WAIT"]))}
+    done = subprocess.run([sys.executable, "-m", "bench.faust_floor"], env=run_env,
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    # Faust's worker sends stdout to its log (stderr): find the line there.
+    found = re.search(r'\{"events".*?\}', done.stdout + done.stderr)
+    if found is None:
+        raise RuntimeError(f"Faust floor failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    result: dict[str, Any] = orjson.loads(found.group(0))
+    result["events_per_s"] = result["events"] / result["seconds"]
+    return result

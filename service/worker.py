@@ -17,6 +17,7 @@ with exit code 75 before writing anything, so that its restart takes that path.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -406,6 +407,19 @@ async def _kafka_reachable(app: faust.App) -> bool:
         return False
 
 
+def tune_garbage_collector() -> None:
+    """Collect cycles less often than CPython's default (every 700 net allocations).
+
+    A batch allocates millions of short-lived objects (events, views, outputs) that reference
+    counting frees; with the default thresholds the collector runs thousands of times a batch
+    and walks the states held between batches each time it reaches an older generation: a
+    quarter of the worker's CPU in the benchmark. Objects alive after start-up (modules,
+    Faust's machinery) are frozen out of collection altogether."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def run_worker(settings: Settings) -> int:
     """Create missing topics, then run the Faust worker until SIGTERM/SIGINT."""
     api_auth_required(settings)  # an API left open on a public address stops us here
@@ -426,6 +440,7 @@ def run_worker(settings: Settings) -> int:
         log.info("created topics: %s", ", ".join(created))
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, partitions)
+    tune_garbage_collector()
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0
