@@ -17,7 +17,7 @@ Keys (`P` is the key prefix, `{pN}` the input partition's Redis Cluster hash tag
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -143,6 +143,7 @@ class RedisState:
         self._commit: Script = client.register_script(_lua("commit_partition.lua"))
         self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
         self._scripts_loaded = False
+        self._cluster = isinstance(client, RedisCluster)
         self.round_trips: list[float] = []
         self.timers_per_batch = 100  # the earliest; more are read when all of these fell due
 
@@ -176,17 +177,34 @@ class RedisState:
             pipe.zrangebyscore(self.key(partition, "timers"), "-inf", "+inf", start=0,
                                num=self.timers_per_batch, withscores=True)
             pipe.lrange(self.key(partition, "outbox"), 0, -1)
-            if states:  # one MGET: a partition's keys share its Redis Cluster slot
-                pipe.mget([self.state_key(partition, state) for state in states])
+            self._queue_states(pipe, partition, states)
         replies = iter(await self._timed(pipe))
         out: dict[int, PartitionData] = {}
         for partition, states in wanted.items():
             clock = PartitionClock.parse(next(replies))
             due = [(_text(m), float(s)) for m, s in next(replies)]
             outbox = list(next(replies))
-            loaded = dict(zip(states, next(replies), strict=True)) if states else {}
-            out[partition] = PartitionData(clock, loaded, due, outbox)
+            out[partition] = PartitionData(clock, self._states_of(replies, states), due, outbox)
         return out
+
+    def _queue_states(self, pipe: Any, partition: int, states: Sequence[str]) -> None:
+        """Queue the reads of a partition's states: one MGET on one server (far less work for
+        the client than a GET each); on a Cluster a GET each (its pipelines refuse MGET)."""
+        if not states:
+            return
+        if self._cluster:
+            for state in states:
+                pipe.get(self.state_key(partition, state))
+        else:
+            pipe.mget([self.state_key(partition, state) for state in states])
+
+    def _states_of(self, replies: Iterator[Any], states: Sequence[str]
+                   ) -> dict[str, bytes | None]:
+        if not states:
+            return {}
+        if self._cluster:
+            return {state: next(replies) for state in states}
+        return dict(zip(states, next(replies), strict=True))
 
     async def due_timers(self, bounds: Mapping[int, float]) -> dict[int, list[tuple[str, float]]]:
         """Every timer of each partition due before its bound (the new watermark)."""
@@ -204,11 +222,11 @@ class RedisState:
         order = [(p, list(states)) for p, states in wanted.items()]
         order = [(p, states) for p, states in order if states]
         for partition, states in order:
-            pipe.mget([self.state_key(partition, state) for state in states])
-        replies = await self._timed(pipe) if order else []
+            self._queue_states(pipe, partition, states)
+        replies = iter(await self._timed(pipe) if order else [])
         out: dict[int, dict[str, bytes | None]] = {p: {} for p in wanted}
-        for (partition, states), raw in zip(order, replies, strict=True):
-            out[partition] = dict(zip(states, raw, strict=True))
+        for partition, states in order:
+            out[partition] = self._states_of(replies, states)
         return out
 
     async def read_state(self, partition: int, state: str) -> tuple[CustomerState | None,
@@ -363,7 +381,7 @@ class RedisState:
                         ) -> list[list[tuple[str, int, bytes]]]:
         """Contacts in groups of up to 500 stored by one script call: on a Redis Cluster, the
         keys of one call must share a slot."""
-        if isinstance(self.client, RedisCluster):
+        if self._cluster:
             by_slot: dict[int, list[tuple[str, int, bytes]]] = {}
             for c in contacts:
                 by_slot.setdefault(key_slot(self.contact_key(c[0]).encode()), []).append(c)
