@@ -281,7 +281,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_BATCH_MAX_EVENTS", "500",
              "Most events the worker applies in one batch (one Redis round trip).",
              _int_range(1, 100_000), "batch_max_events"),
-    Variable("CX_STATE_CACHE_MB", "64",
+    Variable("CX_STATE_CACHE_MB", "16",
              "Memory (estimated MB) for customer states the worker keeps between batches, so "
              "that it need not read and decode them again; 0 keeps none. Used only while no "
              "other worker wrote the partition since (docs/operations.md).",
