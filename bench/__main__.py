@@ -3,12 +3,19 @@
 BENCH_SCALE=small runs a quick version (fewer events, shorter phases) to iterate with;
 BENCH_RUNS sets how many times the fold and the pass-through run (medians are reported),
 BENCH_E2E_RUNS how many times each end-to-end replay runs (1 in the full run, else BENCH_RUNS);
-BENCH_WRITE=0 prints the table without updating docs/benchmarks.md.
+BENCH_WRITE=0 prints the table without updating docs/benchmarks.md;
+BENCH_PHASES (comma-separated, default all) runs only some phases: fold, passthrough, e2e,
+floor (a Faust app that only acknowledges: the most a Faust worker reaches), scale, redis,
+latency, memory (e.g. BENCH_PHASES=passthrough,e2e for the end-to-end ratio);
+BENCH_E2E_EVENTS and BENCH_MEMORY_EVENTS change the scale's event counts; BENCH_PROFILE=DIR
+records a py-spy profile of each end-to-end worker into DIR (py-spy must be
+installed in the venv).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import platform
 import statistics
@@ -37,6 +44,8 @@ class Scale:
     lookup_seconds: float
     timeout: float
 
+
+PHASES = ("fold", "passthrough", "floor", "e2e", "scale", "redis", "latency", "memory")
 
 SCALES = {
     "small": Scale("small", 30_000, 60_000, 150_000, 10, 5, 600),
@@ -93,10 +102,16 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     scale = SCALES[os.environ.get("BENCH_SCALE", "full")]
+    if os.environ.get("BENCH_E2E_EVENTS"):
+        scale = dataclasses.replace(scale, e2e_events=int(os.environ["BENCH_E2E_EVENTS"]))
+    if os.environ.get("BENCH_MEMORY_EVENTS"):
+        scale = dataclasses.replace(scale, memory_events=int(os.environ["BENCH_MEMORY_EVENTS"]))
     runs = int(os.environ.get("BENCH_RUNS", "3"))
     # A full end-to-end run replays 500,000 events: once by default, BENCH_E2E_RUNS for more.
     e2e_runs = int(os.environ.get("BENCH_E2E_RUNS", "1" if scale.name == "full" else runs))
-    write = os.environ.get("BENCH_WRITE", "1") != "0"
+    phases = _phases()
+    # A table of only some phases must not replace the full one in docs/benchmarks.md.
+    write = os.environ.get("BENCH_WRITE", "1") != "0" and phases == set(PHASES)
     logs = ROOT / ".cx-bench" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -110,18 +125,50 @@ def main() -> None:
     messages = workload.messages(need, base)
 
     # 1. fold ------------------------------------------------------------------------------
-    events = fold.prepare(messages[: scale.fold_events])
-    fold_rates = []
-    for i in range(runs):
-        r = fold.run(events)
-        fold_rates.append(r["events_per_s"])
-        log(f"fold run {i + 1}: {r['events_per_s']:,.0f} events/s")
-    fold_rate = median(fold_rates)
-    rows.append(("Fold: apply + settle after every event, one core",
-                 f"{fold_rate:,.0f} events/s{spread(fold_rates)}", ">= 100,000 events/s",
-                 f"{scale.fold_events:,} events of the workload"))
+    if "fold" in phases:
+        events = fold.prepare(messages[: scale.fold_events])
+        fold_rates = []
+        for i in range(runs):
+            r = fold.run(events)
+            fold_rates.append(r["events_per_s"])
+            log(f"fold run {i + 1}: {r['events_per_s']:,.0f} events/s")
+        fold_rate = median(fold_rates)
+        rows.append(("Fold: apply + settle after every event, one core",
+                     f"{fold_rate:,.0f} events/s{spread(fold_rates)}", ">= 100,000 events/s",
+                     f"{scale.fold_events:,} events of the workload"))
 
-    with local_stack() as stack:
+    if phases & {"passthrough", "e2e", "scale", "redis", "latency", "memory"}:
+        with local_stack() as stack:
+            rows.extend(_on_stack(stack, scale, runs, e2e_runs, phases, messages, base, logs))
+
+    elapsed = time.perf_counter() - began
+    command = f"make bench BENCH_SCALE={scale.name} BENCH_RUNS={runs}"
+    table = _table(rows)
+    print(table)
+    print(f"\n{command}: {elapsed / 60:.1f} min on {env_machine}")
+    if write:
+        _write_doc(table, command, started_at, env_machine, elapsed)
+
+
+
+def _phases() -> set[str]:
+    named = os.environ.get("BENCH_PHASES", "")
+    phases = {p.strip() for p in named.split(",") if p.strip()} if named else set(PHASES)
+    unknown = phases - set(PHASES)
+    if unknown:
+        raise SystemExit(f"BENCH_PHASES: unknown {', '.join(sorted(unknown))}; "
+                         f"phases are {', '.join(PHASES)}")
+    return phases
+
+
+def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[str],
+              messages: list[tuple[str, bytes, bytes]],
+              base: list[tuple[float, str, dict[str, Any]]], logs: Path
+              ) -> list[tuple[str, str, str, str]]:
+    """The phases on the real stack, in order; their table rows."""
+    rows: list[tuple[str, str, str, str]] = []
+    profile = os.environ.get("BENCH_PROFILE")
+    if phases & {"passthrough", "floor", "e2e", "scale", "redis"}:
         ns = stack.namespace()
         partitions = asyncio.run(e2e.create_topics(ns))
         log(f"pre-loading {scale.e2e_events:,} events into {partitions} partitions")
@@ -129,7 +176,9 @@ def main() -> None:
                                             messages[: scale.e2e_events]))
         log(f"pre-loaded in {preload_s:.1f}s")
 
-        # 2. baselines ---------------------------------------------------------------------
+    # 2. baselines -------------------------------------------------------------------------
+    pt_rate = float("nan")
+    if "passthrough" in phases:
         pt_rates = []
         for i in range(runs):
             pns = SharedTopics(stack, f"{ns.name}pt{i}", topics_of=ns.name)
@@ -141,39 +190,66 @@ def main() -> None:
                      f"{pt_rate:,.0f} events/s{spread(pt_rates)}", "(the limit)",
                      "same messages, batches of up to 5,000, acks=all"))
 
-        # 3. end to end, one worker (then two) -------------------------------------------
-        scale_rows: dict[int, list[float]] = {}
-        trips: list[float] = []
-        for workers in (1, 2):
-            rates = []
-            for i in range(e2e_runs):
-                wns = SharedTopics(stack, f"{ns.name}w{workers}r{i}", topics_of=ns.name)
-                r = e2e.run_workers(stack, wns, scale.e2e_events, partitions, workers, logs,
-                                    WORKER_ENV, scale.timeout)
-                rates.append(r["events_per_s"])
-                log(f"end to end, {workers} worker(s), run {i + 1}: "
-                    f"{r['events_per_s']:,.0f} events/s (start-up {r['startup_s']:.1f}s)")
-                if workers == 1:
-                    trips.append(r["round_trips_per_batch"])
-            scale_rows[workers] = rates
+    if "floor" in phases:
+        floor_rates = []
+        for i in range(runs):
+            r = e2e.faust_floor(stack, SharedTopics(stack, f"{ns.name}fl{i}", topics_of=ns.name),
+                                scale.e2e_events, WORKER_ENV)
+            floor_rates.append(r["events_per_s"])
+            log(f"Faust floor run {i + 1}: {r['events_per_s']:,.0f} events/s "
+                f"(CPU {r['cpu_s'] * 1e6 / r['events']:.0f} us per event)")
+        floor = median(floor_rates)
+        rows.append(("Baseline: a Faust worker that only acknowledges (noack_take batches)",
+                     f"{floor:,.0f} events/s{spread(floor_rates)}", "(the limit of a worker)",
+                     "same messages and batch settings as the worker"))
+
+    # 3. end to end, one worker (then two) -----------------------------------------------
+    scale_rows: dict[int, list[float]] = {}
+    trips: list[float] = []
+    counts = [n for n, phase in ((1, "e2e"), (2, "scale")) if phase in phases]
+    if "redis" in phases and 1 not in counts:
+        counts.insert(0, 1)  # the Redis baseline makes as many round trips as one worker
+    for workers in counts:
+        rates = []
+        for i in range(e2e_runs):
+            wns = SharedTopics(stack, f"{ns.name}w{workers}r{i}", topics_of=ns.name)
+            r = e2e.run_workers(stack, wns, scale.e2e_events, partitions, workers, logs,
+                                WORKER_ENV, scale.timeout, profile=profile)
+            rates.append(r["events_per_s"])
+            log(f"end to end, {workers} worker(s), run {i + 1}: "
+                f"{r['events_per_s']:,.0f} events/s (start-up {r['startup_s']:.1f}s, "
+                f"{r['events_per_batch']:,.0f} events and "
+                f"{r['round_trips_per_batch']:.1f} Redis round trips per batch, "
+                f"{r['states_from_memory']:.0%} of states from memory, "
+                f"worker CPU {r['cpu_s']:.1f}s = {r['cpu_s'] * 1e6 / scale.e2e_events:.0f} us "
+                "per event)")
+            if workers == 1:
+                trips.append(r["round_trips_per_batch"])
+        scale_rows[workers] = rates
+    if 1 in scale_rows:
         one = median(scale_rows[1])
         rows.append(("End to end, one worker: first batch stored -> last state committed "
                      "and enriched output published",
                      f"{one:,.0f} events/s{spread(scale_rows[1])}", ">= 10,000 events/s",
                      f"{scale.e2e_events:,} pre-loaded events, {partitions} partitions, "
                      f"CX_BATCH_MAX_EVENTS={WORKER_ENV['CX_BATCH_MAX_EVENTS']}"))
-        rows.append(("End to end / pass-through, same run", f"{one / pt_rate:.3f}",
-                     ">= 0.25", ""))
+        if "passthrough" in phases:
+            rows.append(("End to end / pass-through, same run", f"{one / pt_rate:.3f}",
+                         ">= 0.25", ""))
+    if 2 in scale_rows:
         two = median(scale_rows[2])
+        times = f" = {two / median(scale_rows[1]):.2f} x one worker" if 1 in scale_rows else ""
         rows.append(("Scale: end to end, two worker processes",
-                     f"{two:,.0f} events/s{spread(scale_rows[2])} = {two / one:.2f} x one "
-                     "worker", "(shows overhead on 2 cores)",
+                     f"{two:,.0f} events/s{spread(scale_rows[2])}{times}",
+                     "(shows overhead on 2 cores)",
                      "Kafka, Redis and both workers share the 2 cores"))
 
+    if "redis" in phases:
         # Redis baseline: as many round trips of the same shape as the service makes.
         per_batch = median(trips)
         batches = max(1, scale.e2e_events // int(WORKER_ENV["CX_BATCH_MAX_EVENTS"]))
-        rb = e2e.redis_baseline(stack.redis_url, round_trips=max(200, int(per_batch * batches)),
+        rb = e2e.redis_baseline(stack.redis_url,
+                                round_trips=max(200, int(per_batch * batches)),
                                 commands_per_trip=1000)
         rows.append(("Baseline: raw Redis pipelines (1,000 SET/GET of 700 B each)",
                      f"{rb['round_trips_per_s']:,.0f} round trips/s = "
@@ -181,54 +257,55 @@ def main() -> None:
                      f"{rb['round_trips']:,} round trips; the service makes "
                      f"{per_batch:.1f} per batch"))
 
-        # 4 + 5. latency at a steady rate, then the lookup under load ----------------------
-        lns = stack.namespace()
-        asyncio.run(e2e.create_topics(lns))
-        worker = Worker(lns, logs / f"{lns.name}-live.log", **{**WORKER_ENV,
-                                                                "CX_BATCH_MAX_WAIT": "20ms"})
-        try:
-            worker.wait_ready(120)
-            asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 200, 3))
-            lat = asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 1000,
-                                           scale.latency_seconds))
-            e, k = lat["enriched"], lat["lookup"]
-            rows.append(("Latency at 1,000 events/s: produce -> enriched readable",
-                         f"p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms, "
-                         f"max {e['max_ms']:.0f} ms", "p99 <= 250 ms",
-                         f"{e['n']:,} events at {lat['rate']:,.0f}/s, {lat['lost']} unmatched"))
-            rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
-                         f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
-                         f"max {k['max_ms']:.0f} ms", "",
-                         f"{k['n']} sampled events, polled every 5 ms"))
-            customers = [f"live-cust-{i}" for i in range(20_000)]
-            known = [c for c in customers[:5000]
-                     if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
-            for concurrency in (200, 1):
-                lk = asyncio.run(live.lookup_load(worker.base_url, known, concurrency,
-                                                  scale.lookup_seconds))
-                rows.append((f"GET /api/v1/customers/{{id}}, {concurrency} concurrent",
-                             f"p50 {lk['p50_ms']:.1f} ms, p99 {lk['p99_ms']:.1f} ms, "
-                             f"{lk['requests_per_s']:,.0f} req/s",
-                             "p99 <= 10 ms" if concurrency == 200 else "",
-                             f"{len(known):,} customers, errors: {lk['errors'] or 'none'}, "
-                             "client on the same 2 cores"))
-        finally:
-            worker.stop(30)
+    # 4 + 5. latency at a steady rate, then the lookup under load --------------------------
+    if "latency" in phases:
+        rows.extend(_latency(stack, scale, logs))
 
-        # 6. memory ------------------------------------------------------------------------
-        rows.extend(_memory(stack, base, scale, logs))
+    # 6. memory ----------------------------------------------------------------------------
+    if "memory" in phases:
+        rows.extend(_memory(stack, base, scale, logs, profile))
+    return rows
 
-    elapsed = time.perf_counter() - began
-    command = f"make bench BENCH_SCALE={scale.name} BENCH_RUNS={runs}"
-    table = _table(rows)
-    print(table)
-    print(f"\n{command}: {elapsed / 60:.1f} min on {env_machine}")
-    if write:
-        _write_doc(table, command, started_at, env_machine, elapsed)
+
+def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    lns = stack.namespace()
+    asyncio.run(e2e.create_topics(lns))
+    worker = Worker(lns, logs / f"{lns.name}-live.log", **{**WORKER_ENV,
+                                                            "CX_BATCH_MAX_WAIT": "20ms"})
+    try:
+        worker.wait_ready(120)
+        asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 200, 3))
+        lat = asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 1000,
+                                       scale.latency_seconds))
+        e, k = lat["enriched"], lat["lookup"]
+        rows.append(("Latency at 1,000 events/s: produce -> enriched readable",
+                     f"p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms, "
+                     f"max {e['max_ms']:.0f} ms", "p99 <= 250 ms",
+                     f"{e['n']:,} events at {lat['rate']:,.0f}/s, {lat['lost']} unmatched"))
+        rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
+                     f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
+                     f"max {k['max_ms']:.0f} ms", "",
+                     f"{k['n']} sampled events, polled every 5 ms"))
+        customers = [f"live-cust-{i}" for i in range(20_000)]
+        known = [c for c in customers[:5000]
+                 if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
+        for concurrency in (200, 1):
+            lk = asyncio.run(live.lookup_load(worker.base_url, known, concurrency,
+                                              scale.lookup_seconds))
+            rows.append((f"GET /api/v1/customers/{{id}}, {concurrency} concurrent",
+                         f"p50 {lk['p50_ms']:.1f} ms, p99 {lk['p99_ms']:.1f} ms, "
+                         f"{lk['requests_per_s']:,.0f} req/s",
+                         "p99 <= 10 ms" if concurrency == 200 else "",
+                         f"{len(known):,} customers, errors: {lk['errors'] or 'none'}, "
+                         "client on the same 2 cores"))
+    finally:
+        worker.stop(30)
+    return rows
 
 
 def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: Scale,
-            logs: Path) -> list[tuple[str, str, str, str]]:
+            logs: Path, profile: str | None = None) -> list[tuple[str, str, str, str]]:
     client = redis.Redis.from_url(stack.redis_url)
     ns = stack.namespace()
     partitions = asyncio.run(e2e.create_topics(ns))
@@ -257,7 +334,7 @@ def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: 
         return e2e.rss_mb(procs[0].proc.pid)
 
     r = e2e.run_workers(stack, ns, produced, partitions, 1, logs, WORKER_ENV,
-                        scale.timeout * 2, sample)
+                        scale.timeout * 2, sample, profile=profile)
     rss = [s[2] for s in r["samples"]]
     final = r.get("final_sample", rss[-1] if rss else 0.0)
     marks = [rss[len(rss) * q // 4] if rss else final for q in (1, 2, 3)]

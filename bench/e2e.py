@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.adapters.kafka_admin import ensure_layout
 from service.config import Settings, load_settings
-from tests.support.stack import Namespace, Stack, Worker, free_port
+from tests.support.stack import ROOT, Namespace, Stack, Worker, free_port
 
 KINDS = ("call-ended", "transfer", "survey-answered")
 
@@ -144,17 +150,20 @@ def progress(client: redis.Redis, ns: Namespace, partitions: int) -> tuple[int, 
 
 def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, workers: int,
                 logs: Path, env: dict[str, str], timeout: float,
-                sample: Any = None) -> dict[str, Any]:
+                sample: Any = None, profile: str | None = None) -> dict[str, Any]:
     """Start `workers` processes on pre-loaded topics; events/s from the first batch stored
-    to the last one stored with its outputs published."""
+    to the last one stored with its outputs published. `profile`: a directory to write a
+    py-spy flame graph of each worker into (recorded from the first batch stored)."""
     client = redis.Redis.from_url(stack.redis_url)
     procs = []
     for i in range(workers):
         wns = dataclasses.replace(ns, http_port=free_port()) if i else ns
         procs.append(Worker(wns, logs / f"{ns.name}-worker-{i}.log", **env))
+    spies: list[subprocess.Popen[bytes]] = []
     launched = time.perf_counter()
     first: float | None = None
     first_done = 0
+    cpu_at_first = 0.0
     finished: float | None = None
     samples: list[tuple[float, int, int]] = []
     try:
@@ -165,6 +174,10 @@ def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, worker
             now = time.perf_counter()
             if first is None and done > 0:
                 first, first_done = now, done
+                cpu_at_first = sum(cpu_seconds(w.proc.pid) for w in procs)
+                if profile:
+                    spies = [_py_spy(w.proc.pid, Path(profile) / f"{ns.name}-worker-{i}")
+                             for i, w in enumerate(procs)]
             if done >= total and outbox == 0:
                 finished = now
                 break
@@ -175,6 +188,7 @@ def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, worker
                 if w.proc.poll() is not None:
                     raise RuntimeError(f"worker exited: {w.logs()}")
             time.sleep(0.05)
+        cpu = sum(cpu_seconds(w.proc.pid) for w in procs) - cpu_at_first
         if finished is None or first is None:
             raise RuntimeError(f"workers did not finish {total} events in {timeout}s "
                                f"(done {progress(client, ns, partitions)})")
@@ -184,17 +198,49 @@ def run_workers(stack: Stack, ns: Namespace, total: int, partitions: int, worker
             "events_per_s": (total - first_done) / (finished - first),
             "startup_s": first - launched,
             "samples": samples,
+            "cpu_s": cpu,  # the workers' CPU time from the first batch stored to the end
         }
         if sample is not None:
             result["final_sample"] = sample(procs)
         trips = sum(w.metric("cx_redis_round_trip_seconds_count") for w in procs)
         batches = sum(w.metric("cx_batch_events_count") for w in procs)
+        events = sum(w.metric("cx_batch_events_sum") for w in procs)
         result["round_trips_per_batch"] = trips / batches if batches else float("nan")
+        result["events_per_batch"] = events / batches if batches else float("nan")
+        memory = sum(w.metric("cx_state_reads_total", source="memory") for w in procs)
+        read = sum(w.metric("cx_state_reads_total", source="redis") for w in procs)
+        result["states_from_memory"] = memory / (memory + read) if memory + read else 0.0
         return result
     finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+        for spy in spies:
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
         for w in procs:
             w.stop(30)
         client.close()
+
+
+def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
+         "--output", f"{out}.txt", "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -203,3 +249,23 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def faust_floor(stack: Stack, ns: Namespace, total: int, env: dict[str, str]) -> dict[str, Any]:
+    """bench.faust_floor on the namespace's input topics: events/s of Faust alone."""
+    from service.domain.durations import parse_duration
+
+    run_env = {**os.environ, "BENCH_FLOOR_BOOTSTRAP": stack.kafka_bootstrap,
+               "BENCH_FLOOR_TOPICS": ",".join(ns.topic(k) for k in KINDS),
+               "BENCH_FLOOR_EVENTS": str(total), "BENCH_FLOOR_GROUP": f"{ns.name}-floor",
+               "BENCH_FLOOR_BATCH": env["CX_BATCH_MAX_EVENTS"],
+               "BENCH_FLOOR_WITHIN": str(parse_duration(env["CX_BATCH_MAX_WAIT"]))}
+    done = subprocess.run([sys.executable, "-m", "bench.faust_floor"], env=run_env,
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    # Faust's worker sends stdout to its log (stderr): find the line there.
+    found = re.search(r'\{"events".*?\}', done.stdout + done.stderr)
+    if found is None:
+        raise RuntimeError(f"Faust floor failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    result: dict[str, Any] = orjson.loads(found.group(0))
+    result["events_per_s"] = result["events"] / result["seconds"]
+    return result

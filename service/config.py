@@ -281,6 +281,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_BATCH_MAX_EVENTS", "500",
              "Most events the worker applies in one batch (one Redis round trip).",
              _int_range(1, 100_000), "batch_max_events"),
+    Variable("CX_STATE_CACHE_MB", "16",
+             "Memory (estimated MB) for customer states the worker keeps between batches, so "
+             "that it need not read and decode them again; 0 keeps none. Used only while no "
+             "other worker wrote the partition since (docs/operations.md).",
+             _int_range(0, 65_536), "state_cache_mb"),
     Variable("CX_BATCH_MAX_WAIT", "50ms",
              "Longest time the worker waits to fill a batch before applying what it has.",
              _positive_seconds, "batch_max_wait"),
@@ -476,6 +481,7 @@ class Settings:
     max_event_bytes: int
     batch_max_events: int
     batch_max_wait: float
+    state_cache_mb: int
     kafka_session_timeout: float
     commit_interval: float
     repeat_window: float

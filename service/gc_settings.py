@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gc
 
-YOUNG_THRESHOLD = 20_000
-OLDER_THRESHOLDS = (50, 50)
+YOUNG_THRESHOLD = 50_000
+OLDER_THRESHOLDS = (50, 100)
 
 
 def tune_garbage_collector() -> None:

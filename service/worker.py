@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, EventT, StreamT
 from redis.exceptions import RedisError
 
@@ -48,6 +49,7 @@ from service.service_layer.ingest import (
     Topics,
     is_transient,
 )
+from service.service_layer.state_cache import StateCache
 
 log = logging.getLogger(__name__)
 EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
@@ -55,15 +57,42 @@ EXIT_REDIS_RESTARTED = 75  # EX_TEMPFAIL: restart me, I will resume from what Re
 
 
 class KafkaOutputs:
-    """Publishes records through the Faust app's producer and waits for the broker's acks."""
+    """Publishes records through the Faust app's producer and waits for the broker's acks.
+
+    Records are grouped by topic partition (chosen as the producer's default partitioner
+    would: murmur2 of the key) and handed to the producer as whole record batches: one call
+    per batch, not per record."""
 
     def __init__(self, app: faust.App) -> None:
         self._app = app
+        self._partitioner = DefaultPartitioner()
 
     async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        producer = self._app.producer
-        pending = [await producer.send(topic, key, value, None, None, None)
-                   for topic, key, value in records]
+        producer: Any = self._app.producer
+        kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
+        partitions: dict[str, list[int]] = {}
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        for topic, key, value in records:
+            known = partitions.get(topic)
+            if known is None:
+                known = partitions[topic] = sorted(await kafka.partitions_for(topic))
+            partition = self._partitioner(key, known, known)
+            by_partition.setdefault((topic, partition), []).append((key, value))
+        pending = []
+        for (topic, partition), items in by_partition.items():
+            batch = kafka.create_batch()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is not None:
+                    continue
+                if batch.record_count():  # full: send it, start the next one
+                    pending.append(await kafka.send_batch(batch, topic, partition=partition))
+                    batch = kafka.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is not None:
+                        continue
+                # larger than a batch: on its own
+                pending.append(await kafka.send(topic, value, key, partition=partition))
+            if batch.record_count():
+                pending.append(await kafka.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*pending)
 
 
@@ -101,6 +130,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
         producer_acks=-1,
+        producer_max_batch_size=256 * 1024,  # outputs go in batches (KafkaOutputs)
         stream_wait_empty=True,
         broker_credentials=faust_credentials(settings),
         web_application_options=guard.application_options(),
@@ -129,6 +159,10 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     guard_redis_restarts(state.client)
     rewind_to_applied(app, state, settings.input_topics, partitions)
 
+    # Customer states kept between batches (service_layer/state_cache.py); a rebalance drops
+    # them: another worker may write a partition in between.
+    cache = (StateCache(settings.state_cache_mb * 1024 * 1024, settings.state_idle_ttl)
+             if settings.state_cache_mb else None)
     processor = IngestProcessor(
         state=state,
         sink=KafkaOutputs(app),
@@ -141,6 +175,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         retry_max_backoff=settings.retry_max_backoff,
         lagging=lagging,
         input_topics=settings.input_topics,
+        cache=cache,
     )
     group_joined = asyncio.Event()
 
@@ -192,6 +227,14 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     @app.on_rebalance_complete.connect
     async def _joined(*args: Any, **kwargs: Any) -> None:
         group_joined.set()
+
+    if cache is not None:
+        def _drop(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            """Revoked or assigned (the signals' first argument): forget those partitions."""
+            cache.drop({tp.partition for tp in args[0]})
+
+        app.on_partitions_revoked.connect(_drop)
+        app.on_partitions_assigned.connect(_drop)
 
     async def readiness() -> dict[str, bool]:
         try:

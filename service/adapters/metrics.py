@@ -85,6 +85,15 @@ class PipelineMetrics:
             "cx_contact_corrections",
             "New versions of already published contacts (late events, window closes).",
             registry=r)
+        self.state_reads = Counter(
+            "cx_state_reads", "Customer states a batch needed, by where they came from: "
+            "`memory` (kept since this worker's last commit) or `redis`.", ["source"],
+            registry=r)
+        self.state_reads_memory = self.state_reads.labels("memory")
+        self.state_reads_redis = self.state_reads.labels("redis")
+        self.state_cache_bytes = Gauge(
+            "cx_state_cache_bytes", "Estimated memory of the customer states kept between "
+            "batches (CX_STATE_CACHE_MB bounds it).", registry=r)
         self.topics = tuple(topics)
         self.consumed_by_topic = {t: self.consumed.labels(t) for t in self.topics}
         self.applied_by_topic = {t: self.applied.labels(t) for t in self.topics}

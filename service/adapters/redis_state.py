@@ -1,26 +1,30 @@
 """Redis side of the engine: partition clocks, customer states, hour counters, timers, outbox.
 
 Keys (`P` is the key prefix, `{pN}` the input partition's Redis Cluster hash tag):
-- `P:{pN}:clock` hash: `seq` (write guard), `wm` (watermark), and per input topic `m:` newest
-  event time, `o:` last applied offset, `n:` events applied;
+- `P:{pN}:clock` hash: `seq` (write guard), `w` (token of the worker that wrote `seq`, '' when
+  it keeps no states in memory), `wm` (watermark), and per input topic `m:` newest event time,
+  `o:` last applied offset, `n:` events applied;
 - `P:{pN}:s:c:<customer_id>` a customer's state; `P:{pN}:s:u:<contact_id>` the state of an
   unidentified caller's contact (JSON strings);
 - `P:{pN}:timers` sorted set: state keys by the event time they next need attention;
 - `P:{pN}:outbox` list: outputs committed but not yet published to Kafka;
 - `P:{pN}:h:<hour>` hash: counters of the hour starting at epoch second `<hour>`, fields
   `<dimension>|<name>`;
-- `P:contact:<contact_id>` hash: latest enriched view of a contact (`v` version, `j` JSON).
+- `P:contact:<contact_id>` hash: latest enriched view of a contact (`v` version, `j` JSON),
+  stored by put_contact.lua, many per call (on a Redis Cluster, those of one slot).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from service.adapters import redis_modes
@@ -52,6 +56,7 @@ def _text(value: Any) -> str:
 @dataclass
 class PartitionClock:
     seq: str = ""
+    writer: str = ""  # the token of the worker that committed `seq` (StateCache)
     watermark: float | None = None
     newest: dict[str, float] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
@@ -67,6 +72,8 @@ class PartitionClock:
             name, text = _text(key), _text(value)
             if name == "seq":
                 clock.seq = text
+            elif name == "w":
+                clock.writer = text
             elif name == "wm":
                 clock.watermark = float(text)
             elif name.startswith("m:"):
@@ -86,17 +93,22 @@ class PartitionClock:
 
 @dataclass
 class PartitionData:
-    """What a batch reads of one partition. States stay encoded: each planning pass decodes
-    its own copy, so a pass that is redone starts from what Redis holds."""
+    """What a batch reads of one partition: states as Redis holds them (encoded), and states
+    this worker kept in memory since its last commit of the partition (`held`)."""
 
     clock: PartitionClock
     states: dict[str, bytes | None]
     due: list[tuple[str, float]]
     outbox: list[bytes]
     due_until: float | None = None  # `due` holds every timer due before this, not the first
+    held: dict[str, CustomerState] = field(default_factory=dict)
+
+    def has(self, key: str) -> bool:
+        return key in self.held or key in self.states
 
     def state(self, key: str) -> CustomerState | None:
-        return decode_state(self.states.get(key))
+        held = self.held.get(key)
+        return held if held is not None else decode_state(self.states.get(key))
 
 
 @dataclass
@@ -109,6 +121,11 @@ class PartitionCommit:
     clock_fields: dict[str, str]
     outbox: list[bytes]
     clock_increments: dict[str, int] = field(default_factory=dict)
+    writer: str = ""  # stored as the clock's `w`: the committing worker's token, if any
+    # Set by RedisState.commit once committed: the clock's new seq, and each written state's
+    # JSON size in bytes.
+    committed_seq: str | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 class Conflict(Exception):
@@ -126,6 +143,7 @@ class RedisState:
         self._commit: Script = client.register_script(_lua("commit_partition.lua"))
         self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
         self._scripts_loaded = False
+        self._cluster = isinstance(client, RedisCluster)
         self.round_trips: list[float] = []
         self.timers_per_batch = 100  # the earliest; more are read when all of these fell due
 
@@ -159,17 +177,34 @@ class RedisState:
             pipe.zrangebyscore(self.key(partition, "timers"), "-inf", "+inf", start=0,
                                num=self.timers_per_batch, withscores=True)
             pipe.lrange(self.key(partition, "outbox"), 0, -1)
-            for state in states:
-                pipe.get(self.state_key(partition, state))
+            self._queue_states(pipe, partition, states)
         replies = iter(await self._timed(pipe))
         out: dict[int, PartitionData] = {}
         for partition, states in wanted.items():
             clock = PartitionClock.parse(next(replies))
             due = [(_text(m), float(s)) for m, s in next(replies)]
             outbox = list(next(replies))
-            loaded = {state: next(replies) for state in states}
-            out[partition] = PartitionData(clock, loaded, due, outbox)
+            out[partition] = PartitionData(clock, self._states_of(replies, states), due, outbox)
         return out
+
+    def _queue_states(self, pipe: Any, partition: int, states: Sequence[str]) -> None:
+        """Queue the reads of a partition's states: one MGET on one server (far less work for
+        the client than a GET each); on a Cluster a GET each (its pipelines refuse MGET)."""
+        if not states:
+            return
+        if self._cluster:
+            for state in states:
+                pipe.get(self.state_key(partition, state))
+        else:
+            pipe.mget([self.state_key(partition, state) for state in states])
+
+    def _states_of(self, replies: Iterator[Any], states: Sequence[str]
+                   ) -> dict[str, bytes | None]:
+        if not states:
+            return {}
+        if self._cluster:
+            return {state: next(replies) for state in states}
+        return dict(zip(states, next(replies), strict=True))
 
     async def due_timers(self, bounds: Mapping[int, float]) -> dict[int, list[tuple[str, float]]]:
         """Every timer of each partition due before its bound (the new watermark)."""
@@ -184,13 +219,14 @@ class RedisState:
     async def load_states(self, wanted: Mapping[int, Iterable[str]]
                           ) -> dict[int, dict[str, bytes | None]]:
         pipe = self.client.pipeline(transaction=False)
-        order = [(p, s) for p, states in wanted.items() for s in states]
-        for partition, state in order:
-            pipe.get(self.state_key(partition, state))
-        replies = await self._timed(pipe) if order else []
+        order = [(p, list(states)) for p, states in wanted.items()]
+        order = [(p, states) for p, states in order if states]
+        for partition, states in order:
+            self._queue_states(pipe, partition, states)
+        replies = iter(await self._timed(pipe) if order else [])
         out: dict[int, dict[str, bytes | None]] = {p: {} for p in wanted}
-        for (partition, state), raw in zip(order, replies, strict=True):
-            out[partition][state] = raw
+        for partition, states in order:
+            out[partition] = self._states_of(replies, states)
         return out
 
     async def read_state(self, partition: int, state: str) -> tuple[CustomerState | None,
@@ -264,11 +300,18 @@ class RedisState:
                 "tr": c.timers_remove,
                 "k": [v for kv in c.clock_fields.items() for v in kv],
                 "ci": [[name, n] for name, n in c.clock_increments.items() if n],
+                "w": c.writer,
             }
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
                                self._counter_ttl_ms, orjson.dumps(ops)]
-            args += [b"" if s is None else orjson.dumps(s.to_dict())
-                     for s in c.states.values()]
+            sizes = c.sizes
+            for name, s in c.states.items():
+                if s is None:
+                    args.append(b"")
+                else:
+                    encoded = orjson.dumps(s.to_dict())
+                    sizes[name] = len(encoded)
+                    args.append(encoded)
             args += c.outbox
             pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
         replies = await self._timed_raising(pipe)
@@ -282,6 +325,8 @@ class RedisState:
                     conflicts.add(partition)
                 else:
                     raise reply
+            else:
+                commits[partition].committed_seq = _text(reply)
         if lost:
             self._scripts_loaded = False
             if attempt >= 3:
@@ -312,15 +357,17 @@ class RedisState:
         if contacts and not self._scripts_loaded:
             await self._load_scripts()
         pipe = self.client.pipeline(transaction=False)
-        for contact_id, version, view in contacts:
-            pipe.evalsha(self._put_contact.sha, 1, self.contact_key(contact_id), version, view,
-                         self._contact_ttl_ms)
+        groups = self._contact_groups(contacts)
+        for group in groups:
+            keys = [self.contact_key(contact_id) for contact_id, _, _ in group]
+            args: list[Any] = [v for _, version, view in group for v in (version, view)]
+            pipe.evalsha(self._put_contact.sha, len(keys), *keys, *args, self._contact_ttl_ms)
         for partition, n in published.items():
             if n:
                 pipe.ltrim(self.key(partition, "outbox"), n, -1)
         replies = await self._timed_raising(pipe)
-        lost = [contacts[i] for i, reply in enumerate(replies[:len(contacts)])
-                if isinstance(reply, NoScriptError)]
+        lost = [c for group, reply in zip(groups, replies, strict=False)
+                if isinstance(reply, NoScriptError) for c in group]
         for reply in replies:
             if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
                 raise reply
@@ -329,6 +376,19 @@ class RedisState:
             if attempt >= 3:
                 raise ConnectionError("Redis keeps losing the contact script")
             await self.finish_outbox({}, lost, attempt + 1)
+
+    def _contact_groups(self, contacts: Sequence[tuple[str, int, bytes]]
+                        ) -> list[list[tuple[str, int, bytes]]]:
+        """Contacts in groups of up to 500 stored by one script call: on a Redis Cluster, the
+        keys of one call must share a slot."""
+        if self._cluster:
+            by_slot: dict[int, list[tuple[str, int, bytes]]] = {}
+            for c in contacts:
+                by_slot.setdefault(key_slot(self.contact_key(c[0]).encode()), []).append(c)
+            slots = list(by_slot.values())
+        else:
+            slots = [list(contacts)]
+        return [group[i:i + 500] for group in slots for i in range(0, len(group), 500)]
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

@@ -40,6 +40,7 @@ from service.adapters.redis_state import (
     parse_outbox_item,
 )
 from service.domain import watermark as clocks
+from service.domain.counters import BucketKey, expand, merge_counts
 from service.domain.engine import (
     Settled,
     alert_payload,
@@ -58,6 +59,7 @@ from service.domain.events import (
 )
 from service.domain.policy import Policy
 from service.domain.records import CustomerState
+from service.service_layer.state_cache import StateCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -160,10 +162,25 @@ class _Plan:
     published: list[tuple[str, tuple[str, str, str], int]] = field(default_factory=list)
     # The outbox items of `commit`, not encoded: (kind, key, version, value)
     outputs: list[tuple[str, str | None, int, bytes]] = field(default_factory=list)
+    # Count vectors of the settled contacts; hash fields of `commit.counters` once at the end
+    counts: dict[BucketKey, list[int]] = field(default_factory=dict)
 
     def emit(self, kind: str, key: str | None, version: int, value: bytes) -> None:
         self.commit.outbox.append(outbox_item(kind, key, version, value))
         self.outputs.append((kind, key, version, value))
+
+
+@dataclass
+class _Fold:
+    """A partition's events applied to their states, before settling."""
+
+    plan: _Plan
+    offsets: dict[str, int]
+    newest: dict[str, float]
+    applied: dict[str, int]
+    states: dict[str, CustomerState] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)
+    watermark: float | None = None
 
 
 class IngestProcessor:
@@ -180,6 +197,7 @@ class IngestProcessor:
         retry_max_backoff: float,
         lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False,
         input_topics: Sequence[str] = (),
+        cache: StateCache | None = None,
     ) -> None:
         self._state = state
         self._sink = sink
@@ -191,6 +209,7 @@ class IngestProcessor:
         self._retry_max_backoff = retry_max_backoff
         self._lagging = lagging
         self._input_topics = tuple(input_topics)
+        self._cache = cache
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -232,6 +251,8 @@ class IngestProcessor:
                     m.duplicates_by_topic[topic].inc(dups)
                 for topic, reason in plan.late:
                     m.invalid_by_topic_reason[(topic, reason)].inc()
+        if self._cache is not None:
+            m.state_cache_bytes.set(self._cache.bytes)
         for seconds in self._state.round_trips:
             m.redis_round_trip.observe(seconds)
         self._state.round_trips.clear()
@@ -301,41 +322,74 @@ class IngestProcessor:
         pending = dict(valid)
         done: dict[int, _Plan] = {}
         leftovers: dict[int, list[bytes]] = {}
-        for attempt in range(20):
-            plans, outboxes = await self._plan(pending)
-            conflicts = await self._state.commit({p: plan.commit for p, plan in plans.items()})
-            for partition, plan in plans.items():
-                if partition not in conflicts:
-                    done[partition] = plan
-                    leftovers[partition] = outboxes[partition]
-            if not conflicts:
-                return done, leftovers
-            log.warning("partitions %s were written by another worker; redoing them",
-                        sorted(conflicts))
-            pending = {p: valid[p] for p in conflicts}
-            await asyncio.sleep(min(0.05 * 2 ** attempt, 2.0))
+        cache = self._cache
+        try:
+            for attempt in range(20):
+                plans, outboxes = await self._plan(pending)
+                written_at = time.monotonic()
+                commits = {p: plan.commit for p, plan in plans.items()}
+                conflicts = await self._state.commit(commits)
+                for partition, plan in plans.items():
+                    if partition not in conflicts:
+                        done[partition] = plan
+                        leftovers[partition] = outboxes[partition]
+                        c = plan.commit
+                        if cache is not None and c.committed_seq is not None:
+                            cache.committed(partition, c.committed_seq, c.states, c.sizes,
+                                            written_at)
+                if not conflicts:
+                    return done, leftovers
+                if cache is not None:
+                    cache.drop(conflicts)  # the fold changed the states it held
+                log.warning("partitions %s were written by another worker; redoing them",
+                            sorted(conflicts))
+                pending = {p: valid[p] for p in conflicts}
+                await asyncio.sleep(min(0.05 * 2 ** attempt, 2.0))
+        except BaseException:
+            # The fold mutates states in place: after a failed batch, those held in memory
+            # may differ from Redis. The retry reads them again.
+            if cache is not None:
+                cache.drop(valid)
+            raise
         raise Conflict(f"partitions {sorted(pending)} kept changing under this worker")
 
     async def _plan(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
                     ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
-        wanted = {p: list(dict.fromkeys(state_key(e) for _, e in items))
-                  for p, items in valid.items()}
+        """Fold the events into their states, read the timers that fall due at the new
+        watermarks (and their states), then settle every touched or due state."""
+        cache = self._cache
+        wanted: dict[int, list[str]] = {}
+        held: dict[int, dict[str, CustomerState]] = {}
+        for p, items in valid.items():
+            keys = list(dict.fromkeys([state_key(e) for _, e in items]))
+            held[p] = cache.take(p, keys) if cache is not None else {}
+            wanted[p] = [k for k in keys if k not in held[p]] if held[p] else keys
         data = await self._state.load(wanted)
-        # The batch's new watermarks, found without folding, say which timers fall due: read
-        # those and their states first, so each partition is planned once.
-        marks = {p: self._next_watermark(p, valid[p], data[p].clock) for p in valid}
-        await self._read_due(data, marks)
-        plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
-        # Planning found another watermark (a topic's lag changed meanwhile): read what that
-        # one needs and plan again from scratch.
-        if await self._read_due(data, {p: plan.watermark for p, plan in plans.items()}):
-            plans = {p: self._plan_partition(p, valid[p], data[p]) for p in valid}
+        current: set[int] = set()  # partitions whose held states are what Redis holds
+        if cache is not None:
+            stale: dict[int, list[str]] = {}
+            for p in valid:
+                if cache.valid(p, data[p].clock):
+                    current.add(p)
+                    data[p].held = held[p]
+                elif held[p]:  # another writer since this worker's last commit: read them
+                    stale[p] = list(held[p])
+            if stale:
+                for partition, raw in (await self._state.load_states(stale)).items():
+                    data[partition].states.update(raw)
+            found = sum(len(data[p].held) for p in current)
+            self._metrics.state_reads_memory.inc(found)
+            self._metrics.state_reads_redis.inc(sum(map(len, held.values())) - found
+                                                + sum(map(len, wanted.values())))
+        folds = {p: self._fold_partition(p, valid[p], data[p]) for p in valid}
+        await self._read_due(data, {p: f.watermark for p, f in folds.items()}, current)
+        plans = {p: self._settle_partition(folds[p], data[p]) for p in valid}
         return plans, {p: data[p].outbox for p in valid}
 
     async def _read_due(self, data: dict[int, PartitionData],
-                        marks: Mapping[int, float | None]) -> bool:
+                        marks: Mapping[int, float | None], current: set[int]) -> None:
         """Read the timers due before each partition's watermark and the states they name
-        that are not read yet; whether anything had to be read."""
+        that are not read yet (`current`: partitions whose held states may be used)."""
         # The first read brings only the earliest timers; when all of them fell due at the
         # new watermark there may be more: read every due one.
         more_due: dict[int, float] = {}
@@ -348,69 +402,71 @@ class IngestProcessor:
             for partition, due in (await self._state.due_timers(more_due)).items():
                 data[partition].due = due
                 data[partition].due_until = more_due[partition]
-        # Timers that fell due need their states.
-        missing = {p: [m for m, at in data[p].due
-                       if wm is not None and at < wm and m not in data[p].states]
-                   for p, wm in marks.items()}
-        missing = {p: keys for p, keys in missing.items() if keys}
+        # Timers that fell due need their states: from memory when this worker holds them.
+        cache = self._cache
+        missing: dict[int, list[str]] = {}
+        for p, wm in marks.items():
+            if wm is None:
+                continue
+            d = data[p]
+            keys = [m for m, at in d.due if at < wm and not d.has(m)]
+            if keys and cache is not None and p in current:
+                found = cache.take(p, keys)
+                d.held.update(found)
+                keys = [k for k in keys if k not in found]
+            if keys:
+                missing[p] = keys
         if missing:
             more = await self._state.load_states(missing)
             for partition, states in more.items():
                 data[partition].states.update(states)
-        return bool(more_due or missing)
 
-    def _next_watermark(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
-                        clock: PartitionClock) -> float | None:
-        """The watermark `_plan_partition` will reach with these items (same rules)."""
-        offsets = dict(clock.offsets)
-        newest = dict(clock.newest)
-        for msg, event in items:
-            last = offsets.get(msg.topic)
-            if last is not None and msg.offset <= last:
-                continue
-            offsets[msg.topic] = msg.offset
-            if is_too_late(event, clock.watermark, self._policy):
-                continue
-            t = event.header.occurred_at.timestamp()
-            newest[msg.topic] = max(newest.get(msg.topic, t), t)
-        lagging = [t for t in self._input_topics
-                   if self._lagging(t, partition, offsets.get(t))]
-        return clocks.advance(clock.watermark, newest, lagging)
-
-    def _plan_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
-                        data: PartitionData) -> _Plan:
+    def _fold_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
+                        data: PartitionData) -> _Fold:
+        """Apply the partition's events to their states; the new watermark."""
         clock = data.clock
         policy = self._policy
         outcome = BatchOutcome()
-        plan = _Plan(PartitionCommit(clock.seq, {}, {}, {}, [], {}, []), outcome)
-        states: dict[str, CustomerState] = {}
-        touched: set[str] = set()
-        offsets = dict(clock.offsets)
-        newest = dict(clock.newest)
-        applied_counts = dict(clock.applied)
-        now = datetime.now(UTC)
+        plan = _Plan(PartitionCommit(clock.seq, {}, {}, {}, [], {}, [],
+                                     writer="" if self._cache is None else self._cache.token),
+                     outcome)
+        fold = _Fold(plan, dict(clock.offsets), dict(clock.newest), dict(clock.applied))
+        states = fold.states
+        touched = fold.touched
+        offsets = fold.offsets
+        newest = fold.newest
+        applied_counts = fold.applied
+        per_topic = plan.per_topic
+        watermark = clock.watermark
+        now: datetime | None = None
         for msg, event in items:
-            counts = plan.per_topic.setdefault(msg.topic, [0, 0, 0])
-            last = offsets.get(msg.topic)
+            topic = msg.topic
+            counts = per_topic.get(topic)
+            if counts is None:
+                counts = per_topic[topic] = [0, 0, 0]
+            last = offsets.get(topic)
             if last is not None and msg.offset <= last:
                 counts[1] += 1  # applied before a restart: Kafka delivered it again
                 outcome.duplicates += 1
                 continue
-            offsets[msg.topic] = msg.offset
+            offsets[topic] = msg.offset
             t = event.header.occurred_at.timestamp()
-            if is_too_late(event, clock.watermark, policy):
+            if is_too_late(event, watermark, policy):
                 counts[2] += 1
                 outcome.too_late += 1
-                plan.late.append((msg.topic, TOO_LATE))
+                plan.late.append((topic, TOO_LATE))
+                now = now or datetime.now(UTC)
                 record = dead_letter_record(
                     msg, TOO_LATE,
-                    f"{self._topic_kinds[msg.topic]}.occurred_at: older than the watermark "
+                    f"{self._topic_kinds[topic]}.occurred_at: older than the watermark "
                     f"minus the allowed lateness ({_now_text(datetime.fromtimestamp(t, UTC))})",
                     now)
                 plan.emit("dead", msg.key.decode("utf-8", "replace") if msg.key else None, 0,
                           orjson.dumps(record))
                 continue
-            newest[msg.topic] = max(newest.get(msg.topic, t), t)
+            seen = newest.get(topic)
+            if seen is None or t > seen:
+                newest[topic] = t
             key = state_key(event)
             state = states.get(key)
             if state is None:
@@ -419,22 +475,28 @@ class IngestProcessor:
             if apply_event(state, event):
                 counts[0] += 1
                 outcome.applied += 1
-                applied_counts[msg.topic] = applied_counts.get(msg.topic, 0) + 1
+                applied_counts[topic] = applied_counts.get(topic, 0) + 1
                 touched.add(key)
             else:
                 counts[1] += 1
                 outcome.duplicates += 1
-
         lagging = [t for t in self._input_topics
                    if self._lagging(t, partition, offsets.get(t))]
-        watermark = clocks.advance(clock.watermark, newest, lagging)
-        plan.watermark = watermark
+        fold.watermark = plan.watermark = clocks.advance(watermark, newest, lagging)
+        return fold
+
+    def _settle_partition(self, fold: _Fold, data: PartitionData) -> _Plan:
+        """Settle the touched states and those whose timers fell due; the partition's commit."""
+        plan = fold.plan
+        states = fold.states
+        touched = fold.touched
+        watermark = fold.watermark
         for member, due_at in data.due:
             if watermark is None or due_at >= watermark:
                 break  # timers come sorted by due time
             if member not in states:
-                if member not in data.states:
-                    continue  # read by the second pass
+                if not data.has(member):
+                    continue  # not read (cannot happen: _read_due read every due one)
                 loaded = data.state(member)
                 if loaded is None:  # expired meanwhile
                     plan.commit.timers_remove.append(member)
@@ -452,22 +514,20 @@ class IngestProcessor:
         fields: dict[str, str] = {}
         if watermark is not None:
             fields["wm"] = repr(watermark)
-        for topic, t in newest.items():
+        for topic, t in fold.newest.items():
             fields[f"m:{topic}"] = repr(t)
-        for topic, offset in offsets.items():
+        for topic, offset in fold.offsets.items():
             fields[f"o:{topic}"] = str(offset)
-        for topic, n in applied_counts.items():
+        for topic, n in fold.applied.items():
             fields[f"n:{topic}"] = str(n)
         plan.commit.clock_fields = fields
+        plan.commit.counters = expand(plan.counts)
         return plan
 
     def _settle(self, key: str, state: CustomerState, watermark: float, plan: _Plan) -> None:
         settled: Settled = settle(state, watermark, self._policy)
         commit = plan.commit
-        for hour, deltas in settled.counter_deltas.items():
-            bucket = commit.counters.setdefault(hour, {})
-            for name, n in deltas.items():
-                bucket[name] = bucket.get(name, 0) + n
+        merge_counts(plan.counts, settled.counts)
         for update in settled.updates:
             view = update.view
             labels = (view["queue"], view["channel"], view["outcome"])

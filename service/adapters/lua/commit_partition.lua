@@ -8,9 +8,11 @@
 -- ARGV[2] n, the number of state keys
 -- ARGV[3] idle time-to-live of a state, ms; ARGV[4] time-to-live of a counter key, ms
 -- ARGV[5] JSON: {"c": [[key index, field, delta], ...], "ta": [[member, score], ...],
---                "tr": [member, ...], "k": [field, value, ...], "ci": [[field, delta], ...]}
+--                "tr": [member, ...], "k": [field, value, ...], "ci": [[field, delta], ...],
+--                "w": the committing worker's token, stored as the clock's `w` ('' or absent: none)}
 -- ARGV[6 .. 5+n] the new state of each state key ('' deletes it)
 -- ARGV[6+n ..] outbox items to append
+-- Returns the clock's new seq.
 local function call_chunked(cmd, key, items)
   -- unpack() of thousands of values overflows Lua's stack: send them a thousand at a time.
   for i = 1, #items, 1000 do
@@ -49,10 +51,13 @@ call_chunked('HSET', KEYS[1], ops['k'])
 for _, c in ipairs(ops['ci']) do
   redis.call('HINCRBY', KEYS[1], c[1], c[2])
 end
-redis.call('HSET', KEYS[1], 'seq', tostring((tonumber(seq) or 0) + 1))
+local new_seq = tostring((tonumber(seq) or 0) + 1)
+-- `w` names who wrote this seq; every commit sets it, so a worker's token on the clock proves
+-- that the worker's own commit was the last one (its states in memory are what Redis holds).
+redis.call('HSET', KEYS[1], 'seq', new_seq, 'w', ops['w'] or '')
 local outbox = {}
 for i = 6 + n, #ARGV do
   outbox[#outbox + 1] = ARGV[i]
 end
 call_chunked('RPUSH', KEYS[3], outbox)
-return 1
+return new_seq
