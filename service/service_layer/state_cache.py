@@ -29,6 +29,9 @@ from service.domain.records import CustomerState
 # Bytes of Python objects per byte of a state's JSON: about 5 for a decoded state (measured on
 # the Anonymous Bank month), more once the fold caches derived values on it.
 PYTHON_BYTES_PER_JSON_BYTE = 8
+# States of unidentified callers (one contact each, engine.state_key) are not kept: few are
+# touched again, and they would push out customers who call again.
+UNIDENTIFIED = "u:"
 # The share of the idle time-to-live after a write during which a cached state is used: the
 # rest covers the time between the clock's check and the next commit.
 _TTL_SHARE = 0.9
@@ -94,8 +97,8 @@ class StateCache:
             name = (partition, key)
             if name in held:
                 self._remove(name)
-            if state is None:
-                continue
+            if state is None or key.startswith(UNIDENTIFIED):
+                continue  # an unidentified caller's contact is rarely touched again
             size = sizes.get(key, 0) * PYTHON_BYTES_PER_JSON_BYTE
             if size > self.max_bytes:
                 continue
