@@ -3,7 +3,10 @@
 BENCH_SCALE=small runs a quick version (fewer events, shorter phases) to iterate with;
 BENCH_RUNS sets how many times the fold and the pass-through run (medians are reported),
 BENCH_E2E_RUNS how many times each end-to-end replay runs (1 in the full run, else BENCH_RUNS);
-BENCH_WRITE=0 prints the table without updating docs/benchmarks.md.
+BENCH_WRITE=0 prints the table without updating docs/benchmarks.md;
+BENCH_ONLY runs only the named phases, comma-separated, of fold, e2e (steps 2 and 3: the
+baselines and the replays), live (steps 4 and 5: latency and lookup) and memory, e.g.
+BENCH_ONLY=live (a partial run never writes docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ SCALES = {
     "full": Scale("full", 100_000, 500_000, 2_000_000, 30, 15, 1800),
 }
 
+PHASES = ("fold", "e2e", "live", "memory")
 WORKER_ENV = {"CX_BATCH_MAX_EVENTS": "5000", "CX_BATCH_MAX_WAIT": "50ms",
               "CX_METRICS_REFRESH": "15s", "CX_COMMIT_INTERVAL": "1s"}
 
@@ -96,7 +100,13 @@ def main() -> None:
     runs = int(os.environ.get("BENCH_RUNS", "3"))
     # A full end-to-end run replays 500,000 events: once by default, BENCH_E2E_RUNS for more.
     e2e_runs = int(os.environ.get("BENCH_E2E_RUNS", "1" if scale.name == "full" else runs))
-    write = os.environ.get("BENCH_WRITE", "1") != "0"
+    only = {p.strip() for p in os.environ.get("BENCH_ONLY", "").split(",") if p.strip()}
+    unknown = only - set(PHASES)
+    if unknown:
+        raise SystemExit(f"BENCH_ONLY: unknown phase(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(PHASES)}")
+    phases = only or set(PHASES)
+    write = os.environ.get("BENCH_WRITE", "1") != "0" and not only
     logs = ROOT / ".cx-bench" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -104,119 +114,35 @@ def main() -> None:
     rows: list[tuple[str, str, str, str]] = []  # (measure, figure, target, note)
     env_machine = machine()
 
-    log("building the workload from the Anonymous Bank month")
-    base = workload.synthesize(workload.month_calls())
-    need = max(scale.fold_events, scale.e2e_events)
-    messages = workload.messages(need, base)
+    base: list[tuple[float, str, dict[str, Any]]] = []
+    messages: list[tuple[str, bytes, bytes]] = []
+    if phases & {"fold", "e2e", "memory"}:
+        log("building the workload from the Anonymous Bank month")
+        base = workload.synthesize(workload.month_calls())
+        need = max(scale.fold_events, scale.e2e_events)
+        messages = workload.messages(need, base)
 
     # 1. fold ------------------------------------------------------------------------------
-    events = fold.prepare(messages[: scale.fold_events])
-    fold_rates = []
-    for i in range(runs):
-        r = fold.run(events)
-        fold_rates.append(r["events_per_s"])
-        log(f"fold run {i + 1}: {r['events_per_s']:,.0f} events/s")
-    fold_rate = median(fold_rates)
-    rows.append(("Fold: apply + settle after every event, one core",
-                 f"{fold_rate:,.0f} events/s{spread(fold_rates)}", ">= 100,000 events/s",
-                 f"{scale.fold_events:,} events of the workload"))
-
-    with local_stack() as stack:
-        ns = stack.namespace()
-        partitions = asyncio.run(e2e.create_topics(ns))
-        log(f"pre-loading {scale.e2e_events:,} events into {partitions} partitions")
-        preload_s = asyncio.run(e2e.preload(stack.kafka_bootstrap, ns,
-                                            messages[: scale.e2e_events]))
-        log(f"pre-loaded in {preload_s:.1f}s")
-
-        # 2. baselines ---------------------------------------------------------------------
-        pt_rates = []
+    if "fold" in phases:
+        events = fold.prepare(messages[: scale.fold_events])
+        fold_rates = []
         for i in range(runs):
-            pns = SharedTopics(stack, f"{ns.name}pt{i}", topics_of=ns.name)
-            r = asyncio.run(e2e.passthrough(stack.kafka_bootstrap, pns, scale.e2e_events))
-            pt_rates.append(r["events_per_s"])
-            log(f"pass-through run {i + 1}: {r['events_per_s']:,.0f} events/s")
-        pt_rate = median(pt_rates)
-        rows.append(("Baseline: raw aiokafka getmany -> produce pass-through",
-                     f"{pt_rate:,.0f} events/s{spread(pt_rates)}", "(the limit)",
-                     "same messages, batches of up to 5,000, acks=all"))
+            r = fold.run(events)
+            fold_rates.append(r["events_per_s"])
+            log(f"fold run {i + 1}: {r['events_per_s']:,.0f} events/s")
+        fold_rate = median(fold_rates)
+        rows.append(("Fold: apply + settle after every event, one core",
+                     f"{fold_rate:,.0f} events/s{spread(fold_rates)}", ">= 100,000 events/s",
+                     f"{scale.fold_events:,} events of the workload"))
 
-        # 3. end to end, one worker (then two) -------------------------------------------
-        scale_rows: dict[int, list[float]] = {}
-        trips: list[float] = []
-        for workers in (1, 2):
-            rates = []
-            for i in range(e2e_runs):
-                wns = SharedTopics(stack, f"{ns.name}w{workers}r{i}", topics_of=ns.name)
-                r = e2e.run_workers(stack, wns, scale.e2e_events, partitions, workers, logs,
-                                    WORKER_ENV, scale.timeout)
-                rates.append(r["events_per_s"])
-                log(f"end to end, {workers} worker(s), run {i + 1}: "
-                    f"{r['events_per_s']:,.0f} events/s (start-up {r['startup_s']:.1f}s)")
-                if workers == 1:
-                    trips.append(r["round_trips_per_batch"])
-            scale_rows[workers] = rates
-        one = median(scale_rows[1])
-        rows.append(("End to end, one worker: first batch stored -> last state committed "
-                     "and enriched output published",
-                     f"{one:,.0f} events/s{spread(scale_rows[1])}", ">= 10,000 events/s",
-                     f"{scale.e2e_events:,} pre-loaded events, {partitions} partitions, "
-                     f"CX_BATCH_MAX_EVENTS={WORKER_ENV['CX_BATCH_MAX_EVENTS']}"))
-        rows.append(("End to end / pass-through, same run", f"{one / pt_rate:.3f}",
-                     ">= 0.25", ""))
-        two = median(scale_rows[2])
-        rows.append(("Scale: end to end, two worker processes",
-                     f"{two:,.0f} events/s{spread(scale_rows[2])} = {two / one:.2f} x one "
-                     "worker", "(shows overhead on 2 cores)",
-                     "Kafka, Redis and both workers share the 2 cores"))
-
-        # Redis baseline: as many round trips of the same shape as the service makes.
-        per_batch = median(trips)
-        batches = max(1, scale.e2e_events // int(WORKER_ENV["CX_BATCH_MAX_EVENTS"]))
-        rb = e2e.redis_baseline(stack.redis_url, round_trips=max(200, int(per_batch * batches)),
-                                commands_per_trip=1000)
-        rows.append(("Baseline: raw Redis pipelines (1,000 SET/GET of 700 B each)",
-                     f"{rb['round_trips_per_s']:,.0f} round trips/s = "
-                     f"{rb['commands_per_s']:,.0f} commands/s", "(the limit)",
-                     f"{rb['round_trips']:,} round trips; the service makes "
-                     f"{per_batch:.1f} per batch"))
-
-        # 4 + 5. latency at a steady rate, then the lookup under load ----------------------
-        lns = stack.namespace()
-        asyncio.run(e2e.create_topics(lns))
-        worker = Worker(lns, logs / f"{lns.name}-live.log", **{**WORKER_ENV,
-                                                                "CX_BATCH_MAX_WAIT": "20ms"})
-        try:
-            worker.wait_ready(120)
-            asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 200, 3))
-            lat = asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 1000,
-                                           scale.latency_seconds))
-            e, k = lat["enriched"], lat["lookup"]
-            rows.append(("Latency at 1,000 events/s: produce -> enriched readable",
-                         f"p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms, "
-                         f"max {e['max_ms']:.0f} ms", "p99 <= 250 ms",
-                         f"{e['n']:,} events at {lat['rate']:,.0f}/s, {lat['lost']} unmatched"))
-            rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
-                         f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
-                         f"max {k['max_ms']:.0f} ms", "",
-                         f"{k['n']} sampled events, polled every 5 ms"))
-            customers = [f"live-cust-{i}" for i in range(20_000)]
-            known = [c for c in customers[:5000]
-                     if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
-            for concurrency in (200, 1):
-                lk = asyncio.run(live.lookup_load(worker.base_url, known, concurrency,
-                                                  scale.lookup_seconds))
-                rows.append((f"GET /api/v1/customers/{{id}}, {concurrency} concurrent",
-                             f"p50 {lk['p50_ms']:.1f} ms, p99 {lk['p99_ms']:.1f} ms, "
-                             f"{lk['requests_per_s']:,.0f} req/s",
-                             "p99 <= 10 ms" if concurrency == 200 else "",
-                             f"{len(known):,} customers, errors: {lk['errors'] or 'none'}, "
-                             "client on the same 2 cores"))
-        finally:
-            worker.stop(30)
-
-        # 6. memory ------------------------------------------------------------------------
-        rows.extend(_memory(stack, base, scale, logs))
+    if phases & {"e2e", "live", "memory"}:
+        with local_stack() as stack:
+            if "e2e" in phases:
+                rows.extend(_replays(stack, messages, scale, runs, e2e_runs, logs))
+            if "live" in phases:
+                rows.extend(_live(stack, scale, logs))
+            if "memory" in phases:
+                rows.extend(_memory(stack, base, scale, logs))
 
     elapsed = time.perf_counter() - began
     command = f"make bench BENCH_SCALE={scale.name} BENCH_RUNS={runs}"
@@ -225,6 +151,110 @@ def main() -> None:
     print(f"\n{command}: {elapsed / 60:.1f} min on {env_machine}")
     if write:
         _write_doc(table, command, started_at, env_machine, elapsed)
+
+
+def _replays(stack: Stack, messages: list[tuple[str, bytes, bytes]], scale: Scale,
+             runs: int, e2e_runs: int, logs: Path) -> list[tuple[str, str, str, str]]:
+    """Steps 2 and 3: the Kafka pass-through, one and two workers replaying a backlog, and
+    the Redis baseline."""
+    rows: list[tuple[str, str, str, str]] = []
+    ns = stack.namespace()
+    partitions = asyncio.run(e2e.create_topics(ns))
+    log(f"pre-loading {scale.e2e_events:,} events into {partitions} partitions")
+    preload_s = asyncio.run(e2e.preload(stack.kafka_bootstrap, ns,
+                                        messages[: scale.e2e_events]))
+    log(f"pre-loaded in {preload_s:.1f}s")
+
+    # 2. baselines -------------------------------------------------------------------------
+    pt_rates = []
+    for i in range(runs):
+        pns = SharedTopics(stack, f"{ns.name}pt{i}", topics_of=ns.name)
+        r = asyncio.run(e2e.passthrough(stack.kafka_bootstrap, pns, scale.e2e_events))
+        pt_rates.append(r["events_per_s"])
+        log(f"pass-through run {i + 1}: {r['events_per_s']:,.0f} events/s")
+    pt_rate = median(pt_rates)
+    rows.append(("Baseline: raw aiokafka getmany -> produce pass-through",
+                 f"{pt_rate:,.0f} events/s{spread(pt_rates)}", "(the limit)",
+                 "same messages, batches of up to 5,000, acks=all"))
+
+    # 3. end to end, one worker (then two) -----------------------------------------------
+    scale_rows: dict[int, list[float]] = {}
+    trips: list[float] = []
+    for workers in (1, 2):
+        rates = []
+        for i in range(e2e_runs):
+            wns = SharedTopics(stack, f"{ns.name}w{workers}r{i}", topics_of=ns.name)
+            r = e2e.run_workers(stack, wns, scale.e2e_events, partitions, workers, logs,
+                                WORKER_ENV, scale.timeout)
+            rates.append(r["events_per_s"])
+            log(f"end to end, {workers} worker(s), run {i + 1}: "
+                f"{r['events_per_s']:,.0f} events/s (start-up {r['startup_s']:.1f}s)")
+            if workers == 1:
+                trips.append(r["round_trips_per_batch"])
+        scale_rows[workers] = rates
+    one = median(scale_rows[1])
+    rows.append(("End to end, one worker: first batch stored -> last state committed "
+                 "and enriched output published",
+                 f"{one:,.0f} events/s{spread(scale_rows[1])}", ">= 10,000 events/s",
+                 f"{scale.e2e_events:,} pre-loaded events, {partitions} partitions, "
+                 f"CX_BATCH_MAX_EVENTS={WORKER_ENV['CX_BATCH_MAX_EVENTS']}"))
+    rows.append(("End to end / pass-through, same run", f"{one / pt_rate:.3f}",
+                 ">= 0.25", ""))
+    two = median(scale_rows[2])
+    rows.append(("Scale: end to end, two worker processes",
+                 f"{two:,.0f} events/s{spread(scale_rows[2])} = {two / one:.2f} x one "
+                 "worker", "(shows overhead on 2 cores)",
+                 "Kafka, Redis and both workers share the 2 cores"))
+
+    # Redis baseline: as many round trips of the same shape as the service makes.
+    per_batch = median(trips)
+    batches = max(1, scale.e2e_events // int(WORKER_ENV["CX_BATCH_MAX_EVENTS"]))
+    rb = e2e.redis_baseline(stack.redis_url, round_trips=max(200, int(per_batch * batches)),
+                            commands_per_trip=1000)
+    rows.append(("Baseline: raw Redis pipelines (1,000 SET/GET of 700 B each)",
+                 f"{rb['round_trips_per_s']:,.0f} round trips/s = "
+                 f"{rb['commands_per_s']:,.0f} commands/s", "(the limit)",
+                 f"{rb['round_trips']:,} round trips; the service makes "
+                 f"{per_batch:.1f} per batch"))
+    return rows
+
+
+def _live(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str, str]]:
+    """Steps 4 and 5: latency at a steady rate, then the lookup under load."""
+    rows: list[tuple[str, str, str, str]] = []
+    lns = stack.namespace()
+    asyncio.run(e2e.create_topics(lns))
+    worker = Worker(lns, logs / f"{lns.name}-live.log", **{**WORKER_ENV,
+                                                            "CX_BATCH_MAX_WAIT": "20ms"})
+    try:
+        worker.wait_ready(120)
+        asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 200, 3))
+        lat = asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 1000,
+                                       scale.latency_seconds))
+        e, k = lat["enriched"], lat["lookup"]
+        rows.append(("Latency at 1,000 events/s: produce -> enriched readable",
+                     f"p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms, "
+                     f"max {e['max_ms']:.0f} ms", "p99 <= 250 ms",
+                     f"{e['n']:,} events at {lat['rate']:,.0f}/s, {lat['lost']} unmatched"))
+        rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
+                     f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
+                     f"max {k['max_ms']:.0f} ms", "",
+                     f"{k['n']} sampled events, polled every 5 ms"))
+        customers = [f"live-cust-{i}" for i in range(20_000)]
+        known = [c for c in customers[:5000]
+                 if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
+        for concurrency in (200, 1):
+            lk = asyncio.run(live.lookup_load(worker.base_url, known, concurrency,
+                                              scale.lookup_seconds))
+            rows.append((f"GET /api/v1/customers/{{id}}, {concurrency} concurrent",
+                         f"p50 {lk['p50_ms']:.1f} ms, p99 {lk['p99_ms']:.1f} ms, "
+                         f"{lk['requests_per_s']:,.0f} req/s",
+                         "p99 <= 10 ms" if concurrency == 200 else "",
+                         f"{len(known):,} customers, errors: {lk['errors'] or 'none'}, "
+                         "client on the same 2 cores"))
+    finally:
+        worker.stop(30)
+    return rows
 
 
 def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: Scale,
