@@ -31,10 +31,11 @@ from redis.exceptions import RedisError
 from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
+from service.adapters.event_loop import use_event_loop
 from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
-from service.adapters.metrics import PipelineMetrics
+from service.adapters.metrics import PipelineMetrics, watch_loop_lag
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
@@ -111,7 +112,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
                    settings.state_prefix)
     # Readers serve the active policy version (docs/rebuild.md); the worker writes its own.
     versions = PolicyVersions(state.client, settings.key_prefix, policy,
-                              lambda prefix: _state(settings, state.client, prefix))
+                              lambda prefix: _state(settings, state.client, prefix),
+                              cache_seconds=settings.policy_cache)
 
     def lagging(topic: str, partition: int, last_applied: int | None) -> bool:
         """True while the topic-partition has messages this worker has not applied yet."""
@@ -187,6 +189,10 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
                 await stream.ack(event)
 
     app.agent(input_topic, name="contact-events", concurrency=1, sink=None)(contact_events)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def loop_lag() -> None:
+        await watch_loop_lag(metrics.loop_lag)
 
     @app.on_rebalance_complete.connect
     async def _joined(*args: Any, **kwargs: Any) -> None:
@@ -366,6 +372,7 @@ async def _kafka_reachable(app: faust.App) -> bool:
 def run_worker(settings: Settings) -> int:
     """Create missing topics, then run the Faust worker until SIGTERM/SIGINT."""
     api_auth_required(settings)  # an API left open on a public address stops us here
+    loop_kind = use_event_loop(settings.event_loop)
     loop = asyncio.new_event_loop()
     try:
         # A refused password or an untrusted certificate stops the worker here, clearly.
@@ -381,6 +388,7 @@ def run_worker(settings: Settings) -> int:
         loop.close()
     if created:
         log.info("created topics: %s", ", ".join(created))
+    log.info("event loop: %s", loop_kind)
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, partitions)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
