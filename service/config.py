@@ -379,6 +379,10 @@ VARIABLES: tuple[Variable, ...] = (
              "How long the API and the gauges keep the active policy version they read before "
              "reading it from Redis again: a `cx-stream rebuild` switch reaches them within "
              "this delay. 0 reads it at every request.", _cache_seconds, "policy_cache"),
+    Variable("CX_API_MAX_READS", "32",
+             "Most API requests reading Redis at once in one worker; more wait in line, first "
+             "come first served. Keeps Redis connections (64 per worker) free for the "
+             "pipeline's batches.", _int_range(1, 48), "api_max_reads"),
     Variable("CX_EVENT_LOOP", "uvloop",
              "The worker's event loop: `uvloop` (in C; asyncio's own loop when uvloop is not "
              "installed) or `asyncio`.", _event_loop, "event_loop"),
@@ -553,6 +557,7 @@ class Settings:
     http_host: str
     http_port: int
     policy_cache: float
+    api_max_reads: int
     event_loop: str
     data_dir: str
     log_level: str

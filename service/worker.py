@@ -233,7 +233,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         return served.state, served.policy
 
     install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions,
-                   wallboard=lambda: business.wallboard, serving=serving)
+                   wallboard=lambda: business.wallboard, serving=serving,
+                   max_reads=settings.api_max_reads)
     return app
 
 

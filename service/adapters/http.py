@@ -82,12 +82,18 @@ _WALLBOARD_PAGE = resources.files("service.adapters").joinpath("wallboard.html")
 def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
                    state: RedisState, policy: Policy, partitions: Callable[[], int],
                    wallboard: Callable[[], dict[str, Any]],
-                   serving: Serving | None = None) -> None:
+                   serving: Serving | None = None, max_reads: int = 32) -> None:
     """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
 
     With `serving`, each API request reads the state and rules of the policy version it
     names at that moment (so a switch of version applies to the next request, never half
-    of one); without it, always `state` and `policy`."""
+    of one); without it, always `state` and `policy`.
+
+    At most `max_reads` lookups read Redis at once; the others wait in line, first come first
+    served. Redis' connection pool is then never exhausted by lookups: the batches' round
+    trips always find a connection, and no lookup is overtaken again and again by later ones
+    (the pool's own wait is not first come first served)."""
+    reads = asyncio.Semaphore(max_reads)
 
     async def served() -> tuple[RedisState, Policy]:
         return (state, policy) if serving is None else await serving()
@@ -133,17 +139,19 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     # The middleware of HttpGuard applies to them as to every route.
     async def contact(request: web.Request) -> web.Response:
         contact_id = request.match_info["contact_id"]
-        store, _ = await served()
-        raw = await store.read_contact(contact_id)
+        async with reads:
+            store, _ = await served()
+            raw = await store.read_contact(contact_id)
         if raw is None:
             return _web_json({"error": f"no contact {contact_id!r}"}, 404)
         return web.Response(body=raw, content_type="application/json")
 
     async def customer(request: web.Request) -> web.Response:
         customer_id = request.match_info["customer_id"]
-        store, rules = await served()
         partition = partition_of(customer_id, partitions())
-        found, clock = await store.read_state(partition, f"c:{customer_id}")
+        async with reads:
+            store, rules = await served()
+            found, clock = await store.read_state(partition, f"c:{customer_id}")
         if found is None or clock.watermark is None:
             return _web_json({"error": f"no customer {customer_id!r}"}, 404)
         return _web_json(customer_summary(found, clock.watermark, rules))
