@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 
-EVENT_LOOPS = ("uvloop", "asyncio")
-
 
 def uvloop_installed() -> bool:
     return importlib.util.find_spec("uvloop") is not None
