@@ -18,7 +18,9 @@ import asyncio
 import dataclasses
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import redis
 
 from bench import e2e, fold, live, workload
 from bench.stack import ROOT, local_stack
-from tests.support.stack import Namespace, Stack, Worker
+from tests.support.stack import Namespace, Stack, Worker, free_port
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,7 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
 
 
 def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str, str]]:
+    """Steps 4 and 5: latency at a steady rate, then the lookup under load."""
     rows: list[tuple[str, str, str, str]] = []
     lns = stack.namespace()
     asyncio.run(e2e.create_topics(lns))
@@ -286,22 +289,65 @@ def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str
         rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
                      f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
                      f"max {k['max_ms']:.0f} ms", "",
-                     f"{k['n']} sampled events, polled every 5 ms"))
+                     f"{k['n']} sampled events, polled every 5 ms (50 ms after 500 ms)"))
         customers = [f"live-cust-{i}" for i in range(20_000)]
         known = [c for c in customers[:5000]
                  if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
+        rows.extend(_lookups(worker.base_url, known, scale.lookup_seconds, logs))
+    finally:
+        worker.stop(30)
+    return rows
+
+
+def _lookups(base_url: str, known: list[str], seconds: float, logs: Path
+             ) -> list[tuple[str, str, str, str]]:
+    """Step 5: the customer lookup, and the same load on a bare aiohttp server returning a
+    fixed small JSON body (the limit of a Python HTTP server and a Python client on these
+    cores), at 200 concurrent clients and at 1."""
+    rows: list[tuple[str, str, str, str]] = []
+    port = free_port()
+    with open(logs / "bare-server.log", "ab") as out:
+        bare = subprocess.Popen([sys.executable, "-m", "bench.live", "serve", str(port)],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        bare_url = f"http://127.0.0.1:{port}"
+        _wait_listening("127.0.0.1", port, bare)
+        paths = [f"/api/v1/customers/{c}" for c in known]
+        ids = {p: f'"customer_id":"{c}"'.encode() for p, c in zip(paths, known, strict=True)}
+        bare_paths = [f"/bare/{c}" for c in known]
         for concurrency in (200, 1):
-            lk = asyncio.run(live.lookup_load(worker.base_url, known, concurrency,
-                                              scale.lookup_seconds))
+            lk = asyncio.run(live.lookup_load(base_url, paths, concurrency, seconds,
+                                              lambda path, body: ids[path] in body))
+            bk = asyncio.run(live.lookup_load(bare_url, bare_paths, concurrency, seconds,
+                                              lambda path, body: body == live.FIXED_BODY))
             rows.append((f"GET /api/v1/customers/{{id}}, {concurrency} concurrent",
                          f"p50 {lk['p50_ms']:.1f} ms, p99 {lk['p99_ms']:.1f} ms, "
                          f"{lk['requests_per_s']:,.0f} req/s",
                          "p99 <= 10 ms" if concurrency == 200 else "",
-                         f"{len(known):,} customers, errors: {lk['errors'] or 'none'}, "
-                         "client on the same 2 cores"))
+                         f"{len(known):,} customers, {lk['requests']:,} requests, errors: "
+                         f"{lk['errors'] or 'none'}, client on the same 2 cores"))
+            rows.append((f"Baseline: bare aiohttp handler, fixed JSON, {concurrency} concurrent",
+                         f"p50 {bk['p50_ms']:.1f} ms, p99 {bk['p99_ms']:.1f} ms, "
+                         f"{bk['requests_per_s']:,.0f} req/s", "(the limit)",
+                         f"same client; lookup p99 / bare p99 = "
+                         f"{lk['p99_ms'] / bk['p99_ms']:.1f}, errors: {bk['errors'] or 'none'}"))
     finally:
-        worker.stop(30)
+        bare.terminate()
+        bare.wait(30)
     return rows
+
+
+def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the bare baseline server exited with {proc.returncode}")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the bare baseline server did not start")
 
 
 def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: Scale,

@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from service.adapters.event_loop import new_event_loop
 from tests.support.stack import Namespace, assign_topic
 
 
@@ -47,10 +50,15 @@ async def latency(bootstrap: str, ns: Namespace, base_url: str, rate: float, sec
                   lookups_per_s: float = 5.0) -> dict[str, Any]:
     """Produce call-ended events at `rate` per second for `seconds`; the time from each send
     to its enriched contact being read from the output topic, and (for a sample) to
-    GET /api/v1/customers/{id} listing the contact."""
+    GET /api/v1/customers/{id} listing the contact.
+
+    The reader's fetches wait up to 100 ms on the broker, which answers as soon as a record
+    arrives: no latency added, and no broker polled 200 times a second. A sampled lookup is
+    polled every 5 ms for its first 500 ms, then every 50 ms: a worker that falls behind is
+    not also flooded by the pollers of every event it has not applied yet."""
     out_topic = ns.topic("contact-enriched")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=5, auto_offset_reset="latest")
+                                fetch_max_wait_ms=100, auto_offset_reset="latest")
     await consumer.start()
     tps = await assign_topic(consumer, out_topic)
     await consumer.seek_to_end()
@@ -60,11 +68,14 @@ async def latency(bootstrap: str, ns: Namespace, base_url: str, rate: float, sec
     await producer.start()
     sent: dict[str, float] = {}
     enriched: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (sent at, latency), for finding stalls
     lookups: list[float] = []
     done = asyncio.Event()
 
     async def read() -> None:
-        while not done.is_set() or len(enriched) < len(sent):
+        # Until every event sent was read back (or the caller's timeout): the last events of
+        # the run count like the others.
+        while not done.is_set() or sent:
             batch = await consumer.getmany(timeout_ms=50)
             now = time.perf_counter()
             for msgs in batch.values():
@@ -73,8 +84,7 @@ async def latency(bootstrap: str, ns: Namespace, base_url: str, rate: float, sec
                     at = sent.pop(key, None)
                     if at is not None:
                         enriched.append(now - at)
-            if done.is_set() and not sent:
-                return
+                        timeline.append((at, now - at))
 
     async def lookup(session: aiohttp.ClientSession, customer: str, contact: str,
                      at: float) -> None:
@@ -85,7 +95,7 @@ async def latency(bootstrap: str, ns: Namespace, base_url: str, rate: float, sec
             if resp.status == 200 and contact.encode() in body:
                 lookups.append(time.perf_counter() - at)
                 return
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005 if time.perf_counter() - at < 0.5 else 0.05)
 
     run = f"{random.randrange(16**8):08x}"
     reader = asyncio.create_task(read())
@@ -117,34 +127,120 @@ async def latency(bootstrap: str, ns: Namespace, base_url: str, rate: float, sec
     await producer.stop()
     await consumer.stop()
     return {"rate": achieved, "enriched": quantiles(enriched), "lookup": quantiles(lookups),
-            "lost": len(sent)}
+            "lost": len(sent), "timeline": sorted((at - started, lag) for at, lag in timeline)}
 
 
-async def lookup_load(base_url: str, customers: list[str], concurrency: int, seconds: float
+class _HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the load client: one request at a time, the
+    response read whole (Content-Length) and handed back with its status."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self._lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionResetError("connection closed by the server")
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(self._lost)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if head_end < 0 or self._waiter is None or self._waiter.done():
+            return
+        head = bytes(self._buffer[:head_end]).decode("latin-1").split("\r\n")
+        length = None
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        if length is None:
+            self._waiter.set_exception(ValueError("response without Content-Length"))
+            return
+        end = head_end + 4 + length
+        if len(self._buffer) < end:
+            return
+        body = bytes(self._buffer[head_end + 4:end])
+        del self._buffer[:end]
+        self._waiter.set_result((int(head[0].split(" ", 2)[1]), body))
+
+    async def get(self, request: bytes) -> tuple[int, bytes]:
+        if self._lost is not None or self.transport is None:
+            raise self._lost or ConnectionError("not connected")
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self._waiter
+
+
+async def lookup_load(base_url: str, paths: list[str], concurrency: int, seconds: float,
+                      check: Callable[[str, bytes], bool] = lambda path, body: True
                       ) -> dict[str, Any]:
-    """`concurrency` clients each sending GET /api/v1/customers/{id} back to back."""
+    """`concurrency` clients, each on its own keep-alive connection, sending GET requests for
+    `paths` back to back (closed loop: the next request when the previous one answered).
+
+    A light client (HTTP/1.1 over asyncio protocols, no client library) so that the client's
+    own CPU, on the same cores, weighs less in what is measured. Every response is checked:
+    status 200 and `check(path, body)`, else it counts as an error."""
+    url = urlsplit(base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    loop = asyncio.get_running_loop()
     times: list[float] = []
     errors: dict[str, int] = {}
     stop_at = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    requests = {p: (f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    "Accept: application/json\r\n\r\n").encode() for p in paths}
 
-    async def client(session: aiohttp.ClientSession, seed: int) -> None:
+    async def client(seed: int) -> None:
         rng = random.Random(seed)
+        connection: _HttpConnection | None = None
         while time.perf_counter() < stop_at:
-            customer = rng.choice(customers)
+            path = rng.choice(paths)
             began = time.perf_counter()
             try:
-                async with session.get(f"{base_url}/api/v1/customers/{customer}") as resp:
-                    await resp.read()
-                status = str(resp.status)
-            except (aiohttp.ClientError, OSError) as exc:
-                status = type(exc).__name__
-            if status != "200":
-                errors[status] = errors.get(status, 0) + 1
+                if connection is None:
+                    _, connection = await loop.create_connection(_HttpConnection, host, port)
+                status, body = await connection.get(requests[path])
+                outcome = (str(status) if status != 200
+                           else "200" if check(path, body) else "unexpected body")
+            except (OSError, ValueError) as exc:
+                outcome = type(exc).__name__
+                connection = None
+            if outcome != "200":
+                errors[outcome] = errors.get(outcome, 0) + 1
             times.append(time.perf_counter() - began)
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
 
-    async with aiohttp.ClientSession(connector=connector) as session:
-        began = time.perf_counter()
-        await asyncio.gather(*[client(session, i) for i in range(concurrency)])
-        elapsed = time.perf_counter() - began
-    return {**quantiles(times), "requests_per_s": len(times) / elapsed, "errors": errors}
+    began = time.perf_counter()
+    await asyncio.gather(*[client(i) for i in range(concurrency)])
+    elapsed = time.perf_counter() - began
+    return {**quantiles(times), "requests_per_s": len(times) / elapsed, "errors": errors,
+            "requests": len(times)}
+
+
+FIXED_BODY = orjson.dumps({"customer_id": "bare", "perception": {"score": 50.0}})
+
+
+def serve_fixed_json(port: int) -> None:
+    """The baseline: a bare aiohttp server whose one handler returns a fixed small JSON body,
+    on the event loop the worker uses (uvloop when installed)."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=FIXED_BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/bare/{customer_id}", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
+                loop=new_event_loop())
+
+
+if __name__ == "__main__":  # python -m bench.live serve PORT: the bare baseline server
+    import sys
+
+    serve_fixed_json(int(sys.argv[2]))

@@ -90,6 +90,20 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _cache_seconds(text: str) -> float:
+    seconds = parse_duration(text)
+    if not 0 <= seconds <= 60:
+        raise ValueError(f"expected a duration from 0 to 60s, got {text!r}")
+    return seconds
+
+
+def _event_loop(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"uvloop", "asyncio"}:
+        raise ValueError(f"expected uvloop or asyncio, got {text!r}")
+    return value
+
+
 def _optional_seconds(text: str) -> float | None:
     return _positive_seconds(text) if text.strip() else None
 
@@ -366,6 +380,17 @@ VARIABLES: tuple[Variable, ...] = (
              _nonempty, "http_host"),
     Variable("CX_HTTP_PORT", "6066", "Port of the HTTP server.", _int_range(1, 65535),
              "http_port"),
+    Variable("CX_POLICY_CACHE", "1s",
+             "How long the API and the gauges keep the active policy version they read before "
+             "reading it from Redis again: a `cx-stream rebuild` switch reaches them within "
+             "this delay. 0 reads it at every request.", _cache_seconds, "policy_cache"),
+    Variable("CX_API_MAX_READS", "32",
+             "Most API requests reading Redis at once in one worker; more wait in line, first "
+             "come first served. Keeps Redis connections (64 per worker) free for the "
+             "pipeline's batches.", _int_range(1, 48), "api_max_reads"),
+    Variable("CX_EVENT_LOOP", "uvloop",
+             "The worker's event loop: `uvloop` (in C; asyncio's own loop when uvloop is not "
+             "installed) or `asyncio`.", _event_loop, "event_loop"),
     # --- security: the HTTP API, Kafka and Redis clients (docs/security.md) ---
     Variable("CX_API_AUTH", "auto",
              "Who may call `/api/v1/*`: `token` (a bearer token from CX_API_TOKENS or "
@@ -537,6 +562,9 @@ class Settings:
     fcr_target: float
     http_host: str
     http_port: int
+    policy_cache: float
+    api_max_reads: int
+    event_loop: str
     data_dir: str
     log_level: str
 

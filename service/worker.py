@@ -32,16 +32,17 @@ from redis.exceptions import RedisError
 from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
+from service.adapters.event_loop import use_event_loop
 from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
-from service.adapters.metrics import PipelineMetrics
+from service.adapters.metrics import PipelineMetrics, watch_loop_lag
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.policy import Policy
-from service.gc_settings import tune_garbage_collector
+from service.gc_settings import freeze_startup_heap, tune_garbage_collector
 from service.service_layer.ingest import (
     IngestProcessor,
     InputMessage,
@@ -142,7 +143,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
                    settings.state_prefix)
     # Readers serve the active policy version (docs/rebuild.md); the worker writes its own.
     versions = PolicyVersions(state.client, settings.key_prefix, policy,
-                              lambda prefix: _state(settings, state.client, prefix))
+                              lambda prefix: _state(settings, state.client, prefix),
+                              cache_seconds=settings.policy_cache)
 
     def lagging(topic: str, partition: int, last_applied: int | None) -> bool:
         """True while the topic-partition has messages this worker has not applied yet."""
@@ -224,8 +226,16 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
 
     app.agent(input_topic, name="contact-events", concurrency=1, sink=None)(contact_events)
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def loop_lag() -> None:
+        loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
+        await watch_loop_lag(metrics.loop_lag)
+
     @app.on_rebalance_complete.connect
     async def _joined(*args: Any, **kwargs: Any) -> None:
+        if not group_joined.is_set():
+            freeze_startup_heap()
         group_joined.set()
 
     if cache is not None:
@@ -266,7 +276,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         return served.state, served.policy
 
     install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions,
-                   wallboard=lambda: business.wallboard, serving=serving)
+                   wallboard=lambda: business.wallboard, serving=serving,
+                   max_reads=settings.api_max_reads)
     return app
 
 
@@ -410,6 +421,7 @@ async def _kafka_reachable(app: faust.App) -> bool:
 def run_worker(settings: Settings) -> int:
     """Create missing topics, then run the Faust worker until SIGTERM/SIGINT."""
     api_auth_required(settings)  # an API left open on a public address stops us here
+    use_event_loop(settings.event_loop)
     loop = asyncio.new_event_loop()
     try:
         # A refused password or an untrusted certificate stops the worker here, clearly.

@@ -7,6 +7,7 @@ from the policy version the service serves (label `policy_version`), read at eac
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +20,7 @@ from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
 from service.domain.policy import Policy
 from service.service_layer.ingest import clock_summary
 
+HOURS_PER_READ = 24
 LABELS = ["window", "queue", "channel", "segment", "agent"]
 VERSION = "policy_version"
 _GAUGES = {
@@ -100,9 +102,16 @@ class BusinessMetrics:
             shift = policy.max_window
             hours = set(trailing_hours(watermark, longest))
             hours |= set(trailing_hours(watermark - shift, longest))
-            raw = await state.read_buckets_by_hour(n, sorted(hours))
+            # A day of hours per pipeline: redis-py parses a pipeline's replies in one go,
+            # so 14 days in one pipeline held the event loop (and every batch) for the whole
+            # parse. Between the pieces and the windows, batches and lookups get their turn.
+            raw: dict[int, list[dict[str, int]]] = {}
+            ordered = sorted(hours)
+            for i in range(0, len(ordered), HOURS_PER_READ):
+                raw.update(await state.read_buckets_by_hour(n, ordered[i:i + HOURS_PER_READ]))
             agents = self._busiest_agents(raw.values())
             for name, seconds in self._windows:
+                await asyncio.sleep(0)
                 recent = sum_by_dimension(b for h in trailing_hours(watermark, seconds)
                                           for b in raw.get(h, []))
                 closed = sum_by_dimension(b for h in trailing_hours(watermark - shift, seconds)

@@ -6,6 +6,8 @@ label sets per event.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -94,6 +96,12 @@ class PipelineMetrics:
         self.state_cache_bytes = Gauge(
             "cx_state_cache_bytes", "Estimated memory of the customer states kept between "
             "batches (CX_STATE_CACHE_MB bounds it).", registry=r)
+        self.loop_lag = Histogram(
+            "cx_event_loop_lag_seconds",
+            "How late the worker's event loop ran a task due every 100 ms: how long the "
+            "loop was held by one piece of work (a batch's fold, a gauge refresh, a lookup).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r)
         self.topics = tuple(topics)
         self.consumed_by_topic = {t: self.consumed.labels(t) for t in self.topics}
         self.applied_by_topic = {t: self.applied.labels(t) for t in self.topics}
@@ -106,3 +114,12 @@ class PipelineMetrics:
         for dependency in ("redis", "kafka"):
             self.dependency_up.labels(dependency).set(1)
             self.retries.labels(dependency)
+
+
+async def watch_loop_lag(lag: Histogram, interval: float = 0.1) -> None:
+    """Sleep `interval` again and again and record how late each wake-up came (until
+    cancelled)."""
+    while True:
+        due = time.perf_counter() + interval
+        await asyncio.sleep(interval)
+        lag.observe(max(0.0, time.perf_counter() - due))

@@ -7,11 +7,16 @@ Keys (`P` is CX_KEY_PREFIX):
 - `P:policy:vN` string: the rules version N was first run with (JSON). A worker or a rebuild
   refuses to write version N with other rules: figures of one version never mix two rules;
 - the state of version N lives under `state_prefix(P, N)` (`P` for 1, `P:vN` after).
+
+A reader may keep what it read for `cache_seconds` (CX_POLICY_CACHE, 1 s in the worker): the
+customer lookup then costs one Redis round trip, not two, and a switch reaches every reader
+within that delay (each request still reads one version's state with that version's rules).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,8 +88,12 @@ class Served:
 
 class PolicyVersions:
     def __init__(self, client: RedisClient, key_prefix: str, own: Policy,
-                 make_state: Callable[[str], RedisState]) -> None:
+                 make_state: Callable[[str], RedisState], *, cache_seconds: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._cached: tuple[float, Served] | None = None  # (read at, what was served)
         self.key_prefix = key_prefix
         self.own = own
         self._make_state = make_state
@@ -116,7 +125,20 @@ class PolicyVersions:
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def serving(self) -> Served:
-        """The active version's state and rules (one GET; the rules are read once)."""
+        """The active version's state and rules: one GET (none while the version read less
+        than `cache_seconds` ago is kept); the rules of a version are read once."""
+        if self.cache_seconds > 0:
+            now = self._clock()
+            cached = self._cached
+            if cached is not None and now - cached[0] < self.cache_seconds:
+                return cached[1]
+            served = await self._read_serving()
+            if self._cached is None or self._cached[0] <= now:  # never replace a newer read
+                self._cached = (now, served)
+            return served
+        return await self._read_serving()
+
+    async def _read_serving(self) -> Served:
         version = await self.active() or self.own.version
         policy = self._policies.get(version)
         if policy is None:

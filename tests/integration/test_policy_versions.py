@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,91 @@ WEEK = Policy(default=QueuePolicy(repeat_window=7 * 86400.0), version="1")
 THREE_DAYS = Policy(default=QueuePolicy(repeat_window=3 * 86400.0), version="2")
 
 
-def _versions(stack: Stack, own: Policy, prefix: str) -> PolicyVersions:
+def _versions(stack: Stack, own: Policy, prefix: str, **cache: Any) -> PolicyVersions:
     client = connect(stack.redis_url)
     return PolicyVersions(client, prefix, own, lambda p: RedisState(
-        client, p, state_ttl=60, counter_ttl=60, contact_ttl=60))
+        client, p, state_ttl=60, counter_ttl=60, contact_ttl=60), **cache)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_reader_keeps_the_version_it_read_for_its_cache_time_then_switches(
+    stack: Stack
+) -> None:
+    async def scenario() -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        writer = _versions(stack, THREE_DAYS, prefix)
+        clock = Clock()
+        reader = _versions(stack, WEEK, prefix, cache_seconds=1.0, clock=clock)
+        uncached = _versions(stack, WEEK, prefix)
+        try:
+            await writer.claim(THREE_DAYS)
+            await writer.activate_if_unset("1")
+            assert (await reader.serving()).version == "1"
+            assert await writer.switch("1", "2") == "2"  # what `cx-stream rebuild` does
+            assert (await uncached.serving()).version == "2"  # no cache: at once
+            clock.now += 0.5
+            assert (await reader.serving()).version == "1"  # read 0.5 s ago: kept
+            clock.now += 0.499
+            assert (await reader.serving()).version == "1"
+            clock.now += 0.001  # 1 s after the read: read again
+            served = await reader.serving()
+            assert (served.version, served.policy) == ("2", THREE_DAYS)
+            # Redis is not asked again while the new answer is fresh: a pointer set back
+            # behind the reader's back shows only after the cache time.
+            await writer.client.set(writer.pointer_key, "1")
+            clock.now += 0.9
+            assert (await reader.serving()).version == "2"
+            clock.now += 0.1
+            assert (await reader.serving()).version == "1"
+        finally:
+            for versions in (writer, reader, uncached):
+                await versions.client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_older_read_does_not_replace_a_newer_one(stack: Stack) -> None:
+    async def scenario() -> None:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        writer = _versions(stack, THREE_DAYS, prefix)
+        clock = Clock()
+        reader = _versions(stack, WEEK, prefix, cache_seconds=1.0, clock=clock)
+        try:
+            await writer.claim(THREE_DAYS)
+            await writer.activate_if_unset("1")
+            # Two requests find the cache empty; the first one's read is slow and only
+            # answers after the switch and the second one's read.
+            first_read = asyncio.Event()
+            original = reader.active
+
+            async def slow_active() -> str | None:
+                version = await original()
+                first_read.set()
+                await asyncio.sleep(0.2)
+                return version
+
+            reader.active = slow_active  # type: ignore[method-assign]
+            slow = asyncio.ensure_future(reader.serving())
+            await first_read.wait()  # the slow request read version 1 at time 1000
+            reader.active = original  # type: ignore[method-assign]
+            assert await writer.switch("1", "2") == "2"
+            clock.now += 0.1
+            assert (await reader.serving()).version == "2"  # read at 1000.1
+            assert (await slow).version == "1"  # the slow request answers with its read
+            clock.now += 0.5
+            assert (await reader.serving()).version == "2"  # the newer read stays
+        finally:
+            for versions in (writer, reader):
+                await versions.client.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_a_version_keeps_the_rules_it_was_first_run_with(stack: Stack) -> None:
