@@ -33,6 +33,7 @@ from service.adapters.metrics import PipelineMetrics
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of, worker_group
+from service.gc_settings import tune_garbage_collector
 from service.service_layer.ingest import BatchOutcome, IngestProcessor, InputMessage, Topics
 
 log = logging.getLogger(__name__)
@@ -302,4 +303,5 @@ def run_rebuild(settings: Settings, args: Any, out: TextIO) -> int:
                   f"{n:,} records for {topic}", file=out, flush=True)
         return 0
 
+    tune_garbage_collector()  # the worker's settings: a replay allocates as a worker does
     return asyncio.run(main())

@@ -214,7 +214,9 @@ def _scenario(stack: Stack, tmp_path: Path, workers: list[Worker]) -> None:
         assert code == 2, out
         assert "readers serve already" in out
 
-        # 1. Build version 2 without switching, while the W1 worker runs and serves.
+        # 1. Build version 2 without switching, while the W1 worker runs and serves (its
+        # gauges computed from the applied events first).
+        _fresh_business(old, "1")
         watcher = Watcher(old)
         watcher.start()
         code, out = Rebuild(ns, "--no-switch", progress_every="0", CX_BATCH_MAX_EVENTS="200",
