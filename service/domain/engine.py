@@ -214,24 +214,9 @@ def derive_verdicts(
             verdicts[c.contact_id] = Verdict(False, False, None, n_transfers, STATUS_NONE, (),
                                              joined)
             continue
-        rules = policy.for_queue(c.queue)
-        reasons: list[str] = []
-        if c.contact_id in repeated:
-            reasons.append(REPEAT_CONTACT)
-        if n_transfers and rules.transfer_breaks_fcr:
-            reasons.append(TRANSFERRED)
-        if any(s.resolved is False for s in joined):
-            reasons.append(SURVEY_UNRESOLVED)
-        if reasons:
-            status = STATUS_UNRESOLVED
-        elif watermark > c.t + rules.repeat_window:
-            status = STATUS_RESOLVED
-        else:
-            status = STATUS_PENDING
-        verdicts[c.contact_id] = Verdict(
-            True, c.contact_id in repeat_of, repeat_of.get(c.contact_id), n_transfers, status,
-            tuple(reasons), joined,
-        )
+        verdicts[c.contact_id] = _participant_verdict(
+            c, c.contact_id in repeated, repeat_of.get(c.contact_id), n_transfers, joined,
+            watermark, policy)
     return verdicts
 
 
@@ -269,6 +254,13 @@ def contact_verdict(c: ContactRecord, memo: Memo, watermark: float, policy: Poli
         if _in_scope(c, contacts[lid], policy):
             repeated = True
             break
+    return _participant_verdict(c, repeated, repeat_of, n_transfers, joined, watermark, policy)
+
+
+def _participant_verdict(c: ContactRecord, repeated: bool, repeat_of: str | None,
+                         n_transfers: int, joined: tuple[SurveyRecord, ...], watermark: float,
+                         policy: Policy) -> Verdict:
+    """The verdict of a contact in the FCR population, from what was found around it."""
     rules = policy.for_queue(c.queue)
     reasons: list[str] = []
     if repeated:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.domain.engine import _digest, apply_event, new_state, settle
-from service.domain.perception import CurveState, Signal, run_curve, start_state
+from service.domain.perception import CurveState, CurveTrack, Signal, run_curve, start_state
 from service.domain.policy import DAY, PerceptionPolicy, Policy
 from service.domain.records import CustomerState, PerceptionSnapshot
 from tests.unit.builders import call, survey, transfer, ts
@@ -123,3 +123,42 @@ def test_a_change_of_verdict_still_publishes_a_new_version() -> None:
     assert changed["c3"] == 1
     assert changed["c2"] == before["c2"] + 1
     assert out.counter_deltas
+
+
+curve_signals = st.lists(
+    st.tuples(st.integers(0, 40), st.floats(0, 100), st.sampled_from([0.15, 0.3, 0.5]),
+              st.booleans()),
+    min_size=1, max_size=40,
+).map(lambda specs: [Signal(h * DAY / 4, 0, f"r{i}", target, weight, "x" if i % 2 else "y",
+                            f"at{h}" if of_contact else None)
+                     for i, (h, target, weight, of_contact) in enumerate(sorted(specs))])
+
+
+@settings(max_examples=200, deadline=None)
+@given(curve_signals, st.randoms(use_true_random=False))
+def test_the_kept_curve_equals_a_run_of_the_whole_curve(signals: list[Signal], rnd: Any
+                                                         ) -> None:
+    """CurveTrack repeats run_curve's steps: signals added in any order, with runs in between
+    and a signal added then removed, end where one run over all of them ends."""
+    reset_after = 3 * DAY
+    in_order = sorted(signals, key=Signal.key)  # as perception_signals gives them
+    expected = run_curve(start_state(PerceptionSnapshot(), 70.0), in_order, PP, 70.0,
+                         reset_after)
+    track = CurveTrack(start_state(PerceptionSnapshot(), 70.0), 70.0, None, PP, reset_after)
+    order = list(signals)
+    rnd.shuffle(order)
+    stray = Signal(rnd.choice(signals).t, 1, "stray", 0.0, 0.5, "z", None)
+    for i, sig in enumerate(order):
+        track.add(sig)
+        if i == len(order) // 2:
+            track.add(stray)
+        if i % 3 == 0:
+            track.run()
+    track.remove(stray)
+    track.run()
+    assert expected.state.t is not None
+    now = track.now(expected.state.t)
+    assert (now.score, now.at_risk, now.t) == (expected.state.score, expected.state.at_risk,
+                                               expected.state.t)
+    assert track.by_contact == expected.by_contact
+    assert track.causes() == expected.causes
