@@ -39,6 +39,16 @@ async def _describe(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, 
     return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
 
 
+async def _leaders_elected(admin: AIOKafkaAdminClient, topics: list[str]) -> bool:
+    """Whether every partition of these topics has a leader: a consumer that is assigned a
+    partition before its leader is known may not fetch it until its next metadata refresh."""
+    described: list[dict[str, Any]] = await admin.describe_topics(topics)
+    return len(described) == len(topics) and all(
+        not d.get("error_code") and d["partitions"]
+        and all(p.get("leader", -1) >= 0 and not p.get("error_code") for p in d["partitions"])
+        for d in described)
+
+
 async def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> list[str]:
     """Create the missing topics; return their names. Raise if the input layout is unusable."""
     created, _ = await ensure_layout(settings, timeout=timeout)
@@ -85,10 +95,11 @@ async def ensure_layout(settings: Settings, *, timeout: float = 60.0) -> tuple[l
                 elif code != TopicAlreadyExistsError.errno:
                     # created a moment ago by another worker is fine; anything else is not
                     raise KafkaError(f"could not create topic {topic}: {message} (code {code})")
-        # Metadata of new topics reaches every broker a moment after creation.
+        # Metadata of new topics, and their partitions' leaders, come a moment after creation.
         for _ in range(50):
             counts = await _describe(admin, list(configs))
-            if all(counts.get(t) for t in configs):
+            if all(counts.get(t) for t in configs) and (
+                    not created or await _leaders_elected(admin, created)):
                 break
             await asyncio.sleep(0.2)
         check_input_layout({t: counts.get(t, 0) for t in settings.input_topics})

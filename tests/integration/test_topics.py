@@ -99,3 +99,23 @@ def test_two_workers_creating_topics_at_once_create_each_once(stack: Stack) -> N
 
     first, second = asyncio.run(both())
     assert sorted(first + second) == sorted(settings.input_topics + settings.output_topics)
+
+
+def test_created_topics_have_their_leaders_when_ensure_returns(stack: Stack) -> None:
+    ns = stack.namespace()
+    settings = load_settings(ns.settings_env())
+    created = asyncio.run(ensure_topics(settings))
+    assert settings.topic_call_ended in created
+
+    async def leaders() -> list[int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_topics(created)
+        finally:
+            await admin.close()
+        return [p["leader"] for d in described for p in d["partitions"]]
+
+    found = asyncio.run(leaders())
+    assert len(found) == len(created) * settings.topic_partitions
+    assert all(leader >= 0 for leader in found)
