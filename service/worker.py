@@ -127,6 +127,9 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         topic_replication_factor=settings.topic_replication,
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
+        # A partition assigned before its leader was known is fetched once the consumer's
+        # metadata is refreshed: every 15 s, not aiokafka's 5 minutes (new topics, moved leaders).
+        consumer_metadata_max_age_ms=15_000,
         broker_commit_interval=settings.commit_interval,
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
