@@ -614,9 +614,6 @@ def _digest(view: dict[str, Any]) -> int:
     return zlib.crc32(repr(sorted(view.items())).encode())
 
 
-_basis = basis_of
-
-
 def _prune(state: CustomerState, watermark: float, policy: Policy,
            verdicts: dict[str, Verdict], signals: list[Signal] | None = None) -> None:
     """Fold final perception signals into the snapshot and drop records nothing can change.
@@ -664,7 +661,7 @@ def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
         if before.inputs is not None:
             if before.inputs == inputs:
                 return  # nothing its view or counts derive from changed
-        elif before.basis == _basis(inputs):
+        elif before.basis == basis_of(inputs):
             before.inputs = inputs
             return
     identified = state.customer_id is not None
