@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: help run test lint unit rules integration integration-cluster \
-	integration-cluster-full stop status topics clean bench chaos
+	integration-cluster-full stop status topics clean bench chaos screenshots
 
 help:
 	@echo "make run     start Kafka, Redis, the worker and the traffic simulator (Ctrl-C stops)"
@@ -18,6 +18,7 @@ help:
 	@echo "make stop    stop the local Kafka and Redis that 'make run' started"
 	@echo "make status  what the local stack runs"
 	@echo "make bench   throughput, latency and memory on a real Kafka and Redis (BENCH_SCALE=small: quick)"
+	@echo "make screenshots  refresh the pictures in docs/ from the pages in a real browser"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -64,6 +65,11 @@ test: lint unit rules integration integration-cluster-full
 # and Redis in .cx-bench/ and writes the table into docs/benchmarks.md.
 bench: $(STAMP)
 	BENCH_SCALE=$(or $(BENCH_SCALE),full) BENCH_RUNS=$(or $(BENCH_RUNS),3) $(BIN)/python -m bench
+
+# The pictures in docs/, taken by the browser tests (which otherwise write them to .cx-test/).
+screenshots: $(STAMP)
+	@deploy/local/stack.sh tools
+	CX_TEST_SCREENSHOTS=$(CURDIR)/docs $(BIN)/pytest -q tests/e2e/test_wallboard.py
 
 # Full-size fault scenarios (docs/reliability.md); one result line per scenario in .cx-test/chaos.txt
 chaos: $(STAMP)

@@ -95,11 +95,15 @@ async def ensure_layout(settings: Settings, *, timeout: float = 60.0) -> tuple[l
                 elif code != TopicAlreadyExistsError.errno:
                     # created a moment ago by another worker is fine; anything else is not
                     raise KafkaError(f"could not create topic {topic}: {message} (code {code})")
-        # Metadata of new topics, and their partitions' leaders, come a moment after creation.
-        for _ in range(50):
+        # Metadata of new topics, and their partitions' leaders, come a moment after creation
+        # (also when another worker created them a moment ago).
+        while True:
             counts = await _describe(admin, list(configs))
-            if all(counts.get(t) for t in configs) and (
-                    not created or await _leaders_elected(admin, created)):
+            if all(counts.get(t) for t in configs) and await _leaders_elected(
+                    admin, list(configs)):
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("topics %s: not every partition has a leader yet", list(configs))
                 break
             await asyncio.sleep(0.2)
         check_input_layout({t: counts.get(t, 0) for t in settings.input_topics})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -116,10 +116,11 @@ class PipelineMetrics:
             self.retries.labels(dependency)
 
 
-async def watch_loop_lag(lag: Histogram, interval: float = 0.1) -> None:
+async def watch_loop_lag(lag: Histogram, interval: float = 0.1,
+                         clock: Callable[[], float] = time.perf_counter) -> None:
     """Sleep `interval` again and again and record how late each wake-up came (until
     cancelled)."""
     while True:
-        due = time.perf_counter() + interval
+        due = clock() + interval
         await asyncio.sleep(interval)
-        lag.observe(max(0.0, time.perf_counter() - due))
+        lag.observe(max(0.0, clock() - due))

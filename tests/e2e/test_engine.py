@@ -32,6 +32,14 @@ def _create_topics(ns: Namespace, **env: str) -> None:
     asyncio.run(ensure_topics(load_settings({**ns.settings_env(), **env})))
 
 
+def _wait_consumed(worker: Worker, sent: int) -> None:
+    def consumed() -> float:
+        return sum(value for (name, _), value in worker.metrics().items()
+                   if name == "cx_events_consumed_total")
+
+    wait_until(lambda: consumed() >= sent, timeout=60, what=f"{sent} trickled events consumed")
+
+
 def _traffic() -> list[Any]:
     start = datetime.fromisoformat("2026-09-07T00:00:00+00:00").timestamp()
     model = TrafficModel(start=start, contacts_per_second=0.02, customers=150, seed=21,
@@ -71,8 +79,10 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
         records = [(trickled.topic(m.kind), m.key, m.value) for m in messages]
         chunk = len(records) // 25 + 1
         for i in range(0, len(records), chunk):
+            # Each chunk is consumed before the next one is sent: 25 batches or more, whatever
+            # the machine's speed.
             asyncio.run(produce(stack.kafka_bootstrap, records[i:i + chunk]))
-            time.sleep(0.2)
+            _wait_consumed(worker, min(i + chunk, len(records)))
         wait_until(lambda: settled(trickled, distinct), timeout=120,
                    what="the trickle applied")
     finally:

@@ -31,13 +31,25 @@ def test_at_most_max_reads_lookups_read_redis_at_once(stack: Stack) -> None:
         guard.register(registry)
         state = RedisState(connect(stack.redis_url), f"t{uuid.uuid4().hex[:8]}", state_ttl=60,
                            counter_ttl=60, contact_ttl=60)
-        inside = peak = served = 0
+        inside = peak = served = arrived = 0
+        customers = 8
+        # Lookups that got the gate hold their read until every customer lookup has arrived
+        # (a customer lookup names its partition before it queues for the gate): with a
+        # working gate exactly max_reads are inside then, without one all of them would be.
+        everyone_in = asyncio.Event()
+
+        def arrive() -> int:
+            nonlocal arrived
+            arrived += 1
+            if arrived == customers:
+                everyone_in.set()
+            return 6
 
         async def serving() -> tuple[RedisState, Policy]:
             nonlocal inside, peak, served
             inside += 1
             peak = max(peak, inside)
-            await asyncio.sleep(0.05)  # a slow read: the others pile up behind the gate
+            await everyone_in.wait()
             inside -= 1
             served += 1
             return state, Policy()
@@ -45,7 +57,7 @@ def test_at_most_max_reads_lookups_read_redis_at_once(stack: Stack) -> None:
         async def readiness() -> dict[str, bool]:
             return {"redis": True}
 
-        install_routes(app, registry, readiness, state, Policy(), lambda: 6,
+        install_routes(app, registry, readiness, state, Policy(), arrive,
                        wallboard=lambda: {}, serving=serving, max_reads=3)
         server = TestServer(await app.web.wsgi(), host="127.0.0.1")
         await server.start_server()
@@ -56,7 +68,7 @@ def test_at_most_max_reads_lookups_read_redis_at_once(stack: Stack) -> None:
                         return response.status, await response.read()
 
                 answers = await asyncio.gather(
-                    *[get(f"/api/v1/customers/cust-{i}") for i in range(8)],
+                    *[get(f"/api/v1/customers/cust-{i}") for i in range(customers)],
                     *[get(f"/api/v1/contacts/contact-{i}") for i in range(4)])
         finally:
             await server.close()

@@ -81,12 +81,13 @@ def test_a_slow_older_read_does_not_replace_a_newer_one(stack: Stack) -> None:
             # Two requests find the cache empty; the first one's read is slow and only
             # answers after the switch and the second one's read.
             first_read = asyncio.Event()
+            newer_read = asyncio.Event()
             original = reader.active
 
             async def slow_active() -> str | None:
                 version = await original()
                 first_read.set()
-                await asyncio.sleep(0.2)
+                await newer_read.wait()  # answers only after the second request's read
                 return version
 
             reader.active = slow_active  # type: ignore[method-assign]
@@ -96,6 +97,7 @@ def test_a_slow_older_read_does_not_replace_a_newer_one(stack: Stack) -> None:
             assert await writer.switch("1", "2") == "2"
             clock.now += 0.1
             assert (await reader.serving()).version == "2"  # read at 1000.1
+            newer_read.set()
             assert (await slow).version == "1"  # the slow request answers with its read
             clock.now += 0.5
             assert (await reader.serving()).version == "2"  # the newer read stays

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
-from service.adapters.redis_state import RedisState, connect
+from service.adapters.redis_state import PartitionCommit, PartitionData, RedisState, connect
 from service.config import load_settings
 from service.domain.policy import Policy
 from service.service_layer.ingest import (
@@ -70,6 +70,30 @@ class Feed:
                             customer.encode(), orjson.dumps(event), None)
 
 
+class GatedState(RedisState):
+    """A store whose reads and commits the test orders: `loaded` is set once it has read a
+    partition, and each commit first waits for `before_commit` (then sets `committed`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded = asyncio.Event()
+        self.committed = asyncio.Event()
+        self.before_commit: Callable[[], Awaitable[object]] | None = None
+
+    async def load(self, wanted: Mapping[int, Sequence[str]]) -> dict[int, PartitionData]:
+        data = await super().load(wanted)
+        self.loaded.set()
+        return data
+
+    async def commit(self, commits: Mapping[int, PartitionCommit], attempt: int = 0
+                     ) -> set[int]:
+        if self.before_commit is not None:
+            await self.before_commit()
+        conflicts = await super().commit(commits, attempt)
+        self.committed.set()
+        return conflicts
+
+
 class Rig:
     """Processors on one namespace's Redis prefix and Kafka topics."""
 
@@ -90,19 +114,20 @@ class Rig:
         for store in self.stores:
             await store.client.aclose()
 
-    def store(self, prefix: str | None = None) -> RedisState:
-        store = RedisState(connect(self.ns.stack.redis_url), prefix or self.ns.name,
-                           state_ttl=3600, counter_ttl=3600, contact_ttl=3600)
+    def store(self, prefix: str | None = None, kind: type[RedisState] = RedisState
+              ) -> RedisState:
+        store = kind(connect(self.ns.stack.redis_url), prefix or self.ns.name,
+                     state_ttl=3600, counter_ttl=3600, contact_ttl=3600)
         self.stores.append(store)
         return store
 
     def processor(self, *, cache: StateCache | None, prefix: str | None = None,
-                  lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False
-                  ) -> tuple[IngestProcessor, PipelineMetrics]:
+                  lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False,
+                  state: RedisState | None = None) -> tuple[IngestProcessor, PipelineMetrics]:
         s = self.settings
         metrics = PipelineMetrics(s.input_topics)
         processor = IngestProcessor(
-            state=self.store(prefix), sink=KafkaSink(self.producer),
+            state=state or self.store(prefix), sink=KafkaSink(self.producer),
             topics=Topics(s.topic_dead_letter, s.topic_contact_enriched,
                           s.topic_customer_alerts),
             metrics=metrics, policy=Policy(), topic_kinds=s.topic_kinds,
@@ -117,6 +142,10 @@ def cache() -> StateCache:
 
 def from_memory(metrics: PipelineMetrics) -> float:
     return metrics.state_reads_memory._value.get()  # type: ignore[attr-defined, no-any-return]
+
+
+def from_redis(metrics: PipelineMetrics) -> float:
+    return metrics.state_reads_redis._value.get()  # type: ignore[attr-defined, no-any-return]
 
 
 async def stored(store: RedisState, keys: Sequence[str]) -> dict[str, Any]:
@@ -187,18 +216,27 @@ def test_a_conflicting_commit_drops_the_held_states_and_redoes_the_batch(
     async def scenario() -> None:
         async with Rig(stack) as rig:
             feed = Feed(rig.ns)
-            first, _ = rig.processor(cache=cache())
-            second, second_metrics = rig.processor(cache=cache())
+            first_store = rig.store(kind=GatedState)
+            second_store = rig.store(kind=GatedState)
+            assert isinstance(first_store, GatedState)
+            assert isinstance(second_store, GatedState)
+            first, _ = rig.processor(cache=cache(), state=first_store)
+            second, second_metrics = rig.processor(cache=cache(), state=second_store)
             await second.process([feed.call("c1", 0)])  # second holds cust-1
-            await asyncio.gather(*(store.ping() for store in rig.stores))  # both connected
-            # Both read the partition, then both commit: the second one's commit conflicts
-            # with the first one's, after its fold changed the state it held.
+            # Both read the partition, then both commit, the first one first: the second
+            # one's commit conflicts with it, after its fold changed the state it held.
+            second_store.loaded.clear()
+            first_store.before_commit = second_store.loaded.wait
+            second_store.before_commit = first_store.committed.wait
             await asyncio.gather(first.process([feed.call("c2", 1)]),
                                  second.process([feed.transfer("c1", 0.05)]))
             assert "written by another worker; redoing them" in caplog.text
+            # The first try folded into the held cust-1; the redone try read it from Redis.
+            assert (from_memory(second_metrics), from_redis(second_metrics)) == (1, 2)
+            second_store.before_commit = None
             await second.process([feed.call("c3", 2)])
-            # only the last batch found cust-1 in memory: the redone one read it again
-            assert from_memory(second_metrics) == 1
+            # The redone commit is the partition's last: what it left in memory is used.
+            assert (from_memory(second_metrics), from_redis(second_metrics)) == (2, 2)
             got = await stored(rig.store(), ["c:cust-1"])
             state = got["states"]["c:cust-1"]
             assert sorted(state.contacts) == ["c1", "c2", "c3"]
