@@ -183,13 +183,11 @@ def test_mutual_tls_with_a_client_certificate(secured: Secured) -> None:
         asyncio.run(ensure_topics(load_settings(without), timeout=20))
 
 
-def _start_fails(ns: Namespace, extra: dict[str, str]) -> tuple[float, str]:
-    started = time.monotonic()
+def _start_fails(ns: Namespace, extra: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-m", "service", "worker"], env=ns.env(**extra),
                           capture_output=True, text=True, timeout=90, cwd=ROOT)
-    elapsed = time.monotonic() - started
     assert done.returncode == 3, done.stderr[-3000:]
-    return elapsed, done.stderr
+    return done.stderr
 
 
 @pytest.mark.parametrize(
@@ -205,11 +203,11 @@ def test_refused_credentials_and_untrusted_certificates_stop_the_worker_clearly(
         secured: Secured, server: str, change: dict[str, str], message: str) -> None:
     change = {k: str(secured.pki.other_ca) if v == "other" else v for k, v in change.items()}
     ns, extra = secured.namespace(**change)
-    elapsed, stderr = _start_fails(ns, extra)
+    stderr = _start_fails(ns, extra)
     assert f"cx-stream: cannot start: {server.capitalize()} at " in stderr
     assert message in stderr
     assert "not-the-password" not in stderr
-    assert elapsed < 30, f"took {elapsed:.0f}s to give up"
+    assert "retrying" not in stderr  # gave up at the first refusal, did not wait and try again
 
 
 def test_tools_stop_clearly_on_a_refused_password(secured: Secured, tmp_path: Path) -> None:
