@@ -24,7 +24,17 @@ from tests.chaos.harness import (
     start_stack,
     stop_kafka,
 )
-from tests.chaos.stream import DAY, T0, Message, Stream, generate, invalid_message, too_late_tail
+from tests.chaos.stream import (
+    DAY,
+    HOSTILE_KINDS,
+    T0,
+    Message,
+    Stream,
+    generate,
+    hostile_message,
+    invalid_message,
+    too_late_tail,
+)
 from tests.support.stack import Stack, Worker
 
 EXIT_REDIS_RESTARTED = 75
@@ -268,6 +278,38 @@ def redis_slow(stack: Stack, tmp: Path, *, events: int, pauses: list[float], see
             sc.measured.faults.append(f"Redis paused {pause:.0f}s at {fraction:.0%}")
             sc.measured.recoveries.append(sc.wait_progress(answered, sc.applied()))
         return _finish(sc, stream)
+
+
+def hostile_data(stack: Stack, tmp: Path, *, events: int, share: float = 0.01,
+                 seed: int = 9, days: int = 28) -> Measured:
+    """Scenario 9: hostile messages (HOSTILE_KINDS: deep nesting, impossible times, event
+    times from the future, keys that are not the customer) spread through the stream, `share`
+    of it: each dead-lettered with its reason, every valid event applied exactly, and the
+    worker never restarts."""
+    with Scenario(stack, tmp, "hostile-data") as sc:
+        stream = generate(seed, events, days=days)
+        rng = random.Random(seed)
+        valid = [m for m in stream.main if m.event is not None]
+        hostile: list[Message] = []
+        for i in range(int(len(stream.main) * share)):
+            reason = HOSTILE_KINDS[i % len(HOSTILE_KINDS)]
+            template = rng.choice(valid)
+            assert template.event is not None
+            event = dict(template.event, event_id=f"hostile-{i:06d}")
+            if "started_at" in event:
+                event["contact_id"] = f"hostile-ct-{i:06d}"  # a contact that is never sent
+            kind, key, value, expected = hostile_message(rng, reason, template.kind, event,
+                                                         template.key)
+            hostile.append(Message(kind, key, value, None, expected,
+                                   emit=rng.choice(valid).emit))
+        stream.main = sorted(stream.main + hostile, key=lambda m: m.emit)
+        worker = sc.start_worker()
+        sc.produce(stream.main)
+        sc.measured.faults.append(f"{len(hostile)} hostile messages "
+                                  f"({', '.join(HOSTILE_KINDS)}) among {len(stream.main)}")
+        sc.wait_caught_up(1200)
+        assert worker.proc.poll() is None, worker.logs()  # never stopped: no restart
+        return _finish(sc, stream, counted=True, timeout=1200)
 
 
 def poison_flood(stack: Stack, tmp: Path, *, events: int, flood: int, oversized: int,

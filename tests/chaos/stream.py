@@ -179,6 +179,39 @@ REJECT_KINDS = ("too_large", "not_json", "not_object", "missing_field", "wrong_t
                 "invalid_value", "bad_timestamp", "started_after_occurred")
 
 
+# What a hostile or buggy producer sends beyond plain contract errors (docs/reliability.md,
+# "Bad data"): nesting past CX_MAX_EVENT_DEPTH, times outside years 1..9999 in UTC, event times
+# far ahead of the record's Kafka timestamp, a key that is not the event's customer.
+HOSTILE_KINDS = ("too_deep", "out_of_range_time", "from_future", "key_mismatch")
+
+
+def hostile_message(rng: random.Random, reason: str, kind: str, event: dict[str, Any],
+                    key: bytes | None) -> tuple[str, bytes | None, bytes | None, str]:
+    """(kind, key, value, expected dead-letter reason) of a hostile message made from a valid
+    event of `kind`."""
+    e = dict(event)
+    if reason == "too_deep":
+        nested: Any = "bottom"
+        for _ in range(rng.randint(40, 300)):
+            nested = {"n": nested}
+        e["extra"] = nested
+        return kind, key, orjson.dumps(e), "too_deep"
+    if reason == "out_of_range_time":
+        e["occurred_at"] = rng.choice(["0001-01-01T00:00:00+23:59",
+                                       "9999-12-31T23:59:59-23:59"])
+        return kind, key, orjson.dumps(e), "bad_timestamp"
+    if reason == "from_future":
+        # Kafka stamps the record with the time it is sent: this is days ahead of that.
+        ahead = datetime.now(UTC) + timedelta(days=rng.randint(2, 3000))
+        e["occurred_at"] = ahead.isoformat()
+        if kind == "call-ended":
+            e["started_at"] = e["occurred_at"]
+        return kind, key, orjson.dumps(e), "from_future"
+    if reason == "key_mismatch":
+        return kind, f"someone-else-{rng.randrange(10**6)}".encode(), orjson.dumps(e), reason
+    raise ValueError(reason)
+
+
 def invalid_message(rng: random.Random, reason: str, kind: str, event: dict[str, Any],
                     max_bytes: int = 65536) -> tuple[str, bytes | None]:
     """(kind, value) of a message that a correct service rejects with `reason`, made from a

@@ -54,3 +54,7 @@ def test_7_an_hour_sent_again(stack: Stack, tmp_path: Path) -> None:
 
 def test_8_events_beyond_the_allowed_lateness(stack: Stack, tmp_path: Path) -> None:
     scenarios.too_late(stack, tmp_path, events=n(30_000), late=2_000)
+
+
+def test_9_hostile_data_spread_through_the_stream(stack: Stack, tmp_path: Path) -> None:
+    scenarios.hostile_data(stack, tmp_path, events=n(200_000), share=0.01)
