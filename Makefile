@@ -44,7 +44,7 @@ rules:
 
 integration: $(STAMP)
 	@deploy/local/stack.sh tools
-	$(BIN)/pytest -q tests/integration tests/e2e
+	$(BIN)/pytest -q --durations=8 tests/integration tests/e2e
 
 # The same test files, unchanged, with the test stack's Redis a 3-master Redis Cluster
 # (`make integration-cluster` leaves out the two month-long replays, for a quicker pass).
