@@ -20,7 +20,7 @@ from service.adapters.redis_state import connect
 from service.config import load_settings
 from service.tools.anonymous_bank import ImportReport, convert, parse_utc_offset
 from service.tools.traffic import TrafficModel
-from tests.support.engine_state import PARTITIONS, settled, snapshot
+from tests.support.engine_state import PARTITIONS, snapshot, wait_settled
 from tests.support.stack import Namespace, Stack, Worker, produce, read_topic, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -64,8 +64,7 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
     worker = Worker(preloaded, tmp_path / "preloaded.log", **SHORT_WINDOWS)
     try:
         worker.wait_ready()
-        wait_until(lambda: settled(preloaded, distinct), timeout=120,
-                   what="the backlog applied")
+        wait_settled(preloaded, distinct, what="the backlog applied")
         assert worker.metric("cx_events_invalid_total", topic=preloaded.topic("survey-answered"),
                              reason="too_late") == 0
     finally:
@@ -83,8 +82,7 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
             # the machine's speed.
             asyncio.run(produce(stack.kafka_bootstrap, records[i:i + chunk]))
             _wait_consumed(worker, min(i + chunk, len(records)))
-        wait_until(lambda: settled(trickled, distinct), timeout=120,
-                   what="the trickle applied")
+        wait_settled(trickled, distinct, what="the trickle applied")
     finally:
         assert worker.stop() == 0, worker.logs()
 
@@ -159,7 +157,7 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
                     CX_BATCH_MAX_EVENTS="1000")
     try:
         worker.wait_ready()
-        wait_until(lambda: settled(ns, len(events)), timeout=300, what="the month applied")
+        wait_settled(ns, len(events), what="the month applied", worker=worker)
         elapsed = time.monotonic() - started
         status, body = worker.get(
             "/api/v1/fcr?from=1999-07-31T21:00:00Z&to=1999-09-01T00:00:00Z")
@@ -253,7 +251,7 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         assert fcr["fcr"] == pytest.approx(1 / 3, abs=1e-6)
         labels = {"window": "24h", "queue": "billing", "channel": "", "segment": "",
                   "agent": "", "policy_version": "1"}
-        wait_until(lambda: worker.metric("cx_csat_average", **labels) == 1, timeout=20,
+        wait_until(lambda: worker.metric("cx_csat_average", **labels) == 1, timeout=60,
                    what="the business gauges refreshed after the survey")
         assert worker.metric("cx_customers_at_risk", policy_version="1") == 1
         assert worker.metric("cx_data_quality_ratio", measure="identified_contacts",

@@ -78,7 +78,7 @@ def test_worker_applies_through_sentinel_and_follows_a_failover(
                    what="the first events applied through the sentinel")
         # Written to the primary, and replicated: the replica holds the partition clocks.
         assert "role:master" in sentinel.cli(primary, "info", "replication")
-        wait_until(lambda: _applied(ns, f"redis://127.0.0.1:{replica}/0") == 40, timeout=20,
+        wait_until(lambda: _applied(ns, f"redis://127.0.0.1:{replica}/0") == 40, timeout=60,
                    what="the state replicated")
 
         # The primary dies; the sentinel promotes the replica; the worker follows it.

@@ -11,7 +11,7 @@ import pytest
 from service.adapters.kafka_admin import ensure_topics
 from service.config import load_settings
 from service.tools.traffic import TrafficModel
-from tests.support.engine_state import settled
+from tests.support.engine_state import wait_settled
 from tests.support.stack import Stack, Worker, free_port, produce, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ def test_two_workers_split_the_work_and_agree_on_the_business_figures(
             worker.wait_ready()
         asyncio.run(produce(stack.kafka_bootstrap,
                             [(ns.topic(m.kind), m.key, m.value) for m in messages]))
-        wait_until(lambda: settled(ns, len(messages)), timeout=120, what="all applied")
+        wait_settled(ns, len(messages), what="all applied")
 
         def applied(worker: Worker) -> float:
             return sum(worker.metric("cx_events_applied_total", topic=ns.topic(k))

@@ -66,7 +66,7 @@ def test_wallboard_shows_the_numbers_and_updates_live(stack: Stack, tmp_path: Pa
         def board() -> dict:
             return json.loads(worker.get("/api/v1/wallboard")[1])
 
-        wait_until(lambda: len(board()["queues"]) == 2, timeout=30, what="wallboard data")
+        wait_until(lambda: len(board()["queues"]) == 2, timeout=60, what="wallboard data")
         first = board()
         assert first["centre"]["contacts_last_hour"] == 40
 
@@ -82,7 +82,7 @@ def test_wallboard_shows_the_numbers_and_updates_live(stack: Stack, tmp_path: Pa
                     "document.querySelector('#queue-billing').className")
                 # New events: billing's customers call back, its FCR falls on the same page.
                 await produce(stack.kafka_bootstrap, _calls(ns, "billing", 20, 20, 20))
-                wait_until(lambda: board()["centre"]["contacts_last_hour"] == 60, timeout=30,
+                wait_until(lambda: board()["centre"]["contacts_last_hour"] == 60, timeout=60,
                            what="the new events in the wallboard data")
                 after = board()["centre"]["fcr_provisional"]
                 updated = await _wait_text(page, "#tile-fcr .value", _shown(after))

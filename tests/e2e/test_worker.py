@@ -17,7 +17,7 @@ from service.adapters.kafka_admin import ensure_topics
 from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.tools.traffic import TrafficModel
-from tests.support.engine_state import settled, snapshot
+from tests.support.engine_state import snapshot, wait_settled
 from tests.support.stack import (
     Namespace,
     Stack,
@@ -118,7 +118,7 @@ def test_valid_counted_invalid_dead_lettered_with_reason(stack: Stack, tmp_path:
         assert "started_at" in starts_after["message"]
 
         wait_until(lambda: worker.metric("cx_events_duplicate_total",
-                                         topic=ns.topic("call-ended")) == 1, timeout=20,
+                                         topic=ns.topic("call-ended")) == 1, timeout=60,
                    what="the duplicate counted")
         for topic, n in valid_by_topic.items():
             assert worker.metric("cx_events_applied_total", topic=topic) == n
@@ -175,7 +175,7 @@ def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
             == ends,
             timeout=30, what="offsets committed up to the end",
         )
-        wait_until(lambda: settled(ns, len(records)), timeout=60, what="outputs published")
+        wait_settled(ns, len(records), what="outputs published")
     finally:
         assert restarted.stop() == 0, restarted.logs()
     assert _applied_in_redis(ns) == dict(expected)
@@ -188,7 +188,7 @@ def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
     reference = Worker(calm, tmp_path / "calm.log")
     try:
         reference.wait_ready()
-        wait_until(lambda: settled(calm, len(records)), timeout=120, what="the calm run")
+        wait_settled(calm, len(records), what="the calm run")
     finally:
         assert reference.stop() == 0, reference.logs()
     views, counters, _ = snapshot(ns)

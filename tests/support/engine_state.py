@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
 import orjson
 
 from service.adapters.redis_state import RedisState, connect
-from tests.support.stack import Namespace
+from tests.support.stack import Namespace, Worker
 
 PARTITIONS = 6
 
@@ -19,27 +20,49 @@ def store_of(ns: Namespace) -> RedisState:
                       contact_ttl=60)
 
 
-def settled(ns: Namespace, applied: int) -> bool:
-    """All events applied, every outbox published, and no timer left due."""
+def progress(ns: Namespace) -> tuple[int, int, int]:
+    """(events applied, outbox entries not yet published, partitions with a timer due)."""
 
-    async def read() -> bool:
+    async def read() -> tuple[int, int, int]:
         store = store_of(ns)
         try:
             clocks = await store.read_clocks(PARTITIONS)
-            if sum(sum(c.applied.values()) for c in clocks.values()) != applied:
-                return False
+            applied = sum(sum(c.applied.values()) for c in clocks.values())
+            outbox = due = 0
             for p, clock in clocks.items():
-                if await store.client.llen(store.key(p, "outbox")):
-                    return False
+                outbox += await store.client.llen(store.key(p, "outbox"))
                 first = await store.client.zrange(store.key(p, "timers"), 0, 0,
                                                   withscores=True)
                 if first and clock.watermark is not None and first[0][1] < clock.watermark:
-                    return False
-            return True
+                    due += 1
+            return applied, outbox, due
         finally:
             await store.client.aclose()
 
     return asyncio.run(read())
+
+
+def settled(ns: Namespace, applied: int) -> bool:
+    """All events applied, every outbox published, and no timer left due."""
+    return progress(ns) == (applied, 0, 0)
+
+
+def wait_settled(ns: Namespace, applied: int, *, stall: float = 120, what: str = "",
+                 worker: Worker | None = None) -> None:
+    """Wait until `settled`, for as long as the engine makes progress: fail only when nothing
+    changed for `stall` seconds (a slow or busy machine is slow, not stuck)."""
+    seen = progress(ns)
+    changed = time.monotonic()
+    while seen != (applied, 0, 0):
+        time.sleep(0.5)
+        now = progress(ns)
+        if now != seen:
+            seen, changed = now, time.monotonic()
+        elif time.monotonic() - changed > stall:
+            logs = f"\n{worker.logs()}" if worker is not None else ""
+            raise AssertionError(
+                f"{what or 'settling'}: no progress for {stall:.0f}s at (applied, outbox, "
+                f"partitions with a due timer) = {seen}, expected ({applied}, 0, 0){logs}")
 
 
 async def views_and_counters(client: Any, prefix: str) -> tuple[dict[str, Any], Counter[str]]:
