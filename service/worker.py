@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, EventT, StreamT
 from redis.exceptions import RedisError
@@ -47,6 +48,7 @@ from service.service_layer.ingest import (
     IngestProcessor,
     InputMessage,
     ProcessingDefect,
+    RecordsTooLarge,
     Topics,
     is_transient,
 )
@@ -71,30 +73,67 @@ class KafkaOutputs:
     async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
         producer: Any = self._app.producer
         kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
+        # A record over the producer's limit is refused before anything is sent; one over the
+        # topic's (broker) limit fails its batch, whose records are then sent one by one.
+        limit = int(getattr(kafka, "_max_request_size", 1_048_576))
+        too_large: dict[int, int] = {}
         partitions: dict[str, list[int]] = {}
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        for topic, key, value in records:
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        for index, (topic, key, value) in enumerate(records):
+            size = len(value) + len(key or b"")
+            if size + _RECORD_OVERHEAD > limit:
+                too_large[index] = size
+                continue
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await kafka.partitions_for(topic))
             partition = self._partitioner(key, known, known)
-            by_partition.setdefault((topic, partition), []).append((key, value))
-        pending = []
-        for (topic, partition), items in by_partition.items():
+            by_partition.setdefault((topic, partition), []).append(index)
+        pending: list[tuple[Any, list[int], str, int]] = []
+        for (topic, partition), indexes in by_partition.items():
             batch = kafka.create_batch()
-            for key, value in items:
+            in_batch: list[int] = []
+            for index in indexes:
+                _, key, value = records[index]
                 if batch.append(key=key, value=value, timestamp=None) is not None:
+                    in_batch.append(index)
                     continue
                 if batch.record_count():  # full: send it, start the next one
-                    pending.append(await kafka.send_batch(batch, topic, partition=partition))
-                    batch = kafka.create_batch()
+                    pending.append((await kafka.send_batch(batch, topic, partition=partition),
+                                    in_batch, topic, partition))
+                    batch, in_batch = kafka.create_batch(), []
                     if batch.append(key=key, value=value, timestamp=None) is not None:
+                        in_batch.append(index)
                         continue
                 # larger than a batch: on its own
-                pending.append(await kafka.send(topic, value, key, partition=partition))
+                pending.append((await kafka.send(topic, value, key, partition=partition),
+                                [index], topic, partition))
             if batch.record_count():
-                pending.append(await kafka.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*pending)
+                pending.append((await kafka.send_batch(batch, topic, partition=partition),
+                                in_batch, topic, partition))
+        results = await asyncio.gather(*(f for f, _, _, _ in pending), return_exceptions=True)
+        failure: BaseException | None = None
+        for (_, indexes, topic, partition), result in zip(pending, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                # The broker refused the batch: find which records it cannot take.
+                singles = [await kafka.send(topic, records[i][2], records[i][1],
+                                            partition=partition) for i in indexes]
+                for index, single in zip(indexes, await asyncio.gather(
+                        *singles, return_exceptions=True), strict=True):
+                    if isinstance(single, MessageSizeTooLargeError):
+                        too_large[index] = len(records[index][2]) + len(records[index][1] or b"")
+                    elif isinstance(single, BaseException):
+                        failure = single
+            elif isinstance(result, BaseException):
+                failure = result
+        if failure is not None:
+            raise failure
+        if too_large:
+            raise RecordsTooLarge(too_large, limit)
+
+
+# Bytes a record adds to its key and value in a request (headers, lengths, batch header).
+_RECORD_OVERHEAD = 512
 
 
 def _message_of(event: EventT[Any]) -> InputMessage:
@@ -181,6 +220,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         lagging=lagging,
         input_topics=settings.input_topics,
         cache=cache,
+        dead_letter_max_copy=settings.dead_letter_max_copy,
     )
     group_joined = asyncio.Event()
 
