@@ -81,6 +81,7 @@ class InputMessage:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
+    redriven: bool = False  # sent back from the dead-letter topic (`cx-stream redrive`)
 
 
 class ProcessingDefect(Exception):
@@ -171,6 +172,7 @@ def dead_letter_record(msg: InputMessage, reason: str, message: str, now: dateti
         "message": message[:_MESSAGE_MAX],
         "event_id": event_id,
         "dead_lettered_at": _now_text(now),
+        "redriven": msg.redriven,
         "truncated": (msg.key is not None and len(msg.key) > max_copy)
         or (msg.value is not None and len(msg.value) > max_copy),
         "key_bytes": None if msg.key is None else len(msg.key),

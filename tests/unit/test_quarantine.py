@@ -15,8 +15,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from service.adapters.metrics import PipelineMetrics
+from service.cli import build_parser
 from service.domain.events import ContactEvent
 from service.domain.policy import Policy
+from service.redrive import SEND, Selection, choose, original
 from service.service_layer.ingest import (
     IngestProcessor,
     InputMessage,
@@ -168,3 +170,53 @@ def test_a_dead_letter_too_large_for_kafka_loses_its_copies_only() -> None:
     assert stub["key_base64"] is None
     assert stub["value_sha256"] == hashlib.sha256(value).hexdigest()
     assert stub["message"].startswith("over (")
+
+
+# -- redrive: which dead letters go back ------------------------------------------------------
+
+INPUTS = ("call-ended", "transfer", "survey-answered")
+
+
+def _dead(**changes: Any) -> dict[str, Any]:
+    record = dead_letter_record(_message(b'{"event_id": "e-9"}'), "missing_field", "m", NOW)
+    record.update(changes)
+    return record
+
+
+def test_redrive_sends_a_whole_dead_letter_back_with_its_original_bytes() -> None:
+    record = _dead()
+    assert choose(record, Selection(), INPUTS) == SEND
+    assert original(record) == (b"cust-1", b'{"event_id": "e-9"}')
+    assert original(_dead(key_base64=None, value_base64=None)) == (None, None)
+
+
+@pytest.mark.parametrize(("record", "selection", "why"), [
+    (_dead(reason="too_late"), Selection(reasons=frozenset({"missing_field"})), "other reason"),
+    (_dead(), Selection(since=datetime(2026, 12, 1, tzinfo=UTC)), "outside the time range"),
+    (_dead(), Selection(until=NOW), "outside the time range"),
+    (_dead(truncated=True), Selection(), "copy cut (cannot be redriven)"),
+    (_dead(redriven=True), Selection(), "redriven before (use --include-redriven)"),
+    (_dead(topic="contact-enriched", partition=None), Selection(), "not from an input topic"),
+    ([1, 2], Selection(), "unreadable"),
+])
+def test_redrive_skips_what_it_must_not_send(record: Any, selection: Selection,
+                                             why: str) -> None:
+    assert choose(record, selection, INPUTS) == why
+
+
+def test_redrive_sends_a_redriven_dead_letter_again_only_when_asked() -> None:
+    record = _dead(redriven=True)
+    assert choose(record, Selection(include_redriven=True), INPUTS) == SEND
+    assert choose(_dead(), Selection(since=NOW, until=datetime(2026, 12, 1, tzinfo=UTC)),
+                  INPUTS) == SEND
+
+
+def test_the_redrive_command_line() -> None:
+    args = build_parser().parse_args(
+        ["redrive", "--reason", "processing_error", "--reason", "too_large", "--since",
+         "2026-11-30T00:00:00Z", "--dry-run"])
+    assert args.reason == ["processing_error", "too_large"]
+    assert args.since == datetime(2026, 11, 30, tzinfo=UTC)
+    assert args.dry_run is True
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["redrive", "--since", "2026-11-30T00:00:00"])
