@@ -48,6 +48,12 @@ class PipelineMetrics:
             "Output records Kafka refused as too large; a small dead letter was published in "
             "place of each.", ["topic"], registry=r,
         )
+        self.states_undecodable = Counter(
+            "cx_states_undecodable",
+            "Stored customer states found unreadable when their timer fell due (the timer is "
+            "dropped; the customer's events are dead-lettered as processing_error).",
+            registry=r,
+        )
         self.retries = Counter(
             "cx_dependency_retries",
             "Failed attempts to reach a dependency that the worker retried.",

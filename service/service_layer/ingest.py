@@ -233,6 +233,7 @@ class _Plan:
     outputs: list[tuple[str, str | None, int, bytes]] = field(default_factory=list)
     # Count vectors of the settled contacts; hash fields of `commit.counters` once at the end
     counts: dict[BucketKey, list[int]] = field(default_factory=dict)
+    undecodable: int = 0  # due states that could not be decoded (their timers dropped)
 
     def emit(self, kind: str, key: str | None, version: int, value: bytes) -> None:
         self.commit.outbox.append(outbox_item(kind, key, version, value))
@@ -323,6 +324,8 @@ class IngestProcessor:
                     m.duplicates_by_topic[topic].inc(dups)
                 for topic, reason in plan.late:
                     m.invalid_by_topic_reason[(topic, reason)].inc()
+                if plan.undecodable:
+                    m.states_undecodable.inc(plan.undecodable)
         if self._cache is not None:
             m.state_cache_bytes.set(self._cache.bytes)
         for seconds in self._state.round_trips:
@@ -705,7 +708,15 @@ class IngestProcessor:
             if member not in states:
                 if not data.has(member):
                     continue  # not read (cannot happen: _read_due read every due one)
-                loaded = data.state(member)
+                try:
+                    loaded = data.state(member)
+                except UndecodableState as exc:
+                    # No event of the batch is tied to it: drop its timer (its events are
+                    # dead-lettered when they come) and leave the value for inspection.
+                    log.error("%s; its timer is dropped", exc)
+                    plan.undecodable += 1
+                    plan.commit.timers_remove.append(member)
+                    continue
                 if loaded is None:  # expired meanwhile
                     plan.commit.timers_remove.append(member)
                     continue

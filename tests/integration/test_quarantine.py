@@ -248,6 +248,33 @@ def test_a_stored_state_that_cannot_be_decoded_stops_only_that_customer(stack: S
     asyncio.run(scenario())
 
 
+def test_a_due_timer_of_a_state_that_cannot_be_decoded_is_dropped(stack: Stack) -> None:
+    async def scenario() -> None:
+        rig = Rig(stack)
+        try:
+            feed = Feed()
+            prefix = _prefix()
+            store = rig.store(prefix)
+            processor, sink, metrics = rig.processor(prefix)
+            await processor.process([feed.call("c1", 0, "cust-1"), feed.call("c2", 0, "cust-2")])
+            data = (await store.load({PARTITION: []}))[PARTITION]
+            assert "c:cust-2" in dict(data.due)
+            await store.client.set(store.state_key(PARTITION, "c:cust-2"), b"[[[")
+            # Weeks later in event time: every timer of the partition falls due.
+            outcome = await processor.process([feed.call("c3", 24 * 30, "cust-3")])
+            assert outcome.applied == 1
+            assert metrics.states_undecodable._value.get() == 1  # type: ignore[attr-defined]
+            data = (await store.load({PARTITION: []}))[PARTITION]
+            assert "c:cust-2" not in dict(data.due)
+            assert await store.client.get(store.state_key(PARTITION, "c:cust-2")) == b"[[["
+            assert "c3" in _contacts(sink)
+            assert sink.dead() == []
+        finally:
+            await rig.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_failure_no_event_causes_stops_the_worker_and_writes_nothing(stack: Stack) -> None:
     async def scenario() -> None:
         rig = Rig(stack)
