@@ -378,7 +378,10 @@ VARIABLES: tuple[Variable, ...] = (
              "retries without end and never skips the event).",
              _positive_seconds, "retry_max_backoff"),
     Variable("CX_SHUTDOWN_TIMEOUT", "30s",
-             "On SIGTERM, how long the worker may take to finish the batch in hand.",
+             "On SIGTERM, how long the worker may take to stop: it finishes the batch in hand if "
+             "it can, and whatever it is doing (a batch retrying an unreachable Redis or Kafka) "
+             "it ends at this time, with exit code 124; what was not acknowledged is delivered "
+             "again.",
              _positive_seconds, "shutdown_timeout"),
     Variable("CX_HTTP_HOST", "127.0.0.1",
              "Address the HTTP server (metrics, health, API) binds; `0.0.0.0` in containers.",

@@ -188,6 +188,34 @@ def test_poison_events_are_dead_lettered_and_the_worker_stays_up(
         assert worker.stop() == 0, worker.logs()
 
 
+def test_a_dead_letter_over_kafkas_limit_is_replaced_by_a_stub_not_retried_forever(
+        stack: Stack, tmp_path: Path) -> None:
+    """The copy limit raised to 16 MiB: the dead letter of an 800 KB value (base64, over 1 MB)
+    is refused by the producer, and a stub goes out instead of retrying without end."""
+    ns = stack.namespace()
+    _create_topics(ns)
+    big = _call(ns, "big", "cust-1", 0, notes="n" * 800_000)
+    records = [_call(ns, "a", "cust-2", 0), big, _call(ns, "b", "cust-3", 0.1)]
+    asyncio.run(produce(stack.kafka_bootstrap, records, max_request_size=2 * 1024 * 1024))
+    worker = Worker(ns, tmp_path / "worker.log", CX_DEAD_LETTER_MAX_COPY=str(16 * 1024 * 1024))
+    try:
+        worker.wait_ready()
+        wait_until(lambda: _applied(ns) == 2, what="the valid events applied")
+        (dead,) = _dead_letters(ns, 1)
+        body = orjson.loads(dead.value)
+        assert len(dead.value) < 10_000
+        assert (body["reason"], body["truncated"], body["value_base64"]) == ("too_large", True,
+                                                                           None)
+        assert body["value_bytes"] == len(big[2] or b"")
+        assert "over the limit of" in body["message"]
+        wait_until(lambda: worker.metric("cx_outputs_too_large_total",
+                                         topic=ns.topic("dead-letter")) == 1,
+                   what="the refused record counted")
+        assert worker.metric("cx_dependency_retries_total", dependency="kafka") == 0
+    finally:
+        assert worker.stop() == 0, worker.logs()
+
+
 def test_shutdown_holds_its_timeout_while_a_batch_retries(stack: Stack, tmp_path: Path) -> None:
     redis = LocalRedis("single", tmp_path / "redis").start()
     try:
