@@ -32,6 +32,10 @@ REDRIVE_HEADER = "cx-redriven"
 SEND = "send"
 
 
+class NoDeadLetterTopic(Exception):
+    """CX_TOPIC_DEAD_LETTER names no topic the brokers know."""
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which dead letters to send back. Offsets are those of the dead-letter topic."""
@@ -105,11 +109,15 @@ async def redrive(settings: Settings, selection: Selection, *, dry_run: bool,
         if producer is not None:
             await producer.start()
         partitions = consumer.partitions_for_topic(topic)
-        while partitions is None:
+        for _ in range(50):  # metadata of a topic not asked for before: up to 10 s
+            if partitions is not None:
+                break
             await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic)
             if partitions is None:
                 await asyncio.sleep(0.2)
+        if partitions is None:
+            raise NoDeadLetterTopic(f"the dead-letter topic {topic!r} was not found")
         if selection.partition is not None:
             partitions = {p for p in partitions if p == selection.partition}
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -133,6 +141,9 @@ async def redrive(settings: Settings, selection: Selection, *, dry_run: bool,
         shown = time.monotonic()
         while stop and (selection.limit is None or report.sent < selection.limit):
             batch = await consumer.getmany(*stop, timeout_ms=1000, max_records=500)
+            if not batch:  # nothing came: partitions whose remaining offsets hold no record
+                for tp in [tp for tp in stop if await consumer.position(tp) >= stop[tp]]:
+                    del stop[tp]
             for tp, messages in batch.items():
                 for message in messages:
                     if tp not in stop or message.offset >= stop[tp]:
@@ -216,7 +227,11 @@ def run_redrive(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
         reasons=frozenset(args.reason), since=args.since, until=args.until,
         partition=args.partition, from_offset=args.from_offset, to_offset=args.to_offset,
         include_redriven=args.include_redriven, limit=args.limit)
-    report = asyncio.run(redrive(settings, selection, dry_run=args.dry_run,
-                                 progress=None if args.quiet else sys.stderr))
+    try:
+        report = asyncio.run(redrive(settings, selection, dry_run=args.dry_run,
+                                     progress=None if args.quiet else sys.stderr))
+    except NoDeadLetterTopic as exc:
+        print(f"cx-stream: {exc}", file=sys.stderr)
+        return 1
     out.write(report.line(args.dry_run) + "\n")
     return 0

@@ -48,11 +48,11 @@ class PipelineMetrics:
             "Output records Kafka refused as too large; a small dead letter was published in "
             "place of each.", ["topic"], registry=r,
         )
-        self.states_undecodable = Counter(
-            "cx_states_undecodable",
-            "Stored customer states found unreadable when their timer fell due (the timer is "
-            "dropped; the customer's events are dead-lettered as processing_error).",
-            registry=r,
+        self.state_errors = Counter(
+            "cx_state_errors",
+            "Stored customer states the worker could not decode or settle when their timer "
+            "fell due, with no event of theirs in the batch: the timer is dropped, the state "
+            "left as stored.", registry=r,
         )
         self.retries = Counter(
             "cx_dependency_retries",

@@ -233,7 +233,9 @@ class _Plan:
     outputs: list[tuple[str, str | None, int, bytes]] = field(default_factory=list)
     # Count vectors of the settled contacts; hash fields of `commit.counters` once at the end
     counts: dict[BucketKey, list[int]] = field(default_factory=dict)
-    undecodable: int = 0  # due states that could not be decoded (their timers dropped)
+    # Due states (no event of the batch) that could not be decoded or settled: their timers
+    # are dropped, the states left as stored, and not kept in memory.
+    state_errors: list[str] = field(default_factory=list)
 
     def emit(self, kind: str, key: str | None, version: int, value: bytes) -> None:
         self.commit.outbox.append(outbox_item(kind, key, version, value))
@@ -313,8 +315,8 @@ class IngestProcessor:
             for msg, r in rejected:
                 m.invalid_by_topic_reason[(msg.topic, r.reason.value)].inc()
         if valid:
-            plans = await self._apply(valid)
-            self._observe(valid, plans)
+            plans, skipped = await self._apply(valid)
+            self._observe(valid, plans, skipped)
             for plan in plans.values():
                 for name in ("applied", "duplicates", "too_late", "quarantined", "updates",
                              "alerts"):
@@ -324,8 +326,8 @@ class IngestProcessor:
                     m.duplicates_by_topic[topic].inc(dups)
                 for topic, reason in plan.late:
                     m.invalid_by_topic_reason[(topic, reason)].inc()
-                if plan.undecodable:
-                    m.states_undecodable.inc(plan.undecodable)
+                if plan.state_errors:
+                    m.state_errors.inc(len(plan.state_errors))
         if self._cache is not None:
             m.state_cache_bytes.set(self._cache.bytes)
         for seconds in self._state.round_trips:
@@ -335,14 +337,19 @@ class IngestProcessor:
         return outcome
 
     def _observe(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
-                 plans: dict[int, _Plan]) -> None:
-        """Latencies of this batch, and the business counters of what it published."""
+                 plans: dict[int, _Plan], skipped: Mapping[int, Mapping[tuple[str, int], str]]
+                 ) -> None:
+        """Latencies of this batch, and the business counters of what it published (the
+        events `skipped` were quarantined, not applied)."""
         m = self._metrics
         now = time.time()
         transfers: dict[str, int] = {}
         surveys: dict[str, int] = {}
-        for items in valid.values():
+        for p, items in valid.items():
+            skip = skipped.get(p)
             for msg, event in items:
+                if skip and (msg.topic, msg.offset) in skip:
+                    continue
                 m.event_latency.observe(max(0.0, now - event.header.occurred_at.timestamp()))
                 if msg.timestamp_ms:
                     m.broker_latency.observe(max(0.0, now - msg.timestamp_ms / 1000))
@@ -383,16 +390,18 @@ class IngestProcessor:
             return Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
 
     async def _apply(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
-                     ) -> dict[int, _Plan]:
+                     ) -> tuple[dict[int, _Plan], dict[int, dict[tuple[str, int], str]]]:
+        """Commit, publish and trim the outbox; the plans and the events quarantined."""
+        skipped: dict[int, dict[tuple[str, int], str]] = {}
         try:
             plans, leftovers = await self._retrying("redis", lambda: self._commit(valid))
         except ProcessingDefect as defect:
-            plans, leftovers = await self._quarantine(valid, defect)
+            plans, leftovers = await self._quarantine(valid, defect, skipped)
         records, published, contacts = self._outbox_records(plans, leftovers)
         if records:
             await self._send(records)
         await self._retrying("redis", lambda: self._state.finish_outbox(published, contacts))
-        return plans
+        return plans, skipped
 
     async def _send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
         """Publish, retrying while Kafka fails; a record Kafka refuses as too large is replaced
@@ -419,15 +428,15 @@ class IngestProcessor:
     # -- quarantine: a batch that fails for a reason of its own ----------------------------
 
     async def _quarantine(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
-                          defect: ProcessingDefect
+                          defect: ProcessingDefect, skip: dict[int, dict[tuple[str, int], str]]
                           ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
         """Applying the batch raised something retrying cannot cure: find the events that cause
         it, dead-letter exactly those (`processing_error`) and apply the others. Work done only
         when a batch failed. When no event causes it (the failure comes again without them),
-        the defect propagates: the worker stops and its restart is the cure."""
+        the defect propagates: the worker stops and its restart is the cure. `skip` receives
+        the quarantined events: per partition, (topic, offset) -> why."""
         log.error("a batch of %d events cannot be applied (%s); looking for the events that "
                   "cause it", sum(map(len, valid.values())), defect)
-        skip: dict[int, dict[tuple[str, int], str]] = {}
         for partition, items in valid.items():
             found = await self._retrying("redis", partial(self._culprits, partition, items))
             if found:
@@ -533,6 +542,8 @@ class IngestProcessor:
                         if cache is not None and c.committed_seq is not None:
                             cache.committed(partition, c.committed_seq, c.states, c.sizes,
                                             written_at)
+                            if plan.state_errors:  # settle may have changed them in memory
+                                cache.discard(partition, plan.state_errors)
                 if not conflicts:
                     return done, leftovers
                 if cache is not None:
@@ -702,6 +713,7 @@ class IngestProcessor:
         states = fold.states
         touched = fold.touched
         watermark = fold.watermark
+        timers_only: set[str] = set()  # touched by no event of the batch
         for member, due_at in data.due:
             if watermark is None or due_at >= watermark:
                 break  # timers come sorted by due time
@@ -714,17 +726,30 @@ class IngestProcessor:
                     # No event of the batch is tied to it: drop its timer (its events are
                     # dead-lettered when they come) and leave the value for inspection.
                     log.error("%s; its timer is dropped", exc)
-                    plan.undecodable += 1
+                    plan.state_errors.append(member)
                     plan.commit.timers_remove.append(member)
                     continue
                 if loaded is None:  # expired meanwhile
                     plan.commit.timers_remove.append(member)
                     continue
                 states[member] = loaded
+            if member not in touched:
+                timers_only.add(member)
             touched.add(member)
         for key in touched:
             if watermark is not None:
-                self._settle(key, states[key], watermark, plan)
+                if key not in timers_only:
+                    self._settle(key, states[key], watermark, plan)
+                    continue
+                try:
+                    self._settle(key, states[key], watermark, plan)
+                except Exception:
+                    # No event of the batch is tied to it: drop its timer and leave the state
+                    # as stored (its events are dead-lettered when they come).
+                    log.exception("the stored state %r cannot be settled; its timer is "
+                                  "dropped", key)
+                    plan.state_errors.append(key)
+                    plan.commit.timers_remove.append(key)
             else:
                 # No watermark yet (a lagging topic of this partition was not read): keep the
                 # state and settle it as soon as there is one.
@@ -745,9 +770,13 @@ class IngestProcessor:
 
     def _settle(self, key: str, state: CustomerState, watermark: float, plan: _Plan) -> None:
         settled: Settled = settle(state, watermark, self._policy)
+        # Everything that can raise comes before the plan changes: a state that fails here
+        # leaves the plan as it was (_settle_partition).
+        views = [orjson.dumps(update.view) for update in settled.updates]
+        alerts = [orjson.dumps(alert_payload(alert)) for alert in settled.alerts]
         commit = plan.commit
         merge_counts(plan.counts, settled.counts)
-        for update in settled.updates:
+        for update, encoded in zip(settled.updates, views, strict=True):
             view = update.view
             labels = (view["queue"], view["channel"], view["outcome"])
             if update.version == 1:
@@ -756,7 +785,7 @@ class IngestProcessor:
                     plan.published.append(("repeat", labels, 1))
             else:
                 plan.published.append(("correction", labels, 1))
-            plan.emit("contact", update.contact_id, update.version, orjson.dumps(update.view))
+            plan.emit("contact", update.contact_id, update.version, encoded)
         for name, delta in zip(("surveys_joined", "surveys", "transfers_joined", "transfers"),
                                settled.joins, strict=True):
             if delta:
@@ -767,11 +796,10 @@ class IngestProcessor:
                 if band is not None:
                     name = f"band:{band}"
                     commit.clock_increments[name] = commit.clock_increments.get(name, 0) + delta
-        for alert in settled.alerts:
+        for alert, payload in zip(settled.alerts, alerts, strict=True):
             delta = 1 if alert.alert == "at_risk_entered" else -1
             commit.clock_increments["at_risk"] = commit.clock_increments.get("at_risk", 0) + delta
-            plan.emit("alert", alert.customer_id, alert.version,
-                      orjson.dumps(alert_payload(alert)))
+            plan.emit("alert", alert.customer_id, alert.version, payload)
         plan.outcome.updates += len(settled.updates)
         plan.outcome.alerts += len(settled.alerts)
         if settled.forget:

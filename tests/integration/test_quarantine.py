@@ -263,10 +263,50 @@ def test_a_due_timer_of_a_state_that_cannot_be_decoded_is_dropped(stack: Stack) 
             # Weeks later in event time: every timer of the partition falls due.
             outcome = await processor.process([feed.call("c3", 24 * 30, "cust-3")])
             assert outcome.applied == 1
-            assert metrics.states_undecodable._value.get() == 1  # type: ignore[attr-defined]
+            assert metrics.state_errors._value.get() == 1  # type: ignore[attr-defined]
             data = (await store.load({PARTITION: []}))[PARTITION]
             assert "c:cust-2" not in dict(data.due)
             assert await store.client.get(store.state_key(PARTITION, "c:cust-2")) == b"[[["
+            assert "c3" in _contacts(sink)
+            assert sink.dead() == []
+        finally:
+            await rig.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_due_state_that_fails_to_settle_is_left_and_the_partition_moves_on(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored state whose settling raises (as an alert built from a contact stored before
+    the door checked its time could): its timer is dropped, the rest of the batch applied,
+    and the state neither written nor kept in memory half-settled."""
+    from service.service_layer import ingest
+
+    def failing(state: Any, watermark: float, policy: Any) -> Any:
+        if state.customer_id == "cust-2":
+            raise ValueError("year 0 is out of range")
+        return real(state, watermark, policy)
+
+    real = ingest.settle
+
+    async def scenario() -> None:
+        rig = Rig(stack)
+        try:
+            feed = Feed()
+            prefix = _prefix()
+            store = rig.store(prefix)
+            cache = StateCache(64 * 1024 * 1024, 3600)
+            processor, sink, metrics = rig.processor(prefix, cache=cache)
+            await processor.process([feed.call("c1", 0, "cust-1"), feed.call("c2", 0, "cust-2")])
+            before = await store.client.get(store.state_key(PARTITION, "c:cust-2"))
+            monkeypatch.setattr(ingest, "settle", failing)
+            outcome = await processor.process([feed.call("c3", 24 * 30, "cust-3")])
+            assert outcome.applied == 1
+            assert metrics.state_errors._value.get() == 1  # type: ignore[attr-defined]
+            data = (await store.load({PARTITION: []}))[PARTITION]
+            assert "c:cust-2" not in dict(data.due)
+            assert await store.client.get(store.state_key(PARTITION, "c:cust-2")) == before
+            assert cache.take(PARTITION, ["c:cust-2"]) == {}
             assert "c3" in _contacts(sink)
             assert sink.dead() == []
         finally:
