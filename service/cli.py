@@ -58,6 +58,12 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return run_rebuild(_settings(), args, sys.stdout)
 
 
+def _cmd_redrive(args: argparse.Namespace) -> int:
+    from service.redrive import run_redrive
+
+    return run_redrive(_settings(), args, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cx-stream",
@@ -86,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instead: delete the state of policy version N (not the served "
                               "one, and only once its workers are stopped)")
     rebuild.set_defaults(func=_cmd_rebuild)
+
+    redrive = sub.add_parser(
+        "redrive", help="send dead-lettered events back to their input topic (after a fix); "
+                        "those still invalid are dead-lettered again, never looped")
+    from service.redrive import add_arguments
+
+    add_arguments(redrive)
+    redrive.set_defaults(func=_cmd_redrive)
 
     sim = sub.add_parser("simulate", help="publish realistic live contact-centre traffic")
     sim.add_argument("--rate", type=float, default=20.0,

@@ -292,6 +292,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_MAX_EVENT_BYTES", "65536",
              "Largest accepted event value in bytes; larger ones are dead-lettered as "
              "`too_large`.", _int_range(64, 16 * 1024 * 1024), "max_event_bytes"),
+    Variable("CX_DEAD_LETTER_MAX_COPY", "65536",
+             "Most bytes of the original value, and of the original key, copied into a "
+             "dead-letter record; a longer one is cut there, with its full length and SHA-256 "
+             "kept, so that a dead letter always fits the topic (such a record cannot be "
+             "redriven).", _int_range(0, 16 * 1024 * 1024), "dead_letter_max_copy"),
     Variable("CX_BATCH_MAX_EVENTS", "500",
              "Most events the worker applies in one batch (one Redis round trip).",
              _int_range(1, 100_000), "batch_max_events"),
@@ -373,7 +378,10 @@ VARIABLES: tuple[Variable, ...] = (
              "retries without end and never skips the event).",
              _positive_seconds, "retry_max_backoff"),
     Variable("CX_SHUTDOWN_TIMEOUT", "30s",
-             "On SIGTERM, how long the worker may take to finish the batch in hand.",
+             "On SIGTERM, how long the worker may take to stop: it finishes the batch in hand if "
+             "it can, and whatever it is doing (a batch retrying an unreachable Redis or Kafka) "
+             "it ends at this time, with exit code 124; what was not acknowledged is delivered "
+             "again.",
              _positive_seconds, "shutdown_timeout"),
     Variable("CX_HTTP_HOST", "127.0.0.1",
              "Address the HTTP server (metrics, health, API) binds; `0.0.0.0` in containers.",
@@ -504,6 +512,7 @@ class Settings:
     topic_partitions: int
     topic_replication: int
     max_event_bytes: int
+    dead_letter_max_copy: int
     batch_max_events: int
     batch_max_wait: float
     state_cache_mb: int

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, EventT, StreamT
 from redis.exceptions import RedisError
@@ -43,10 +46,12 @@ from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.policy import Policy
 from service.gc_settings import freeze_startup_heap, tune_garbage_collector
+from service.redrive import REDRIVE_HEADER
 from service.service_layer.ingest import (
     IngestProcessor,
     InputMessage,
     ProcessingDefect,
+    RecordsTooLarge,
     Topics,
     is_transient,
 )
@@ -55,6 +60,7 @@ from service.service_layer.state_cache import StateCache
 log = logging.getLogger(__name__)
 EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
 EXIT_REDIS_RESTARTED = 75  # EX_TEMPFAIL: restart me, I will resume from what Redis holds
+EXIT_SHUTDOWN_TIMEOUT = 124  # shutdown took longer than CX_SHUTDOWN_TIMEOUT: ended by force
 
 
 class KafkaOutputs:
@@ -71,35 +77,73 @@ class KafkaOutputs:
     async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
         producer: Any = self._app.producer
         kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
+        # A record over the producer's limit is refused before anything is sent; one over the
+        # topic's (broker) limit fails its batch, whose records are then sent one by one.
+        limit = int(getattr(kafka, "_max_request_size", 1_048_576))
+        too_large: dict[int, int] = {}
         partitions: dict[str, list[int]] = {}
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        for topic, key, value in records:
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        for index, (topic, key, value) in enumerate(records):
+            size = len(value) + len(key or b"")
+            if size + _RECORD_OVERHEAD > limit:
+                too_large[index] = size
+                continue
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await kafka.partitions_for(topic))
             partition = self._partitioner(key, known, known)
-            by_partition.setdefault((topic, partition), []).append((key, value))
-        pending = []
-        for (topic, partition), items in by_partition.items():
+            by_partition.setdefault((topic, partition), []).append(index)
+        pending: list[tuple[Any, list[int], str, int]] = []
+        for (topic, partition), indexes in by_partition.items():
             batch = kafka.create_batch()
-            for key, value in items:
+            in_batch: list[int] = []
+            for index in indexes:
+                _, key, value = records[index]
                 if batch.append(key=key, value=value, timestamp=None) is not None:
+                    in_batch.append(index)
                     continue
                 if batch.record_count():  # full: send it, start the next one
-                    pending.append(await kafka.send_batch(batch, topic, partition=partition))
-                    batch = kafka.create_batch()
+                    pending.append((await kafka.send_batch(batch, topic, partition=partition),
+                                    in_batch, topic, partition))
+                    batch, in_batch = kafka.create_batch(), []
                     if batch.append(key=key, value=value, timestamp=None) is not None:
+                        in_batch.append(index)
                         continue
                 # larger than a batch: on its own
-                pending.append(await kafka.send(topic, value, key, partition=partition))
+                pending.append((await kafka.send(topic, value, key, partition=partition),
+                                [index], topic, partition))
             if batch.record_count():
-                pending.append(await kafka.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*pending)
+                pending.append((await kafka.send_batch(batch, topic, partition=partition),
+                                in_batch, topic, partition))
+        results = await asyncio.gather(*(f for f, _, _, _ in pending), return_exceptions=True)
+        failure: BaseException | None = None
+        for (_, indexes, topic, partition), result in zip(pending, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                # The broker refused the batch: find which records it cannot take.
+                singles = [await kafka.send(topic, records[i][2], records[i][1],
+                                            partition=partition) for i in indexes]
+                for index, single in zip(indexes, await asyncio.gather(
+                        *singles, return_exceptions=True), strict=True):
+                    if isinstance(single, MessageSizeTooLargeError):
+                        too_large[index] = len(records[index][2]) + len(records[index][1] or b"")
+                    elif isinstance(single, BaseException):
+                        failure = single
+            elif isinstance(result, BaseException):
+                failure = result
+        if failure is not None:
+            raise failure
+        if too_large:
+            raise RecordsTooLarge(too_large, limit)
+
+
+# Bytes a record adds to its key and value in a request (headers, lengths, batch header).
+_RECORD_OVERHEAD = 512
 
 
 def _message_of(event: EventT[Any]) -> InputMessage:
     msg = event.message
     timestamp = msg.timestamp
+    headers = msg.headers
     return InputMessage(
         topic=msg.topic,
         partition=msg.partition,
@@ -107,7 +151,14 @@ def _message_of(event: EventT[Any]) -> InputMessage:
         key=msg.key,
         value=msg.value,
         timestamp_ms=int(timestamp * 1000) if timestamp else None,
+        redriven=bool(headers) and _redriven(headers),
     )
+
+
+def _redriven(headers: Any) -> bool:
+    """Whether the message carries the header `cx-stream redrive` puts on what it sends."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return any(name == REDRIVE_HEADER for name, _ in items)
 
 
 def build_app(settings: Settings, partitions: int) -> faust.App:
@@ -181,6 +232,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         lagging=lagging,
         input_topics=settings.input_topics,
         cache=cache,
+        dead_letter_max_copy=settings.dead_letter_max_copy,
     )
     group_joined = asyncio.Event()
 
@@ -214,9 +266,11 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
                 logging.shutdown()
                 os._exit(EXIT_DEFECT)
             except asyncio.CancelledError:
-                # Shutting down: finish the batch in hand, acknowledge it, then stop.
+                # Shutting down: finish the batch in hand, acknowledge it, then stop; leave
+                # time within CX_SHUTDOWN_TIMEOUT for the rest of the shutdown (a retrying
+                # batch is given up: it will be redelivered).
                 try:
-                    await asyncio.wait_for(task, settings.shutdown_timeout)
+                    await asyncio.wait_for(task, batch_grace(settings.shutdown_timeout))
                 except BaseException:
                     log.warning("shutdown: batch of %d not finished; it will be redelivered",
                                 len(events))
@@ -410,6 +464,44 @@ async def _clocks_retrying(state: RedisState, partitions: int) -> dict[int, Any]
             delay = min(delay * 2, 5.0)
 
 
+def batch_grace(shutdown_timeout: float) -> float:
+    """How long a shutdown waits for the batch in hand: the timeout less a margin for
+    committing offsets and leaving the group."""
+    return max(0.0, shutdown_timeout - min(5.0, shutdown_timeout / 4))
+
+
+class BoundedShutdownWorker(faust.Worker):
+    """A Faust worker whose shutdown ends within `shutdown_timeout` seconds of SIGTERM or
+    SIGINT, whatever a batch, a dependency or a library is doing: a watchdog thread ends the
+    process then (exit 124; the batch in hand was not acknowledged and is redelivered)."""
+
+    shutdown_timeout = 30.0
+    _watchdog: threading.Timer | None = None
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        if self._watchdog is None:
+            self._watchdog = start_watchdog(self.shutdown_timeout)
+        super()._schedule_shutdown(signal)
+
+
+def start_watchdog(timeout: float) -> threading.Timer:
+    """End the process with EXIT_SHUTDOWN_TIMEOUT once `timeout` seconds have passed."""
+
+    def expire() -> None:
+        try:  # not through logging: a stuck thread may hold its locks
+            sys.stderr.write(f"cx-stream: shutdown took longer than CX_SHUTDOWN_TIMEOUT "
+                             f"({timeout:g}s); stopping now (what was not acknowledged will "
+                             "be delivered again)\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def _kafka_reachable(app: faust.App) -> bool:
     """Ask the broker for metadata through the app's producer client."""
     client = getattr(getattr(app.producer, "_producer", None), "client", None)
@@ -442,7 +534,8 @@ def run_worker(settings: Settings) -> int:
         log.info("created topics: %s", ", ".join(created))
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, partitions)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = BoundedShutdownWorker(app, loglevel=settings.log_level, quiet=True)
+    worker.shutdown_timeout = settings.shutdown_timeout
     tune_garbage_collector()
     worker.execute_from_commandline()
     return 0

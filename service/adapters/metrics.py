@@ -43,6 +43,17 @@ class PipelineMetrics:
             "Input messages sent to the dead-letter topic, by reason.",
             ["topic", "reason"], registry=r,
         )
+        self.outputs_too_large = Counter(
+            "cx_outputs_too_large",
+            "Output records Kafka refused as too large; a small dead letter was published in "
+            "place of each.", ["topic"], registry=r,
+        )
+        self.state_errors = Counter(
+            "cx_state_errors",
+            "Stored customer states the worker could not decode or settle when their timer "
+            "fell due, with no event of theirs in the batch: the timer is dropped, the state "
+            "left as stored.", registry=r,
+        )
         self.retries = Counter(
             "cx_dependency_retries",
             "Failed attempts to reach a dependency that the worker retried.",

@@ -108,7 +108,12 @@ class PartitionData:
 
     def state(self, key: str) -> CustomerState | None:
         held = self.held.get(key)
-        return held if held is not None else decode_state(self.states.get(key))
+        if held is not None:
+            return held
+        try:
+            return decode_state(self.states.get(key))
+        except Exception as exc:
+            raise UndecodableState(key, exc) from exc
 
 
 @dataclass
@@ -126,6 +131,16 @@ class PartitionCommit:
     # JSON size in bytes.
     committed_seq: str | None = None
     sizes: dict[str, int] = field(default_factory=dict)
+
+
+class UndecodableState(Exception):
+    """A stored state that cannot be decoded: only the events of that one customer are
+    affected (the worker dead-letters them; the others move on)."""
+
+    def __init__(self, key: str, cause: BaseException) -> None:
+        super().__init__(f"the stored state {key!r} cannot be decoded "
+                         f"({type(cause).__name__}: {cause})")
+        self.key = key
 
 
 class Conflict(Exception):
@@ -309,7 +324,7 @@ class RedisState:
                 if s is None:
                     args.append(b"")
                 else:
-                    encoded = orjson.dumps(s.to_dict())
+                    encoded = encode_state(s)
                     sizes[name] = len(encoded)
                     args.append(encoded)
             args += c.outbox
@@ -403,6 +418,10 @@ def parse_outbox_item(item: bytes) -> tuple[str, str | None, int, bytes]:
     header, _, value = item.partition(b"\n")
     kind, key, version = orjson.loads(header)
     return kind, key, version, value
+
+
+def encode_state(state: CustomerState) -> bytes:
+    return orjson.dumps(state.to_dict())
 
 
 def decode_state(raw: bytes | None) -> CustomerState | None:

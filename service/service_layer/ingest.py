@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -36,6 +38,8 @@ from service.adapters.redis_state import (
     PartitionCommit,
     PartitionData,
     RedisState,
+    UndecodableState,
+    encode_state,
     outbox_item,
     parse_outbox_item,
 )
@@ -64,6 +68,9 @@ from service.service_layer.state_cache import StateCache
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TOO_LATE = RejectReason.TOO_LATE.value
+PROCESSING_ERROR = RejectReason.PROCESSING_ERROR.value
+DEAD_LETTER_MAX_COPY = 64 * 1024  # CX_DEAD_LETTER_MAX_COPY
+_MESSAGE_MAX = 2000  # characters of a dead letter's message
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,7 @@ class InputMessage:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
+    redriven: bool = False  # sent back from the dead-letter topic (`cx-stream redrive`)
 
 
 class ProcessingDefect(Exception):
@@ -93,9 +101,21 @@ def is_transient(exc: BaseException) -> bool:
                       | Conflict)
 
 
+class RecordsTooLarge(Exception):
+    """Some records are over the size Kafka accepts: sending them again cannot succeed. The
+    others of the call were published."""
+
+    def __init__(self, sizes: Mapping[int, int], limit: int) -> None:
+        super().__init__(f"{len(sizes)} record(s) over the limit of {limit} bytes")
+        self.sizes = dict(sizes)  # index in the records sent -> bytes
+        self.limit = limit
+
+
 class OutputSink(Protocol):
     async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        """Publish (topic, key, value) records; return once the broker acknowledged them."""
+        """Publish (topic, key, value) records; return once the broker acknowledged them.
+        Raise RecordsTooLarge, after publishing the others, for records Kafka refuses as too
+        large."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +131,27 @@ class BatchOutcome:
     duplicates: int = 0
     invalid: int = 0
     too_late: int = 0
+    quarantined: int = 0  # dead-lettered as processing_error while applying the batch
     updates: int = 0
     alerts: int = 0
 
 
-def dead_letter_record(msg: InputMessage, reason: str, message: str, now: datetime
-                       ) -> dict[str, Any]:
-    """The dead-letter JSON object (schemas/dead-letter.schema.json) for one message."""
+def dead_letter_record(msg: InputMessage, reason: str, message: str, now: datetime,
+                       max_copy: int = DEAD_LETTER_MAX_COPY) -> dict[str, Any]:
+    """The dead-letter JSON object (schemas/dead-letter.schema.json) for one message. The
+    copies of a value or key longer than `max_copy` bytes are cut there (`truncated`), with
+    their full length and SHA-256, so that the record always fits the topic."""
     key_text: str | None = None
+    key_copy = value_copy = None
     if msg.key is not None:
+        key_copy = msg.key[:max_copy]
         try:
-            key_text = msg.key.decode("utf-8")
+            msg.key.decode("utf-8")
+            key_text = key_copy.decode("utf-8", "ignore")  # a cut may split a character
         except UnicodeDecodeError:
             key_text = None
+    if msg.value is not None:
+        value_copy = msg.value[:max_copy]
     event_id: str | None = None
     if reason not in (RejectReason.TOO_LARGE, RejectReason.NOT_JSON) and msg.value:
         try:
@@ -138,13 +166,53 @@ def dead_letter_record(msg: InputMessage, reason: str, message: str, now: dateti
         "offset": msg.offset,
         "timestamp_ms": msg.timestamp_ms,
         "key": key_text,
-        "key_base64": None if msg.key is None else base64.b64encode(msg.key).decode(),
-        "value_base64": None if msg.value is None else base64.b64encode(msg.value).decode(),
+        "key_base64": None if key_copy is None else base64.b64encode(key_copy).decode(),
+        "value_base64": None if value_copy is None else base64.b64encode(value_copy).decode(),
         "reason": reason,
-        "message": message,
+        "message": message[:_MESSAGE_MAX],
         "event_id": event_id,
         "dead_lettered_at": _now_text(now),
+        "redriven": msg.redriven,
+        "truncated": (msg.key is not None and len(msg.key) > max_copy)
+        or (msg.value is not None and len(msg.value) > max_copy),
+        "key_bytes": None if msg.key is None else len(msg.key),
+        "key_sha256": None if msg.key is None else hashlib.sha256(msg.key).hexdigest(),
+        "value_bytes": None if msg.value is None else len(msg.value),
+        "value_sha256": None if msg.value is None else hashlib.sha256(msg.value).hexdigest(),
     }
+
+
+def dead_letter_key(msg: InputMessage, max_copy: int = DEAD_LETTER_MAX_COPY) -> bytes | None:
+    """The Kafka key of a message's dead letter: the original key (cut as its copy is)."""
+    return None if msg.key is None else msg.key[:max_copy]
+
+
+def output_stub(topic: str, key: bytes | None, value: bytes, limit: int, now: datetime,
+                dead_letter_topic: str) -> bytes:
+    """A small dead letter standing for a record Kafka refused as too large: for a dead letter
+    its copies are left out; for an enriched contact or an alert, it names the record."""
+    size = len(value) + len(key or b"")
+    note = f"the record of {size} bytes is over the limit of {limit} bytes"
+    if topic == dead_letter_topic:
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            record.update(key=None, key_base64=None, value_base64=None, truncated=True,
+                          message=f"{record.get('message', '')} ({note}: copies left out)"
+                          [:_MESSAGE_MAX])
+            return orjson.dumps(record)
+    key_text = None if key is None else key[:1024].decode("utf-8", "replace")
+    return orjson.dumps({
+        "topic": topic, "partition": None, "offset": None, "timestamp_ms": None,
+        "key": key_text, "key_base64": None, "value_base64": None,
+        "reason": PROCESSING_ERROR, "message": f"{topic}: {note}; not published",
+        "event_id": None, "dead_lettered_at": _now_text(now), "truncated": True,
+        "key_bytes": None if key is None else len(key),
+        "key_sha256": None if key is None else hashlib.sha256(key).hexdigest(),
+        "value_bytes": len(value), "value_sha256": hashlib.sha256(value).hexdigest(),
+    })
 
 
 def _now_text(now: datetime) -> str:
@@ -156,7 +224,8 @@ class _Plan:
     commit: PartitionCommit
     outcome: BatchOutcome
     per_topic: dict[str, list[int]] = field(default_factory=dict)  # applied, dup, late
-    late: list[tuple[str, str]] = field(default_factory=list)  # (topic, reason) for metrics
+    # (topic, reason) of the events dead-lettered while folding (too late, quarantined)
+    late: list[tuple[str, str]] = field(default_factory=list)
     watermark: float | None = None
     # (kind, labels, count) of what was published: first sightings, repeats, corrections
     published: list[tuple[str, tuple[str, str, str], int]] = field(default_factory=list)
@@ -164,6 +233,9 @@ class _Plan:
     outputs: list[tuple[str, str | None, int, bytes]] = field(default_factory=list)
     # Count vectors of the settled contacts; hash fields of `commit.counters` once at the end
     counts: dict[BucketKey, list[int]] = field(default_factory=dict)
+    # Due states (no event of the batch) that could not be decoded or settled: their timers
+    # are dropped, the states left as stored, and not kept in memory.
+    state_errors: list[str] = field(default_factory=list)
 
     def emit(self, kind: str, key: str | None, version: int, value: bytes) -> None:
         self.commit.outbox.append(outbox_item(kind, key, version, value))
@@ -198,6 +270,7 @@ class IngestProcessor:
         lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False,
         input_topics: Sequence[str] = (),
         cache: StateCache | None = None,
+        dead_letter_max_copy: int = DEAD_LETTER_MAX_COPY,
     ) -> None:
         self._state = state
         self._sink = sink
@@ -210,6 +283,7 @@ class IngestProcessor:
         self._lagging = lagging
         self._input_topics = tuple(input_topics)
         self._cache = cache
+        self._max_copy = dead_letter_max_copy
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -233,24 +307,27 @@ class IngestProcessor:
         if rejected:
             now = datetime.now(UTC)
             records = [
-                (self._topics.dead_letter, msg.key, orjson.dumps(
-                    dead_letter_record(msg, r.reason.value, r.message, now)))
+                (self._topics.dead_letter, dead_letter_key(msg, self._max_copy), orjson.dumps(
+                    dead_letter_record(msg, r.reason.value, r.message, now, self._max_copy)))
                 for msg, r in rejected
             ]
-            await self._retrying("kafka", lambda: self._sink.send(records))
+            await self._send(records)
             for msg, r in rejected:
                 m.invalid_by_topic_reason[(msg.topic, r.reason.value)].inc()
         if valid:
-            plans = await self._apply(valid)
-            self._observe(valid, plans)
+            plans, skipped = await self._apply(valid)
+            self._observe(valid, plans, skipped)
             for plan in plans.values():
-                for name in ("applied", "duplicates", "too_late", "updates", "alerts"):
+                for name in ("applied", "duplicates", "too_late", "quarantined", "updates",
+                             "alerts"):
                     setattr(outcome, name, getattr(outcome, name) + getattr(plan.outcome, name))
                 for topic, (applied, dups, _late) in plan.per_topic.items():
                     m.applied_by_topic[topic].inc(applied)
                     m.duplicates_by_topic[topic].inc(dups)
                 for topic, reason in plan.late:
                     m.invalid_by_topic_reason[(topic, reason)].inc()
+                if plan.state_errors:
+                    m.state_errors.inc(len(plan.state_errors))
         if self._cache is not None:
             m.state_cache_bytes.set(self._cache.bytes)
         for seconds in self._state.round_trips:
@@ -260,14 +337,19 @@ class IngestProcessor:
         return outcome
 
     def _observe(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
-                 plans: dict[int, _Plan]) -> None:
-        """Latencies of this batch, and the business counters of what it published."""
+                 plans: dict[int, _Plan], skipped: Mapping[int, Mapping[tuple[str, int], str]]
+                 ) -> None:
+        """Latencies of this batch, and the business counters of what it published (the
+        events `skipped` were quarantined, not applied)."""
         m = self._metrics
         now = time.time()
         transfers: dict[str, int] = {}
         surveys: dict[str, int] = {}
-        for items in valid.values():
+        for p, items in valid.items():
+            skip = skipped.get(p)
             for msg, event in items:
+                if skip and (msg.topic, msg.offset) in skip:
+                    continue
                 m.event_latency.observe(max(0.0, now - event.header.occurred_at.timestamp()))
                 if msg.timestamp_ms:
                     m.broker_latency.observe(max(0.0, now - msg.timestamp_ms / 1000))
@@ -308,24 +390,147 @@ class IngestProcessor:
             return Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
 
     async def _apply(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
-                     ) -> dict[int, _Plan]:
-        plans, leftovers = await self._retrying("redis", lambda: self._commit(valid))
+                     ) -> tuple[dict[int, _Plan], dict[int, dict[tuple[str, int], str]]]:
+        """Commit, publish and trim the outbox; the plans and the events quarantined."""
+        skipped: dict[int, dict[tuple[str, int], str]] = {}
+        try:
+            plans, leftovers = await self._retrying("redis", lambda: self._commit(valid))
+        except ProcessingDefect as defect:
+            plans, leftovers = await self._quarantine(valid, defect, skipped)
         records, published, contacts = self._outbox_records(plans, leftovers)
         if records:
-            await self._retrying("kafka", lambda: self._sink.send(records))
+            await self._send(records)
         await self._retrying("redis", lambda: self._state.finish_outbox(published, contacts))
-        return plans
+        return plans, skipped
 
-    async def _commit(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+    async def _send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        """Publish, retrying while Kafka fails; a record Kafka refuses as too large is replaced
+        by a small dead letter (sending it again could never succeed)."""
+        try:
+            await self._retrying("kafka", lambda: self._sink.send(records))
+        except ProcessingDefect as defect:
+            refused = defect.__cause__
+            if not isinstance(refused, RecordsTooLarge):
+                raise
+            now = datetime.now(UTC)
+            stubs: list[tuple[str, bytes | None, bytes]] = []
+            for index, size in sorted(refused.sizes.items()):
+                topic, key, value = records[index]
+                log.error("%s: a record of %d bytes (key %r) is over Kafka's limit of %d bytes; "
+                          "a dead letter stands for it", topic, size,
+                          None if key is None else key[:80], refused.limit)
+                self._metrics.outputs_too_large.labels(topic).inc()
+                stubs.append((self._topics.dead_letter, None if key is None else key[:1024],
+                              output_stub(topic, key, value, refused.limit, now,
+                                          self._topics.dead_letter)))
+            await self._retrying("kafka", lambda: self._sink.send(stubs))
+
+    # -- quarantine: a batch that fails for a reason of its own ----------------------------
+
+    async def _quarantine(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                          defect: ProcessingDefect, skip: dict[int, dict[tuple[str, int], str]]
+                          ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
+        """Applying the batch raised something retrying cannot cure: find the events that cause
+        it, dead-letter exactly those (`processing_error`) and apply the others. Work done only
+        when a batch failed. When no event causes it (the failure comes again without them),
+        the defect propagates: the worker stops and its restart is the cure. `skip` receives
+        the quarantined events: per partition, (topic, offset) -> why."""
+        log.error("a batch of %d events cannot be applied (%s); looking for the events that "
+                  "cause it", sum(map(len, valid.values())), defect)
+        for partition, items in valid.items():
+            found = await self._retrying("redis", partial(self._culprits, partition, items))
+            if found:
+                skip[partition] = found
+        if not skip:
+            log.error("no event of the batch causes the failure")
+            raise defect
+        for partition, found in skip.items():
+            for (topic, offset), message in found.items():
+                log.error("%s[%d]@%d: dead-lettered as processing_error: %s", topic, partition,
+                          offset, message)
+        return await self._retrying("redis", lambda: self._commit(valid, skip))
+
+    async def _culprits(self, partition: int, items: list[tuple[InputMessage, ContactEvent]]
+                        ) -> dict[tuple[str, int], str]:
+        """The events of one partition that make it fail: (topic, offset) -> why. Customers
+        are tried in halves (bisection), then the events of each failing customer."""
+        if await self._trial(partition, items, []) is not None:
+            return {}  # fails even without its events: not tied to them
+        groups: dict[str, list[int]] = {}
+        for index, (_, event) in enumerate(items):
+            groups.setdefault(state_key(event), []).append(index)
+        kept: list[int] = []
+        bad_groups = await self._bisect(partition, items, kept, list(groups.values()))
+        culprits: dict[int, BaseException] = {}
+        for group, exc in bad_groups:
+            key = state_key(items[group[0]][1])
+            if len(group) == 1 or (isinstance(exc, UndecodableState) and exc.key == key):
+                culprits.update(dict.fromkeys(group, exc))  # every event of that customer
+                continue
+            for (index,), event_exc in await self._bisect(partition, items, kept,
+                                                           [[i] for i in group]):
+                culprits[index] = event_exc
+        out: dict[tuple[str, int], str] = {}
+        for index, exc in sorted(culprits.items()):
+            msg = items[index][0]
+            log.error("%s[%d]@%d cannot be applied", msg.topic, partition, msg.offset,
+                      exc_info=exc)
+            out[(msg.topic, msg.offset)] = (
+                f"{self._topic_kinds.get(msg.topic, msg.topic)}: {type(exc).__name__}: {exc}")
+        return out
+
+    async def _bisect(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
+                      kept: list[int], units: list[list[int]]
+                      ) -> list[tuple[list[int], BaseException]]:
+        """The units (lists of indexes into `items`) that fail when tried on top of `kept`:
+        a chunk that passes joins `kept` (extended in place), a failing one is split in two.
+        `kept` passes at every step, so what it holds at the end passes together."""
+        bad: list[tuple[list[int], BaseException]] = []
+
+        async def visit(chunk: list[list[int]]) -> None:
+            flat = [i for unit in chunk for i in unit]
+            exc = await self._trial(partition, items, sorted(kept + flat))
+            if exc is None:
+                kept.extend(flat)
+            elif len(chunk) == 1:
+                bad.append((chunk[0], exc))
+            else:
+                half = len(chunk) // 2
+                await visit(chunk[:half])
+                await visit(chunk[half:])
+
+        if units:
+            await visit(units)
+        return bad
+
+    async def _trial(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
+                     indexes: list[int]) -> BaseException | None:
+        """Plan the partition with only these events (in batch order) and encode what the commit
+        would write, without writing: the exception it raises, if any. States are read from
+        Redis (the partition's held states were dropped when the batch failed)."""
+        try:
+            plans, _ = await self._plan({partition: [items[i] for i in indexes]})
+            for state in plans[partition].commit.states.values():
+                if state is not None:
+                    encode_state(state)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return exc
+        return None
+
+    async def _commit(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                      skip: Mapping[int, Mapping[tuple[str, int], str]] | None = None
                       ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
-        """Read, fold, commit; on a write conflict read again and redo those partitions."""
+        """Read, fold, commit; on a write conflict read again and redo those partitions.
+        `skip`: per partition, (topic, offset) of events to dead-letter as processing_error."""
         pending = dict(valid)
         done: dict[int, _Plan] = {}
         leftovers: dict[int, list[bytes]] = {}
         cache = self._cache
         try:
             for attempt in range(20):
-                plans, outboxes = await self._plan(pending)
+                plans, outboxes = await self._plan(pending, skip)
                 written_at = time.monotonic()
                 commits = {p: plan.commit for p, plan in plans.items()}
                 conflicts = await self._state.commit(commits)
@@ -337,6 +542,8 @@ class IngestProcessor:
                         if cache is not None and c.committed_seq is not None:
                             cache.committed(partition, c.committed_seq, c.states, c.sizes,
                                             written_at)
+                            if plan.state_errors:  # settle may have changed them in memory
+                                cache.discard(partition, plan.state_errors)
                 if not conflicts:
                     return done, leftovers
                 if cache is not None:
@@ -353,7 +560,8 @@ class IngestProcessor:
             raise
         raise Conflict(f"partitions {sorted(pending)} kept changing under this worker")
 
-    async def _plan(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+    async def _plan(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                    skip: Mapping[int, Mapping[tuple[str, int], str]] | None = None
                     ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
         """Fold the events into their states, read the timers that fall due at the new
         watermarks (and their states), then settle every touched or due state."""
@@ -381,7 +589,8 @@ class IngestProcessor:
             self._metrics.state_reads_memory.inc(found)
             self._metrics.state_reads_redis.inc(sum(map(len, held.values())) - found
                                                 + sum(map(len, wanted.values())))
-        folds = {p: self._fold_partition(p, valid[p], data[p]) for p in valid}
+        folds = {p: self._fold_partition(p, valid[p], data[p], skip.get(p) if skip else None)
+                 for p in valid}
         await self._read_due(data, {p: f.watermark for p, f in folds.items()}, current)
         plans = {p: self._settle_partition(folds[p], data[p]) for p in valid}
         return plans, {p: data[p].outbox for p in valid}
@@ -422,8 +631,10 @@ class IngestProcessor:
                 data[partition].states.update(states)
 
     def _fold_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
-                        data: PartitionData) -> _Fold:
-        """Apply the partition's events to their states; the new watermark."""
+                        data: PartitionData,
+                        skip: Mapping[tuple[str, int], str] | None = None) -> _Fold:
+        """Apply the partition's events to their states; the new watermark. The events named
+        in `skip` (quarantined) are dead-lettered as processing_error instead."""
         clock = data.clock
         policy = self._policy
         outcome = BatchOutcome()
@@ -450,6 +661,14 @@ class IngestProcessor:
                 outcome.duplicates += 1
                 continue
             offsets[topic] = msg.offset
+            if skip and (topic, msg.offset) in skip:
+                outcome.quarantined += 1
+                plan.late.append((topic, PROCESSING_ERROR))
+                now = now or datetime.now(UTC)
+                record = dead_letter_record(msg, PROCESSING_ERROR, skip[(topic, msg.offset)],
+                                            now, self._max_copy)
+                plan.emit("dead", self._dead_key(msg), 0, orjson.dumps(record))
+                continue
             t = event.header.occurred_at.timestamp()
             if is_too_late(event, watermark, policy):
                 counts[2] += 1
@@ -460,9 +679,8 @@ class IngestProcessor:
                     msg, TOO_LATE,
                     f"{self._topic_kinds[topic]}.occurred_at: older than the watermark "
                     f"minus the allowed lateness ({_now_text(datetime.fromtimestamp(t, UTC))})",
-                    now)
-                plan.emit("dead", msg.key.decode("utf-8", "replace") if msg.key else None, 0,
-                          orjson.dumps(record))
+                    now, self._max_copy)
+                plan.emit("dead", self._dead_key(msg), 0, orjson.dumps(record))
                 continue
             seen = newest.get(topic)
             if seen is None or t > seen:
@@ -485,27 +703,53 @@ class IngestProcessor:
         fold.watermark = plan.watermark = clocks.advance(watermark, newest, lagging)
         return fold
 
+    def _dead_key(self, msg: InputMessage) -> str | None:
+        key = dead_letter_key(msg, self._max_copy)
+        return key.decode("utf-8", "replace") if key else None
+
     def _settle_partition(self, fold: _Fold, data: PartitionData) -> _Plan:
         """Settle the touched states and those whose timers fell due; the partition's commit."""
         plan = fold.plan
         states = fold.states
         touched = fold.touched
         watermark = fold.watermark
+        timers_only: set[str] = set()  # touched by no event of the batch
         for member, due_at in data.due:
             if watermark is None or due_at >= watermark:
                 break  # timers come sorted by due time
             if member not in states:
                 if not data.has(member):
                     continue  # not read (cannot happen: _read_due read every due one)
-                loaded = data.state(member)
+                try:
+                    loaded = data.state(member)
+                except UndecodableState as exc:
+                    # No event of the batch is tied to it: drop its timer (its events are
+                    # dead-lettered when they come) and leave the value for inspection.
+                    log.error("%s; its timer is dropped", exc)
+                    plan.state_errors.append(member)
+                    plan.commit.timers_remove.append(member)
+                    continue
                 if loaded is None:  # expired meanwhile
                     plan.commit.timers_remove.append(member)
                     continue
                 states[member] = loaded
+            if member not in touched:
+                timers_only.add(member)
             touched.add(member)
         for key in touched:
             if watermark is not None:
-                self._settle(key, states[key], watermark, plan)
+                if key not in timers_only:
+                    self._settle(key, states[key], watermark, plan)
+                    continue
+                try:
+                    self._settle(key, states[key], watermark, plan)
+                except Exception:
+                    # No event of the batch is tied to it: drop its timer and leave the state
+                    # as stored (its events are dead-lettered when they come).
+                    log.exception("the stored state %r cannot be settled; its timer is "
+                                  "dropped", key)
+                    plan.state_errors.append(key)
+                    plan.commit.timers_remove.append(key)
             else:
                 # No watermark yet (a lagging topic of this partition was not read): keep the
                 # state and settle it as soon as there is one.
@@ -526,9 +770,13 @@ class IngestProcessor:
 
     def _settle(self, key: str, state: CustomerState, watermark: float, plan: _Plan) -> None:
         settled: Settled = settle(state, watermark, self._policy)
+        # Everything that can raise comes before the plan changes: a state that fails here
+        # leaves the plan as it was (_settle_partition).
+        views = [orjson.dumps(update.view) for update in settled.updates]
+        alerts = [orjson.dumps(alert_payload(alert)) for alert in settled.alerts]
         commit = plan.commit
         merge_counts(plan.counts, settled.counts)
-        for update in settled.updates:
+        for update, encoded in zip(settled.updates, views, strict=True):
             view = update.view
             labels = (view["queue"], view["channel"], view["outcome"])
             if update.version == 1:
@@ -537,7 +785,7 @@ class IngestProcessor:
                     plan.published.append(("repeat", labels, 1))
             else:
                 plan.published.append(("correction", labels, 1))
-            plan.emit("contact", update.contact_id, update.version, orjson.dumps(update.view))
+            plan.emit("contact", update.contact_id, update.version, encoded)
         for name, delta in zip(("surveys_joined", "surveys", "transfers_joined", "transfers"),
                                settled.joins, strict=True):
             if delta:
@@ -548,11 +796,10 @@ class IngestProcessor:
                 if band is not None:
                     name = f"band:{band}"
                     commit.clock_increments[name] = commit.clock_increments.get(name, 0) + delta
-        for alert in settled.alerts:
+        for alert, payload in zip(settled.alerts, alerts, strict=True):
             delta = 1 if alert.alert == "at_risk_entered" else -1
             commit.clock_increments["at_risk"] = commit.clock_increments.get("at_risk", 0) + delta
-            plan.emit("alert", alert.customer_id, alert.version,
-                      orjson.dumps(alert_payload(alert)))
+            plan.emit("alert", alert.customer_id, alert.version, payload)
         plan.outcome.updates += len(settled.updates)
         plan.outcome.alerts += len(settled.alerts)
         if settled.forget:

@@ -109,6 +109,12 @@ class StateCache:
             self._remove(name)
             self.evictions += 1
 
+    def discard(self, partition: int, keys: Iterable[str]) -> None:
+        """Forget these states of the partition (they may differ from what Redis holds)."""
+        for key in keys:
+            if (partition, key) in self._held:
+                self._remove((partition, key))
+
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget everything held of these partitions."""
         gone = {p for p in partitions if p in self._seqs}
