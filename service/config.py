@@ -292,6 +292,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_MAX_EVENT_BYTES", "65536",
              "Largest accepted event value in bytes; larger ones are dead-lettered as "
              "`too_large`.", _int_range(64, 16 * 1024 * 1024), "max_event_bytes"),
+    Variable("CX_MAX_EVENT_DEPTH", "32",
+             "Most levels of nested objects and arrays in an event (the event object is level "
+             "1); deeper ones are dead-lettered as `too_deep`. At most 200: every output must "
+             "still be writable as JSON.", _int_range(2, 200), "max_event_depth"),
+    Variable("CX_MAX_CLOCK_SKEW", "1h",
+             "How far an event's `occurred_at` may be ahead of its Kafka record's timestamp; "
+             "further ahead it is dead-lettered as `from_future`, so that no event can move a "
+             "watermark into the future. Event times before the timestamp are always accepted.",
+             _positive_seconds, "max_clock_skew"),
     Variable("CX_BATCH_MAX_EVENTS", "500",
              "Most events the worker applies in one batch (one Redis round trip).",
              _int_range(1, 100_000), "batch_max_events"),
@@ -504,6 +513,8 @@ class Settings:
     topic_partitions: int
     topic_replication: int
     max_event_bytes: int
+    max_event_depth: int
+    max_clock_skew: float
     batch_max_events: int
     batch_max_wait: float
     state_cache_mb: int

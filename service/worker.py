@@ -42,6 +42,7 @@ from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.policy import Policy
+from service.domain.validation import DoorLimits
 from service.gc_settings import freeze_startup_heap, tune_garbage_collector
 from service.service_layer.ingest import (
     IngestProcessor,
@@ -181,6 +182,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         lagging=lagging,
         input_topics=settings.input_topics,
         cache=cache,
+        door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
     )
     group_joined = asyncio.Event()
 

@@ -59,6 +59,7 @@ from service.domain.events import (
 )
 from service.domain.policy import Policy
 from service.domain.records import CustomerState
+from service.domain.validation import DoorLimits, check_record
 from service.service_layer.state_cache import StateCache
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ class IngestProcessor:
         lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False,
         input_topics: Sequence[str] = (),
         cache: StateCache | None = None,
+        door: DoorLimits = DoorLimits(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         self._state = state
         self._sink = sink
@@ -210,6 +212,7 @@ class IngestProcessor:
         self._lagging = lagging
         self._input_topics = tuple(input_topics)
         self._cache = cache
+        self._door = door
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -302,7 +305,10 @@ class IngestProcessor:
         if kind is None:
             return Rejection(RejectReason.UNKNOWN_TOPIC, msg.topic)
         try:
-            return decode_event(kind, msg.value, self._max_event_bytes)
+            event = decode_event(kind, msg.value, self._max_event_bytes, self._door.max_depth)
+            if isinstance(event, Rejection):
+                return event
+            return check_record(event, msg.key, msg.timestamp_ms, self._door) or event
         except Exception as exc:  # a defect must not stop the partition: dead-letter it
             log.exception("could not decode %s[%d]@%d", msg.topic, msg.partition, msg.offset)
             return Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
