@@ -482,8 +482,22 @@ VARIABLES: tuple[Variable, ...] = (
              _windows, "metrics_windows"),
     Variable("CX_METRICS_AGENT_LABELS", "0",
              "Largest number of agents given their own `agent` series in the business "
-             "gauges (the busiest ones); 0 exports no per-agent series.",
+             "gauges (the busiest ones; the others are summed in `agent=\"other\"`); 0 exports "
+             "no per-agent series.",
              _int_range(0, 2000), "metrics_agent_labels"),
+    Variable("CX_MAX_QUEUES", "500",
+             "Most queue names with counters, series and wallboard tiles of their own: the "
+             "busiest ones (and the first ones seen while there is room); contacts of any "
+             "other queue are counted under the queue `other`.", _int_range(1, 100_000),
+             "max_queues"),
+    Variable("CX_MAX_SEGMENTS", "100",
+             "Most segment names with counters and series of their own, as CX_MAX_QUEUES; the "
+             "rest are counted under the segment `other`.", _int_range(1, 100_000),
+             "max_segments"),
+    Variable("CX_MAX_AGENTS", "5000",
+             "Most agent ids with counters of their own, as CX_MAX_QUEUES; the rest are "
+             "counted under the agent `other`. CX_METRICS_AGENT_LABELS picks the agents among "
+             "them that get gauge series.", _int_range(1, 1_000_000), "max_agents"),
     Variable("CX_FCR_TARGET", "0.7",
              "FCR the centre aims for (0-1): the wallboard colours tiles against it.",
              _ratio, "fcr_target"),
@@ -569,6 +583,9 @@ class Settings:
     redis_tls_check_hostname: bool
     metrics_windows: tuple[tuple[str, float], ...]
     metrics_agent_labels: int
+    max_queues: int
+    max_segments: int
+    max_agents: int
     metrics_refresh: float
     fcr_target: float
     http_host: str

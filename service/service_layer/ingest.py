@@ -40,6 +40,7 @@ from service.adapters.redis_state import (
     parse_outbox_item,
 )
 from service.domain import watermark as clocks
+from service.domain.cardinality import LabelCaps
 from service.domain.counters import BucketKey, expand, merge_counts
 from service.domain.engine import (
     Settled,
@@ -200,6 +201,7 @@ class IngestProcessor:
         input_topics: Sequence[str] = (),
         cache: StateCache | None = None,
         door: DoorLimits = DoorLimits(),  # noqa: B008 - frozen, shared safely
+        caps: LabelCaps | None = None,
     ) -> None:
         self._state = state
         self._sink = sink
@@ -213,6 +215,7 @@ class IngestProcessor:
         self._input_topics = tuple(input_topics)
         self._cache = cache
         self._door = door
+        self._caps = caps
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -278,8 +281,9 @@ class IngestProcessor:
                     transfers[event.from_queue] = transfers.get(event.from_queue, 0) + 1
                 elif isinstance(event, SurveyAnswered):
                     surveys[event.source] = surveys.get(event.source, 0) + 1
+        queue_of = self._caps.queue.label if self._caps is not None else str
         for queue, n in transfers.items():
-            m.transfers.labels(queue).inc(n)
+            m.transfers.labels(queue_of(queue)).inc(n)
         for source, n in surveys.items():
             m.surveys.labels(source).inc(n)
         contacts: dict[tuple[str, str, str], int] = {}
@@ -294,9 +298,9 @@ class IngestProcessor:
                 else:
                     corrections += n
         for (queue, channel, outcome), n in contacts.items():
-            m.contacts.labels(queue, channel, outcome).inc(n)
+            m.contacts.labels(queue_of(queue), channel, outcome).inc(n)
         for (queue, channel), n in repeats.items():
-            m.repeats.labels(queue, channel).inc(n)
+            m.repeats.labels(queue_of(queue), channel).inc(n)
         if corrections:
             m.corrections.inc(corrections)
 
@@ -531,7 +535,7 @@ class IngestProcessor:
         return plan
 
     def _settle(self, key: str, state: CustomerState, watermark: float, plan: _Plan) -> None:
-        settled: Settled = settle(state, watermark, self._policy)
+        settled: Settled = settle(state, watermark, self._policy, self._caps)
         commit = plan.commit
         merge_counts(plan.counts, settled.counts)
         for update in settled.updates:
