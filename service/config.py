@@ -301,6 +301,12 @@ VARIABLES: tuple[Variable, ...] = (
              "further ahead it is dead-lettered as `from_future`, so that no event can move a "
              "watermark into the future. Event times before the timestamp are always accepted.",
              _positive_seconds, "max_clock_skew"),
+    Variable("CX_MAX_CONTACTS_PER_CUSTOMER", "1000",
+             "Most contacts one customer can have in its window. Past it the customer is marked "
+             "noisy (a shared placeholder id, a test line, a bot): its further contacts are "
+             "kept apart and counted as unidentified callers' (no repeat detection), so one id "
+             "cannot grow a state without bound.", _int_range(1, 1_000_000),
+             "max_contacts_per_customer"),
     Variable("CX_BATCH_MAX_EVENTS", "500",
              "Most events the worker applies in one batch (one Redis round trip).",
              _int_range(1, 100_000), "batch_max_events"),
@@ -529,6 +535,7 @@ class Settings:
     max_event_bytes: int
     max_event_depth: int
     max_clock_skew: float
+    max_contacts_per_customer: int
     batch_max_events: int
     batch_max_wait: float
     state_cache_mb: int

@@ -180,7 +180,8 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
             retry_max_backoff=settings.retry_max_backoff, lagging=lagging,
             input_topics=settings.input_topics,
             door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
-            caps=LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents))
+            caps=LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents),
+            max_contacts=settings.max_contacts_per_customer)
         report = RebuildReport(version, previous, switched=False, total=total)
         started = last_report = last_commit = time.monotonic()
         replaying = True

@@ -188,6 +188,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         cache=cache,
         door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
         caps=caps,
+        max_contacts=settings.max_contacts_per_customer,
     )
     group_joined = asyncio.Event()
 

@@ -68,6 +68,11 @@ class BusinessMetrics:
                        for k, (name, doc) in _GAUGES.items()}
         self.at_risk = Gauge("cx_customers_at_risk", "Customers currently at risk.", [VERSION],
                              registry=registry)
+        self.noisy = Gauge(
+            "cx_noisy_customers",
+            "Data quality: customers with more contacts in their window than "
+            "CX_MAX_CONTACTS_PER_CUSTOMER (a placeholder id, a test line, a bot), whose further "
+            "contacts are counted as unidentified.", [VERSION], registry=registry)
         self.perception = Gauge(
             "cx_perception_customers",
             "Customers by perception score band (`band` 0-10, 10-20, ... 90-100), as of each "
@@ -151,6 +156,8 @@ class BusinessMetrics:
                 self.gauges[kpi].labels(**labels, policy_version=version).set(value)
         self.at_risk.clear()
         self.at_risk.labels(version).set(sum(c.at_risk for c in clocks.values()))
+        self.noisy.clear()
+        self.noisy.labels(version).set(sum(c.noisy for c in clocks.values()))
         self.quality.clear()
         for kpi, labels, value in computed:
             if kpi == "identified" and not any(labels[k] for k in LABELS[1:]):

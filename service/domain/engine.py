@@ -83,6 +83,26 @@ def new_state(event: ContactEvent) -> CustomerState:
     return CustomerState(customer_id=event.header.customer_id)
 
 
+def overflows(state: CustomerState, event: ContactEvent, limit: int) -> bool:
+    """Whether `event` must be held apart from its customer's `state`: the customer already
+    has `limit` contacts in its window (or is noisy) and the event is of another contact.
+    Such contacts are counted as unidentified callers' are (`held_apart`), so one shared id
+    cannot grow a state, nor its repeat search, without bound. `limit` 0: no limit."""
+    if limit <= 0 or state.customer_id is None:
+        return False
+    contact = event.header.contact_id
+    if contact in state.contacts:
+        return False
+    return state.noisy or (isinstance(event, CallEnded) and len(state.contacts) >= limit)
+
+
+def held_apart(event: ContactEvent) -> tuple[str, CustomerState]:
+    """The state key and a new state for an event of a noisy customer held apart: its
+    contact's own, unidentified, remembering the customer_id it carried."""
+    header = event.header
+    return f"u:{header.contact_id}", CustomerState(customer_id=None, alias=header.customer_id)
+
+
 # -- applying events ---------------------------------------------------------------------------
 
 
@@ -673,7 +693,8 @@ def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
     old = Counted.from_tuple(before.counted) if before else None
     if old != counted:
         add_change(out.counts, old, counted)
-    view = enriched_view(c, v, state.customer_id, perception, policy)
+    view = enriched_view(c, v, state.customer_id if state.alias is None else state.alias,
+                         perception, policy)
     version = before.version if before else 0
     digest = 0  # only states stored before view checksums existed are compared by digest
     if before is not None and before.inputs is None and before.basis is None:

@@ -46,8 +46,10 @@ from service.domain.engine import (
     Settled,
     alert_payload,
     apply_event,
+    held_apart,
     is_too_late,
     new_state,
+    overflows,
     settle,
     state_key,
 )
@@ -202,6 +204,7 @@ class IngestProcessor:
         cache: StateCache | None = None,
         door: DoorLimits = DoorLimits(),  # noqa: B008 - frozen, shared safely
         caps: LabelCaps | None = None,
+        max_contacts: int = 0,
     ) -> None:
         self._state = state
         self._sink = sink
@@ -216,6 +219,7 @@ class IngestProcessor:
         self._cache = cache
         self._door = door
         self._caps = caps
+        self._max_contacts = max_contacts
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -391,10 +395,47 @@ class IngestProcessor:
             self._metrics.state_reads_memory.inc(found)
             self._metrics.state_reads_redis.inc(sum(map(len, held.values())) - found
                                                 + sum(map(len, wanted.values())))
+        if self._max_contacts > 0:
+            await self._read_held_apart(valid, data)
         folds = {p: self._fold_partition(p, valid[p], data[p]) for p in valid}
         await self._read_due(data, {p: f.watermark for p, f in folds.items()}, current)
         plans = {p: self._settle_partition(folds[p], data[p]) for p in valid}
         return plans, {p: data[p].outbox for p in valid}
+
+    async def _read_held_apart(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                               data: dict[int, PartitionData]) -> None:
+        """Read the states of contacts that may be held apart from a noisy customer in this
+        batch (engine.overflows): those of customers that are noisy, or could become so."""
+        limit = self._max_contacts
+        missing: dict[int, list[str]] = {}
+        for p, items in valid.items():
+            d = data[p]
+            new_contacts: dict[str, set[str]] = {}
+            for _, event in items:
+                if event.header.customer_id is not None:
+                    new_contacts.setdefault(state_key(event), set()).add(event.header.contact_id)
+            for key, contacts in new_contacts.items():
+                state = d.held.get(key)
+                if state is None:
+                    raw = d.states.get(key)
+                    # A state smaller than this cannot hold `limit` contacts: not decoded.
+                    if raw is None or len(raw) < limit * 64:
+                        if len(contacts) <= limit:
+                            continue
+                        state = d.state(key)
+                    else:
+                        state = d.state(key)
+                        if state is not None:
+                            d.held[key] = state  # decoded once: the fold takes it from here
+                known = state.contacts if state is not None else {}
+                noisy = state is not None and state.noisy
+                fresh = [c for c in contacts if c not in known]
+                if noisy or len(known) + len(fresh) > limit:
+                    missing.setdefault(p, []).extend(
+                        k for k in (f"u:{c}" for c in fresh) if not d.has(k))
+        if missing:
+            for partition, raw_states in (await self._state.load_states(missing)).items():
+                data[partition].states.update(raw_states)
 
     async def _read_due(self, data: dict[int, PartitionData],
                         marks: Mapping[int, float | None], current: set[int]) -> None:
@@ -482,6 +523,15 @@ class IngestProcessor:
             if state is None:
                 state = data.state(key) or new_state(event)
                 states[key] = state
+            if overflows(state, event, self._max_contacts):
+                if not state.noisy:
+                    state.noisy = True
+                    touched.add(key)
+                    increments = plan.commit.clock_increments
+                    increments["noisy"] = increments.get("noisy", 0) + 1
+                key, fresh = held_apart(event)
+                state = states.get(key) or data.state(key) or fresh
+                states[key] = state
             if apply_event(state, event):
                 counts[0] += 1
                 outcome.applied += 1
@@ -537,6 +587,9 @@ class IngestProcessor:
     def _settle(self, key: str, state: CustomerState, watermark: float, plan: _Plan) -> None:
         settled: Settled = settle(state, watermark, self._policy, self._caps)
         commit = plan.commit
+        if state.noisy and (settled.forget or len(state.contacts) < self._max_contacts):
+            state.noisy = False  # back under the limit: its new contacts are its own again
+            commit.clock_increments["noisy"] = commit.clock_increments.get("noisy", 0) - 1
         merge_counts(plan.counts, settled.counts)
         for update in settled.updates:
             view = update.view

@@ -29,8 +29,12 @@ QUEUES = 5  # CX_MAX_QUEUES in this test; the traffic uses 24 queue names
 SEGMENTS = 3
 AGENTS = 4
 AGENT_LABELS = 2
+NOISY = "0000"  # a placeholder id many contacts share
+MAX_CONTACTS = 5
+NOISY_CALLS = 12
 CAPS = {"CX_MAX_QUEUES": str(QUEUES), "CX_MAX_SEGMENTS": str(SEGMENTS),
-        "CX_MAX_AGENTS": str(AGENTS), "CX_METRICS_AGENT_LABELS": str(AGENT_LABELS)}
+        "CX_MAX_AGENTS": str(AGENTS), "CX_METRICS_AGENT_LABELS": str(AGENT_LABELS),
+        "CX_MAX_CONTACTS_PER_CUSTOMER": str(MAX_CONTACTS)}
 
 
 def _at(t: datetime) -> str:
@@ -135,6 +139,20 @@ def test_hostile_events_are_dead_lettered_and_the_rest_applied_exactly(
                 for key, bad, reason in _poison(customer, now):
                     records.append((ns.topic("call-ended"), key, bad))
                     expected.append(reason)
+    # A placeholder id with more contacts than a customer can have, an hour apart: the first
+    # MAX_CONTACTS are its own (each but the last unresolved by the next), the others are held
+    # apart as unidentified callers' contacts (no repeat, outside the FCR population).
+    for i in range(NOISY_CALLS):
+        event = _call(NOISY, 1, i, ORIGIN + timedelta(hours=i))
+        valid.append(event)
+        records.append((ns.topic("call-ended"), NOISY.encode(), orjson.dumps(event)))
+        expected.append("valid")
+    # 60 KB of extra fields: carried whole on the input topic, stored only up to about 2 KiB.
+    bulky = _call(CUSTOMERS[0], 0, 7, ORIGIN + timedelta(days=12), crm_case="X-7",
+                  notes="n" * 60_000)
+    valid.append(bulky)
+    records.append((ns.topic("call-ended"), CUSTOMERS[0].encode(), orjson.dumps(bulky)))
+    expected.append("valid")
     metas = asyncio.run(produce(stack.kafka_bootstrap, records))
     poison = {(m.topic, m.partition, m.offset): r
               for m, r in zip(metas, expected, strict=True) if r != "valid"}
@@ -165,16 +183,37 @@ def test_hostile_events_are_dead_lettered_and_the_rest_applied_exactly(
         status, body = worker.get(f"/api/v1/fcr?from={_at(start)}&to={_at(end)}")
         assert status == 200, body
         fcr = json.loads(body)
-        assert fcr["total"] == len(valid)
-        assert fcr["unresolved"] == len(CUSTOMERS) * (CALLS_PER_CUSTOMER - 1)
+        assert fcr["total"] == len(CUSTOMERS) * CALLS_PER_CUSTOMER + MAX_CONTACTS
+        assert fcr["unresolved"] == (len(CUSTOMERS) * (CALLS_PER_CUSTOMER - 1)
+                                     + MAX_CONTACTS - 1)
         for customer in CUSTOMERS:
             status, body = worker.get(f"/api/v1/customers/{customer}")
             assert status == 200, body
             summary = json.loads(body)
-            assert sorted(c["contact_id"] for c in summary["recent_contacts"]) == [
-                f"{customer}-c{i}" for i in range(CALLS_PER_CUSTOMER)]
+            held = [f"{customer}-c{i}" for i in range(CALLS_PER_CUSTOMER)]
+            if customer == CUSTOMERS[0]:
+                held.append(f"{customer}-c7")
+            assert sorted(c["contact_id"] for c in summary["recent_contacts"]) == held
+            assert summary["noisy"] is False
             # The watermark is the newest valid event time, not year 10000.
-            assert summary["watermark"] < _at(ORIGIN + timedelta(days=CALLS_PER_CUSTOMER))
+            assert summary["watermark"] <= _at(ORIGIN + timedelta(days=12))
+
+        # The placeholder id is marked noisy, holds MAX_CONTACTS contacts, and is counted.
+        status, body = worker.get(f"/api/v1/customers/{NOISY}")
+        summary = json.loads(body)
+        assert summary["noisy"] is True
+        assert len(summary["recent_contacts"]) == MAX_CONTACTS
+        held_apart = json.loads(worker.get(f"/api/v1/contacts/{NOISY}-c{NOISY_CALLS - 1}")[1])
+        assert held_apart["customer_id"] == NOISY
+        assert held_apart["is_repeat"] is False
+        assert held_apart["resolution"] is None
+        wait_until(lambda: worker.metric("cx_noisy_customers", policy_version="1") == 1,
+                   timeout=30, what="the noisy customer counted")
+        # The bulky contact: its small extra field is kept, the large one named as left out.
+        view = json.loads(worker.get(f"/api/v1/contacts/{CUSTOMERS[0]}-c7")[1])
+        assert view["crm_case"] == "X-7"
+        assert view["extra_fields_dropped"] == ["notes"]
+        assert "notes" not in view
 
         # Bounded: at most QUEUES queue names (+ other) in counters, series and tiles.
         hours = sorted({int(datetime.fromisoformat(e["occurred_at"]).timestamp()) // 3600 * 3600
