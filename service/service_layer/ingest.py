@@ -418,15 +418,13 @@ class IngestProcessor:
                 state = d.held.get(key)
                 if state is None:
                     raw = d.states.get(key)
-                    # A state smaller than this cannot hold `limit` contacts: not decoded.
-                    if raw is None or len(raw) < limit * 64:
-                        if len(contacts) <= limit:
-                            continue
-                        state = d.state(key)
-                    else:
-                        state = d.state(key)
-                        if state is not None:
-                            d.held[key] = state  # decoded once: the fold takes it from here
+                    # A stored contact takes more than 100 bytes of JSON: a state this small
+                    # cannot overflow in this batch, and is not decoded here.
+                    if (0 if raw is None else len(raw) // 100) + len(contacts) <= limit:
+                        continue
+                    state = d.state(key)
+                    if state is not None:
+                        d.held[key] = state  # decoded once: the fold takes it from here
                 known = state.contacts if state is not None else {}
                 noisy = state is not None and state.noisy
                 fresh = [c for c in contacts if c not in known]
