@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from service.domain.cardinality import LabelCaps
 from service.domain.engine import apply_event, new_state, settle, state_key
 from service.domain.events import ContactEvent, Rejection
 from service.domain.policy import Policy
@@ -36,6 +37,7 @@ def prepare(messages: list[tuple[str, bytes, bytes]]) -> list[ContactEvent]:
 def run(events: list[ContactEvent], policy: Policy | None = None) -> dict[str, Any]:
     """Fold every event with a settle after each; events/s and what came out."""
     policy = policy or Policy()
+    caps = LabelCaps(500, 100, 5000)  # the worker's default caps of queue, segment, agent names
     # The worker's collector settings (service/gc_settings.py); they also freeze the prepared
     # events, which are the benchmark's input, not the fold's heap.
     tune_garbage_collector()
@@ -53,7 +55,7 @@ def run(events: list[ContactEvent], policy: Policy | None = None) -> dict[str, A
         if state is None:
             state = states[key] = new_state(event)
         apply_event(state, event)
-        settled = settle(state, wm, policy)
+        settled = settle(state, wm, policy, caps)
         updates += len(settled.updates)
         alerts += len(settled.alerts)
         if settled.forget:

@@ -109,9 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=str, default=None,
                      help="stop after this much wall-clock time, e.g. 60s, 10m (default: run on)")
     sim.add_argument("--start", type=str, default=None,
-                     help="event time of the first contact, RFC 3339 (default: now)")
+                     help="event time of the first contact, RFC 3339, not in the future "
+                          "when publishing (default: the past, so that the traffic reaches "
+                          "the present at the end of --duration, or a repeat window back when "
+                          "running on; a file ends now)")
     sim.add_argument("--speed", type=float, default=1.0,
-                     help="event-time seconds per wall-clock second (3600 = an hour a second)")
+                     help="event-time seconds per wall-clock second (3600 = an hour a "
+                          "second); live traffic never runs ahead of the present: once it "
+                          "reaches it, it goes on in real time")
     sim.add_argument("--duplicates", type=float, default=0.01,
                      help="share of events sent twice (default 0.01)")
     sim.add_argument("--malformed", type=float, default=0.002,

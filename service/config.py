@@ -297,6 +297,21 @@ VARIABLES: tuple[Variable, ...] = (
              "dead-letter record; a longer one is cut there, with its full length and SHA-256 "
              "kept, so that a dead letter always fits the topic (such a record cannot be "
              "redriven).", _int_range(0, 16 * 1024 * 1024), "dead_letter_max_copy"),
+    Variable("CX_MAX_EVENT_DEPTH", "32",
+             "Most levels of nested objects and arrays in an event (the event object is level "
+             "1); deeper ones are dead-lettered as `too_deep`. At most 200: every output must "
+             "still be writable as JSON.", _int_range(2, 200), "max_event_depth"),
+    Variable("CX_MAX_CLOCK_SKEW", "1h",
+             "How far an event's `occurred_at` may be ahead of its Kafka record's timestamp; "
+             "further ahead it is dead-lettered as `from_future`, so that no event can move a "
+             "watermark into the future. Event times before the timestamp are always accepted.",
+             _positive_seconds, "max_clock_skew"),
+    Variable("CX_MAX_CONTACTS_PER_CUSTOMER", "1000",
+             "Most contacts one customer can have in its window. Past it the customer is marked "
+             "noisy (a shared placeholder id, a test line, a bot): its further contacts are "
+             "kept apart and counted as unidentified callers' (no repeat detection), so one id "
+             "cannot grow a state without bound.", _int_range(1, 1_000_000),
+             "max_contacts_per_customer"),
     Variable("CX_BATCH_MAX_EVENTS", "500",
              "Most events the worker applies in one batch (one Redis round trip).",
              _int_range(1, 100_000), "batch_max_events"),
@@ -481,8 +496,22 @@ VARIABLES: tuple[Variable, ...] = (
              _windows, "metrics_windows"),
     Variable("CX_METRICS_AGENT_LABELS", "0",
              "Largest number of agents given their own `agent` series in the business "
-             "gauges (the busiest ones); 0 exports no per-agent series.",
+             "gauges (the busiest ones; the others are summed in `agent=\"other\"`); 0 exports "
+             "no per-agent series.",
              _int_range(0, 2000), "metrics_agent_labels"),
+    Variable("CX_MAX_QUEUES", "500",
+             "Most queue names with counters, series and wallboard tiles of their own: the "
+             "busiest ones (and the first ones seen while there is room); contacts of any "
+             "other queue are counted under the queue `other`.", _int_range(1, 100_000),
+             "max_queues"),
+    Variable("CX_MAX_SEGMENTS", "100",
+             "Most segment names with counters and series of their own, as CX_MAX_QUEUES; the "
+             "rest are counted under the segment `other`.", _int_range(1, 100_000),
+             "max_segments"),
+    Variable("CX_MAX_AGENTS", "5000",
+             "Most agent ids with counters of their own, as CX_MAX_QUEUES; the rest are "
+             "counted under the agent `other`. CX_METRICS_AGENT_LABELS picks the agents among "
+             "them that get gauge series.", _int_range(1, 1_000_000), "max_agents"),
     Variable("CX_FCR_TARGET", "0.7",
              "FCR the centre aims for (0-1): the wallboard colours tiles against it.",
              _ratio, "fcr_target"),
@@ -513,6 +542,9 @@ class Settings:
     topic_replication: int
     max_event_bytes: int
     dead_letter_max_copy: int
+    max_event_depth: int
+    max_clock_skew: float
+    max_contacts_per_customer: int
     batch_max_events: int
     batch_max_wait: float
     state_cache_mb: int
@@ -567,6 +599,9 @@ class Settings:
     redis_tls_check_hostname: bool
     metrics_windows: tuple[tuple[str, float], ...]
     metrics_agent_labels: int
+    max_queues: int
+    max_segments: int
+    max_agents: int
     metrics_refresh: float
     fcr_target: float
     http_host: str

@@ -33,6 +33,8 @@ from service.adapters.metrics import PipelineMetrics
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of, worker_group
+from service.domain.cardinality import LabelCaps
+from service.domain.validation import DoorLimits
 from service.gc_settings import tune_garbage_collector
 from service.service_layer.ingest import BatchOutcome, IngestProcessor, InputMessage, Topics
 
@@ -176,7 +178,10 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
             metrics=PipelineMetrics(settings.input_topics), policy=versions.own,
             topic_kinds=settings.topic_kinds, max_event_bytes=settings.max_event_bytes,
             retry_max_backoff=settings.retry_max_backoff, lagging=lagging,
-            input_topics=settings.input_topics)
+            input_topics=settings.input_topics,
+            door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
+            caps=LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents),
+            max_contacts=settings.max_contacts_per_customer)
         report = RebuildReport(version, previous, switched=False, total=total)
         started = last_report = last_commit = time.monotonic()
         replaying = True

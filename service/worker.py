@@ -44,7 +44,9 @@ from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
+from service.domain.cardinality import LabelCaps
 from service.domain.policy import Policy
+from service.domain.validation import DoorLimits
 from service.gc_settings import freeze_startup_heap, tune_garbage_collector
 from service.redrive import REDRIVE_HEADER
 from service.service_layer.ingest import (
@@ -219,6 +221,9 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     # them: another worker may write a partition in between.
     cache = (StateCache(settings.state_cache_mb * 1024 * 1024, settings.state_idle_ttl)
              if settings.state_cache_mb else None)
+    # Queue, segment and agent names with counters of their own: shared by the pipeline and the
+    # gauges, whose refresh ranks them by contacts.
+    caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents)
     processor = IngestProcessor(
         state=state,
         sink=KafkaOutputs(app),
@@ -233,6 +238,9 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         input_topics=settings.input_topics,
         cache=cache,
         dead_letter_max_copy=settings.dead_letter_max_copy,
+        door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
+        caps=caps,
+        max_contacts=settings.max_contacts_per_customer,
     )
     group_joined = asyncio.Event()
 
@@ -316,7 +324,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
 
     business = BusinessMetrics(metrics.registry, windows=settings.metrics_windows,
                                agent_labels=settings.metrics_agent_labels, policy=policy,
-                               fcr_target=settings.fcr_target)
+                               fcr_target=settings.fcr_target, caps=caps)
 
     business.policy_version.labels("writing").set(int(settings.policy_version))
 

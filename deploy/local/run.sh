@@ -33,15 +33,18 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-start=$(date -u +%Y-%m-%dT%H:00:00Z)
-until=$(date -u -d "$start + 30 days" +%Y-%m-%dT%H:00:00Z)
+# A week of history first (event times never run ahead of the present: the worker would
+# dead-letter them as from_future), then live traffic in real time.
+start=$(date -u -d "7 days ago" +%Y-%m-%dT%H:00:00Z)
+until=$(date -u -d "1 day" +%Y-%m-%dT%H:00:00Z)
 "$bin/cx-stream" simulate --rate "${CX_SIM_RATE:-25}" --speed "${CX_SIM_SPEED:-60}" \
   --customers "${CX_SIM_CUSTOMERS:-5000}" --start "$start" &
 simulator=$!
 
 cat <<EOT
 
-cx-stream is running on live simulated traffic (one simulated hour per wall-clock minute).
+cx-stream is running on simulated traffic: the last week at one simulated hour per wall-clock
+minute, then live in real time.
   wallboard    $url/wallboard
   FCR          $url/api/v1/fcr?from=$start&to=$until
   customer     $url/api/v1/customers/cust-000042   contact $url/api/v1/contacts/{contact_id}

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from service.adapters.redis_state import PartitionClock, RedisState
+from service.domain.cardinality import Cap, LabelCaps, fold_dimensions, totals_by_value
 from service.domain.engine import rfc3339
 from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
 from service.domain.policy import Policy
@@ -51,17 +52,27 @@ def _labels(window: str, dimension: str) -> dict[str, str]:
 
 class BusinessMetrics:
     def __init__(self, registry: CollectorRegistry, *, windows: tuple[tuple[str, float], ...],
-                 agent_labels: int, policy: Policy, fcr_target: float = 0.7) -> None:
+                 agent_labels: int, policy: Policy, fcr_target: float = 0.7,
+                 caps: LabelCaps | None = None) -> None:
         self._windows = windows
         self._fcr_target = fcr_target
         self.wallboard: dict[str, Any] = {"watermark": None, "centre": {}, "queues": [],
                                           "fcr_target": fcr_target, "window": ""}
         self._agent_labels = agent_labels
+        # The caps the worker counts under (shared with its pipeline: the busiest names found
+        # here are the ones it keeps), and the agents given series of their own in the gauges.
+        self.caps = caps or LabelCaps(500, 100, 5000)
+        self._agent_series = Cap("agent", agent_labels)
         self._policy = policy
         self.gauges = {k: Gauge(name, doc, [*LABELS, VERSION], registry=registry)
                        for k, (name, doc) in _GAUGES.items()}
         self.at_risk = Gauge("cx_customers_at_risk", "Customers currently at risk.", [VERSION],
                              registry=registry)
+        self.noisy = Gauge(
+            "cx_noisy_customers",
+            "Data quality: customers with more contacts in their window than "
+            "CX_MAX_CONTACTS_PER_CUSTOMER (a placeholder id, a test line, a bot), whose further "
+            "contacts are counted as unidentified.", [VERSION], registry=registry)
         self.perception = Gauge(
             "cx_perception_customers",
             "Customers by perception score band (`band` 0-10, 10-20, ... 90-100), as of each "
@@ -83,6 +94,14 @@ class BusinessMetrics:
             "cx_partition_watermark_timestamp_seconds",
             "Each input partition's watermark (seconds since the epoch).", ["partition"],
             registry=registry)
+        self.folded = Gauge(
+            "cx_label_values_folded",
+            "Distinct queue, segment or agent names (`dimension`) without counters and series "
+            "of their own, counted under `other` (CX_MAX_QUEUES, CX_MAX_SEGMENTS, "
+            "CX_MAX_AGENTS): seen by this worker since it started, or in the gauges' windows.",
+            ["dimension"], registry=registry)
+        for cap in self.caps.all():
+            self.folded.labels(cap.dimension).set(0)
         self.refresh_seconds = Histogram(
             "cx_metrics_refresh_seconds", "Time to recompute the business gauges from Redis.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
@@ -109,23 +128,21 @@ class BusinessMetrics:
             ordered = sorted(hours)
             for i in range(0, len(ordered), HOURS_PER_READ):
                 raw.update(await state.read_buckets_by_hour(n, ordered[i:i + HOURS_PER_READ]))
-            agents = self._busiest_agents(raw.values())
+            kept = self._rank(raw.values())
             for name, seconds in self._windows:
                 await asyncio.sleep(0)
-                recent = sum_by_dimension(b for h in trailing_hours(watermark, seconds)
-                                          for b in raw.get(h, []))
-                closed = sum_by_dimension(b for h in trailing_hours(watermark - shift, seconds)
-                                          for b in raw.get(h, []))
+                recent = fold_dimensions(
+                    sum_by_dimension(b for h in trailing_hours(watermark, seconds)
+                                     for b in raw.get(h, [])), kept)
+                closed = fold_dimensions(
+                    sum_by_dimension(b for h in trailing_hours(watermark - shift, seconds)
+                                     for b in raw.get(h, [])), kept)
                 for dimension, counts in recent.items():
-                    if dimension.startswith("agent:") and dimension[6:] not in agents:
-                        continue
                     labels = _labels(name, dimension)
                     for kpi, value in kpis(counts).items():
                         if value is not None:
                             computed.append((kpi, labels, value))
                 for dimension, counts in closed.items():
-                    if dimension.startswith("agent:") and dimension[6:] not in agents:
-                        continue
                     value = kpis(counts)["fcr_provisional"]
                     if value is not None:
                         computed.append(("fcr_final", _labels(name, dimension), value))
@@ -139,6 +156,8 @@ class BusinessMetrics:
                 self.gauges[kpi].labels(**labels, policy_version=version).set(value)
         self.at_risk.clear()
         self.at_risk.labels(version).set(sum(c.at_risk for c in clocks.values()))
+        self.noisy.clear()
+        self.noisy.labels(version).set(sum(c.noisy for c in clocks.values()))
         self.quality.clear()
         for kpi, labels, value in computed:
             if kpi == "identified" and not any(labels[k] for k in LABELS[1:]):
@@ -152,6 +171,8 @@ class BusinessMetrics:
         for band in range(10):
             self.perception.labels(f"{band * 10}-{band * 10 + 10}", version).set(
                 sum(c.bands.get(band, 0) for c in clocks.values()))
+        for cap in self.caps.all():
+            self.folded.labels(cap.dimension).set(len(cap.folded))
         self.policy_version.labels("serving").set(int(version))
         if watermark is not None:
             self.watermark.set(watermark)
@@ -187,16 +208,16 @@ class BusinessMetrics:
             "queues": [{"queue": q, **tiles} for q, tiles in sorted(queues.items())],
         }
 
-    def _busiest_agents(self, buckets: Iterable[list[dict[str, int]]]) -> set[str]:
-        """The agents with the most contacts, up to CX_METRICS_AGENT_LABELS."""
-        if self._agent_labels <= 0:
-            return set()
-        totals: dict[str, int] = {}
-        for per_hour in buckets:
-            for bucket in per_hour:
-                for field, n in bucket.items():
-                    if field.startswith("agent:") and field.endswith("|contacts"):
-                        agent = field[6:].rpartition("|")[0]
-                        totals[agent] = totals.get(agent, 0) + n
-        ranked = sorted(totals, key=lambda a: (-totals[a], a))
-        return set(ranked[: self._agent_labels])
+    def _rank(self, buckets: Iterable[list[dict[str, int]]]) -> dict[str, Cap | None]:
+        """The names of each capped dimension that keep series of their own: the busiest by
+        contacts in the hours read. The pipeline's caps keep the same queues and segments from
+        now on (and agents up to CX_MAX_AGENTS); the gauges show the CX_METRICS_AGENT_LABELS
+        busiest agents (none when 0)."""
+        read = [bucket for per_hour in buckets for bucket in per_hour]
+        caps = self.caps
+        agents = totals_by_value(read, "agent")
+        for cap in caps.all():
+            cap.rank(agents if cap is caps.agent else totals_by_value(read, cap.dimension))
+        self._agent_series.rank({a: n for a, n in agents.items() if a in caps.agent.kept})
+        return {"queue": caps.queue, "segment": caps.segment,
+                "agent": self._agent_series if self._agent_labels > 0 else None}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import orjson
 
 from service.domain.events import ContactEvent, Rejection, RejectReason
-from service.domain.validation import validate_event
+from service.domain.validation import DEFAULT_MAX_DEPTH, validate_event
 
 
-def decode_event(kind: str, value: bytes | None, max_bytes: int) -> ContactEvent | Rejection:
+def decode_event(kind: str, value: bytes | None, max_bytes: int,
+                 max_depth: int = DEFAULT_MAX_DEPTH) -> ContactEvent | Rejection:
     """Decode and validate one message value of an input topic carrying `kind` events."""
     if value is None:
         return Rejection(RejectReason.NOT_JSON, f"{kind}: the message has no value")
@@ -21,4 +22,4 @@ def decode_event(kind: str, value: bytes | None, max_bytes: int) -> ContactEvent
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return Rejection(RejectReason.NOT_JSON, f"{kind}: not valid UTF-8 JSON ({exc})")
-    return validate_event(kind, obj)
+    return validate_event(kind, obj, max_depth=max_depth)

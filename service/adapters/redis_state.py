@@ -62,6 +62,7 @@ class PartitionClock:
     offsets: dict[str, int] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     at_risk: int = 0
+    noisy: int = 0  # customers marked noisy (engine.overflows)
     bands: dict[int, int] = field(default_factory=dict)
     joins: dict[str, int] = field(default_factory=dict)
 
@@ -84,6 +85,8 @@ class PartitionClock:
                 clock.applied[name[2:]] = int(text)
             elif name == "at_risk":
                 clock.at_risk = int(text)
+            elif name == "noisy":
+                clock.noisy = int(text)
             elif name in ("surveys_joined", "surveys", "transfers_joined", "transfers"):
                 clock.joins[name] = int(text)
             elif name.startswith("band:"):

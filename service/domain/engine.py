@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
+from service.domain.cardinality import LabelCaps
 from service.domain.counters import (
     STATUS_NONE,
     STATUS_PENDING,
@@ -80,6 +81,26 @@ def state_key(event: ContactEvent) -> str:
 
 def new_state(event: ContactEvent) -> CustomerState:
     return CustomerState(customer_id=event.header.customer_id)
+
+
+def overflows(state: CustomerState, event: ContactEvent, limit: int) -> bool:
+    """Whether `event` must be held apart from its customer's `state`: the customer already
+    has `limit` contacts in its window (or is noisy) and the event is of another contact.
+    Such contacts are counted as unidentified callers' are (`held_apart`), so one shared id
+    cannot grow a state, nor its repeat search, without bound. `limit` 0: no limit."""
+    if limit <= 0 or state.customer_id is None:
+        return False
+    contact = event.header.contact_id
+    if contact in state.contacts:
+        return False
+    return state.noisy or (isinstance(event, CallEnded) and len(state.contacts) >= limit)
+
+
+def held_apart(event: ContactEvent) -> tuple[str, CustomerState]:
+    """The state key and a new state for an event of a noisy customer held apart: its
+    contact's own, unidentified, remembering the customer_id it carried."""
+    header = event.header
+    return f"u:{header.contact_id}", CustomerState(customer_id=None, alias=header.customer_id)
 
 
 # -- applying events ---------------------------------------------------------------------------
@@ -645,7 +666,8 @@ def _prune(state: CustomerState, watermark: float, policy: Policy,
 
 
 def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
-                     seen: ContactPerception | None, policy: Policy, out: Settled) -> None:
+                     seen: ContactPerception | None, policy: Policy, out: Settled,
+                     caps: LabelCaps | None = None) -> None:
     """Compare what the contact's view and counts derive from with what was last published;
     when it changed, retract and add its counts and publish a new version if its view
     changed."""
@@ -666,10 +688,13 @@ def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
             return
     identified = state.customer_id is not None
     counted = counted_of(c, v, identified)
+    if caps is not None:
+        counted = caps.counted(counted)
     old = Counted.from_tuple(before.counted) if before else None
     if old != counted:
         add_change(out.counts, old, counted)
-    view = enriched_view(c, v, state.customer_id, perception, policy)
+    view = enriched_view(c, v, state.customer_id if state.alias is None else state.alias,
+                         perception, policy)
     version = before.version if before else 0
     digest = 0  # only states stored before view checksums existed are compared by digest
     if before is not None and before.inputs is None and before.basis is None:
@@ -740,11 +765,13 @@ def _prune_due(state: CustomerState, memo: Memo, watermark: float, policy: Polic
             or memo.earliest_other < live_from - policy.join_horizon - PRUNE_STEP)
 
 
-def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
+def settle(state: CustomerState, watermark: float, policy: Policy,
+           caps: LabelCaps | None = None) -> Settled:
     """Publish what changed in the state's verdicts at this watermark, then prune.
 
     Publishing comes first: a batch can move the watermark far ahead, and a contact applied in
-    it must be published (with its final verdict) before it is pruned.
+    it must be published (with its final verdict) before it is pruned. `caps` bound the queue,
+    segment and agent names the counts are kept under (none: every name its own).
     """
     out = Settled()
     memo = state.memo
@@ -778,7 +805,8 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
         if c is None or (live_from is not None and c.t < live_from):
             continue  # context only: its last published verdict is final
         _publish_contact(state, c, verdicts[cid],
-                         by_contact.get(cid) if by_contact is not None else None, policy, out)
+                         by_contact.get(cid) if by_contact is not None else None, policy, out,
+                         caps)
     joined_now = (memo.joined[0], len(state.surveys), memo.joined[1], len(state.transfers))
     last = state.joins
     out.joins = (joined_now[0] - last[0], joined_now[1] - last[1], joined_now[2] - last[2],

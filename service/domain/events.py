@@ -38,6 +38,9 @@ class RejectReason(StrEnum):
     STARTED_AFTER_OCCURRED = "started_after_occurred"
     UNKNOWN_TOPIC = "unknown_topic"
     TOO_LATE = "too_late"
+    TOO_DEEP = "too_deep"
+    KEY_MISMATCH = "key_mismatch"
+    FROM_FUTURE = "from_future"
     PROCESSING_ERROR = "processing_error"
 
 

@@ -8,10 +8,19 @@ store it anywhere. Event times are seconds since the epoch.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.domain.events import CallEnded, SurveyAnswered, Transfer
+
+# Fields outside the contract are kept in the state up to about this many bytes of JSON per
+# contact: whole fields, in the event's order, each one that still fits; the names of those
+# left out are kept (`EXTRA_DROPPED`), so every version of the enriched contact says what is
+# missing (the input topic keeps the whole event).
+MAX_EXTRA_BYTES = 2048
+EXTRA_DROPPED = "extra_fields_dropped"
 
 _STANDARD_CALL_FIELDS = frozenset({
     "event_id", "occurred_at", "contact_id", "customer_id", "started_at", "channel", "queue",
@@ -55,7 +64,7 @@ class ContactRecord:
             wait=event.wait_seconds,
             hold=event.hold_seconds,
             talk=event.talk_seconds,
-            extra={k: v for k, v in f.items() if k not in _STANDARD_CALL_FIELDS},
+            extra=_bounded_extra(f),
         )
 
     def order(self) -> tuple[float, str]:
@@ -71,6 +80,34 @@ class ContactRecord:
     def from_list(v: list[Any]) -> ContactRecord:
         return ContactRecord(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
                              v[11], v[12], v[13], v[14] or {})
+
+
+def _bounded_extra(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The event's fields outside the contract, up to MAX_EXTRA_BYTES of JSON."""
+    extra = {k: v for k, v in fields.items() if k not in _STANDARD_CALL_FIELDS}
+    if not extra:
+        return extra
+    budget = MAX_EXTRA_BYTES
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for name, value in extra.items():
+        size = len(name) + _json_size(value) + 4
+        if size <= budget:
+            kept[name] = value
+            budget -= size
+        else:
+            dropped.append(name)
+    if dropped:
+        kept[EXTRA_DROPPED] = [n[:128] for n in dropped[:16]]
+    return kept
+
+
+def _json_size(value: Any) -> int:
+    if value is None or isinstance(value, bool | int | float):
+        return 8
+    if isinstance(value, str):
+        return len(value) + 2
+    return len(json.dumps(value, ensure_ascii=False, default=str))
 
 
 @dataclass(slots=True)
@@ -179,6 +216,12 @@ class CustomerState:
     live_from: float | None = None  # contacts before this are context only (see engine)
     band: int | None = None  # perception band (score // 10) last counted for this customer
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)  # surveys joined/held, transfers joined/held
+    # More contacts in the window than a customer can have (a shared placeholder id, a test
+    # line, a bot): its further contacts are held apart, as unidentified callers' are.
+    noisy: bool = False
+    # The customer_id carried by the one contact of this state, held apart from its noisy
+    # customer (this state is then unidentified: customer_id is None).
+    alias: str | None = None
     # What the engine derived from this state, kept while the object lives (engine.Memo);
     # never stored.
     memo: Any = field(default=None, compare=False, repr=False)
@@ -212,6 +255,8 @@ class CustomerState:
             "l": self.live_from,
             "b": self.band,
             "j": list(self.joins),
+            **({"n": True} if self.noisy else {}),
+            **({"k": self.alias} if self.alias is not None else {}),
         }
 
     @staticmethod
@@ -236,4 +281,6 @@ class CustomerState:
             live_from=d.get("l"),
             band=d.get("b"),
             joins=tuple(d.get("j", (0, 0, 0, 0))),
+            noisy=d.get("n", False),
+            alias=d.get("k"),
         )

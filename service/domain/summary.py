@@ -54,6 +54,9 @@ def customer_summary(state: CustomerState, watermark: float, policy: Policy) -> 
                        for (t, s, cause) in points],
         },
         "open_contacts": sum(1 for v in verdicts.values() if v.resolution == "pending"),
+        # More contacts in its window than CX_MAX_CONTACTS_PER_CUSTOMER: a placeholder id, a
+        # test line or a bot; its further contacts are counted as unidentified callers'.
+        "noisy": state.noisy,
         "recent_contacts": recent,
         "policy_version": policy.version,
     }

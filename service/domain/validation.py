@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -29,10 +30,29 @@ from service.domain.events import (
 
 MAX_ID_LENGTH = 128
 
+# RFC 3339 `date-time` (section 5.6): `T`/`Z` in either case, any number of fraction digits.
+# ASCII digits only, and nothing after the offset (not even a newline, which `$` would allow).
+# A leap second (`:60`) is refused, as the JSON Schemas' date-time format checks refuse it.
 _RFC3339_RE = re.compile(
-    r"^(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):([0-5]\d):([0-5]\d)"
-    r"(?:\.(\d{1,9}))?(?:(Z)|([+-])([01]\d|2[0-3]):([0-5]\d))$"
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):([0-5][0-9])"
+    r":([0-5][0-9])(?:\.([0-9]+))?(?:([Zz])|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))",
+    re.ASCII,
 )
+DEFAULT_MAX_DEPTH = 32
+DEFAULT_MAX_CLOCK_SKEW = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class DoorLimits:
+    """Limits checked before an event is applied, beyond what the JSON Schemas state.
+
+    `max_depth`: most levels of nested objects and arrays, the event object being level 1
+    (`too_deep`). `max_clock_skew`: how far, in seconds, an event's `occurred_at` may be ahead
+    of its record's Kafka timestamp (`from_future`).
+    """
+
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
 
 
 class _Invalid(Exception):
@@ -42,23 +62,62 @@ class _Invalid(Exception):
 
 
 def parse_rfc3339(text: str) -> datetime | None:
-    """An aware datetime from an RFC 3339 timestamp with offset, or None if it is not one."""
-    match = _RFC3339_RE.match(text)
+    """An aware datetime from an RFC 3339 timestamp with offset, or None if it is not one (or
+    names a moment outside years 1 to 9999 in UTC)."""
+    parsed = _parse_rfc3339(text)
+    return parsed if isinstance(parsed, datetime) else None
+
+
+_OUT_OF_RANGE = "must fall within years 1 to 9999 in UTC"
+
+
+def _parse_rfc3339(text: str) -> datetime | str:
+    """The datetime, or what is wrong with `text`.
+
+    Fraction digits past the sixth (microseconds) are dropped, not rounded.
+    """
+    match = _RFC3339_RE.fullmatch(text)
     if match is None:
-        return None
+        return "must be an RFC 3339 timestamp with offset"
     year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
     if zulu:
         tz = UTC
     else:
         offset = timedelta(hours=int(off_h), minutes=int(off_m))
         tz = timezone(-offset if sign == "-" else offset)
-    micro = int((frac or "0").ljust(6, "0")[:6])
+    micro = int((frac or "0")[:6].ljust(6, "0"))
+    if year == "0000":
+        return _OUT_OF_RANGE
     try:
-        return datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
-        )
+        parsed = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                          micro, tz)
     except ValueError:
-        return None
+        return "must be an RFC 3339 timestamp with offset (no such day)"
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:
+        return _OUT_OF_RANGE
+    return parsed
+
+
+def nesting_exceeds(obj: Mapping[str, Any], limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels deep (`obj` is level 1).
+
+    Only fields holding an object or an array are walked, so an event without nested fields
+    costs one type check per field.
+    """
+    stack: list[tuple[Any, int]] = []
+    for value in obj.values():
+        if type(value) is dict or type(value) is list:
+            stack.append((value, 2))
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in value.values() if type(value) is dict else value:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 class _Reader:
@@ -133,12 +192,9 @@ class _Reader:
                 RejectReason.WRONG_TYPE, name,
                 f"must be an RFC 3339 timestamp string, got {_json_type(value)}",
             )
-        parsed = parse_rfc3339(value)
-        if parsed is None:
-            raise self._fail(
-                RejectReason.BAD_TIMESTAMP, name,
-                f"must be an RFC 3339 timestamp with offset, got {value[:40]!r}",
-            )
+        parsed = _parse_rfc3339(value)
+        if isinstance(parsed, str):
+            raise self._fail(RejectReason.BAD_TIMESTAMP, name, f"{parsed}, got {value[:40]!r}")
         return parsed
 
     def seconds(self, name: str) -> float:
@@ -288,7 +344,8 @@ _BUILDERS: dict[str, Callable[[_Reader], ContactEvent]] = {
 }
 
 
-def validate_event(kind: str, obj: Any) -> ContactEvent | Rejection:
+def validate_event(kind: str, obj: Any, *, max_depth: int = DEFAULT_MAX_DEPTH
+                   ) -> ContactEvent | Rejection:
     """Validate one decoded event of `kind` (`call-ended`, `transfer`, `survey-answered`)."""
     builder = _BUILDERS.get(kind)
     if builder is None:
@@ -297,7 +354,39 @@ def validate_event(kind: str, obj: Any) -> ContactEvent | Rejection:
         got = _json_type(obj)
         message = f"{kind}: the event must be a JSON object, got {got}"
         return Rejection(RejectReason.NOT_OBJECT, message)
+    if nesting_exceeds(obj, max_depth):
+        return Rejection(RejectReason.TOO_DEEP,
+                         f"{kind}: objects and arrays nest more than {max_depth} levels deep")
     try:
         return builder(_Reader(kind, obj))
     except _Invalid as exc:
         return exc.rejection
+
+
+def expected_key(event: ContactEvent) -> str:
+    """The message key the contract requires: the customer_id, or the contact_id of an
+    unidentified caller. It decides the partition, and so where the customer's state lives."""
+    header = event.header
+    return header.customer_id if header.customer_id is not None else header.contact_id
+
+
+def check_record(event: ContactEvent, key: bytes | None, timestamp_ms: int | None,
+                 limits: DoorLimits) -> Rejection | None:
+    """What is wrong with a valid event as the record it came in: a key other than
+    `expected_key` (`key_mismatch`), or an event time more than `limits.max_clock_skew` ahead of
+    the record's Kafka timestamp (`from_future`). None when nothing is."""
+    kind = event.kind.value
+    wanted = expected_key(event)
+    if key != wanted.encode():
+        field = "customer_id" if event.header.customer_id is not None else "contact_id"
+        shown = "no key" if key is None else f"key {key[:40].decode('utf-8', 'replace')!r}"
+        return Rejection(RejectReason.KEY_MISMATCH,
+                         f"{kind}.{field}: the message has {shown}, not the {field} "
+                         f"{wanted[:40]!r}")
+    if timestamp_ms is not None and timestamp_ms > 0:
+        ahead = event.header.occurred_at.timestamp() - timestamp_ms / 1000
+        if ahead > limits.max_clock_skew:
+            return Rejection(RejectReason.FROM_FUTURE,
+                             f"{kind}.occurred_at: {ahead:.0f}s ahead of the message's Kafka "
+                             f"timestamp (at most {limits.max_clock_skew:.0f}s allowed)")
+    return None

@@ -44,13 +44,16 @@ from service.adapters.redis_state import (
     parse_outbox_item,
 )
 from service.domain import watermark as clocks
+from service.domain.cardinality import LabelCaps
 from service.domain.counters import BucketKey, expand, merge_counts
 from service.domain.engine import (
     Settled,
     alert_payload,
     apply_event,
+    held_apart,
     is_too_late,
     new_state,
+    overflows,
     settle,
     state_key,
 )
@@ -63,6 +66,7 @@ from service.domain.events import (
 )
 from service.domain.policy import Policy
 from service.domain.records import CustomerState
+from service.domain.validation import DoorLimits, check_record
 from service.service_layer.state_cache import StateCache
 
 log = logging.getLogger(__name__)
@@ -271,6 +275,9 @@ class IngestProcessor:
         input_topics: Sequence[str] = (),
         cache: StateCache | None = None,
         dead_letter_max_copy: int = DEAD_LETTER_MAX_COPY,
+        door: DoorLimits = DoorLimits(),  # noqa: B008 - frozen, shared safely
+        caps: LabelCaps | None = None,
+        max_contacts: int = 0,
     ) -> None:
         self._state = state
         self._sink = sink
@@ -284,6 +291,9 @@ class IngestProcessor:
         self._input_topics = tuple(input_topics)
         self._cache = cache
         self._max_copy = dead_letter_max_copy
+        self._door = door
+        self._caps = caps
+        self._max_contacts = max_contacts
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -357,8 +367,9 @@ class IngestProcessor:
                     transfers[event.from_queue] = transfers.get(event.from_queue, 0) + 1
                 elif isinstance(event, SurveyAnswered):
                     surveys[event.source] = surveys.get(event.source, 0) + 1
+        queue_of = self._caps.queue.label if self._caps is not None else str
         for queue, n in transfers.items():
-            m.transfers.labels(queue).inc(n)
+            m.transfers.labels(queue_of(queue)).inc(n)
         for source, n in surveys.items():
             m.surveys.labels(source).inc(n)
         contacts: dict[tuple[str, str, str], int] = {}
@@ -373,9 +384,9 @@ class IngestProcessor:
                 else:
                     corrections += n
         for (queue, channel, outcome), n in contacts.items():
-            m.contacts.labels(queue, channel, outcome).inc(n)
+            m.contacts.labels(queue_of(queue), channel, outcome).inc(n)
         for (queue, channel), n in repeats.items():
-            m.repeats.labels(queue, channel).inc(n)
+            m.repeats.labels(queue_of(queue), channel).inc(n)
         if corrections:
             m.corrections.inc(corrections)
 
@@ -384,7 +395,10 @@ class IngestProcessor:
         if kind is None:
             return Rejection(RejectReason.UNKNOWN_TOPIC, msg.topic)
         try:
-            return decode_event(kind, msg.value, self._max_event_bytes)
+            event = decode_event(kind, msg.value, self._max_event_bytes, self._door.max_depth)
+            if isinstance(event, Rejection):
+                return event
+            return check_record(event, msg.key, msg.timestamp_ms, self._door) or event
         except Exception as exc:  # a defect must not stop the partition: dead-letter it
             log.exception("could not decode %s[%d]@%d", msg.topic, msg.partition, msg.offset)
             return Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
@@ -589,11 +603,46 @@ class IngestProcessor:
             self._metrics.state_reads_memory.inc(found)
             self._metrics.state_reads_redis.inc(sum(map(len, held.values())) - found
                                                 + sum(map(len, wanted.values())))
+        if self._max_contacts > 0:
+            await self._read_held_apart(valid, data)
         folds = {p: self._fold_partition(p, valid[p], data[p], skip.get(p) if skip else None)
                  for p in valid}
         await self._read_due(data, {p: f.watermark for p, f in folds.items()}, current)
         plans = {p: self._settle_partition(folds[p], data[p]) for p in valid}
         return plans, {p: data[p].outbox for p in valid}
+
+    async def _read_held_apart(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                               data: dict[int, PartitionData]) -> None:
+        """Read the states of contacts that may be held apart from a noisy customer in this
+        batch (engine.overflows): those of customers that are noisy, or could become so."""
+        limit = self._max_contacts
+        missing: dict[int, list[str]] = {}
+        for p, items in valid.items():
+            d = data[p]
+            new_contacts: dict[str, set[str]] = {}
+            for _, event in items:
+                if event.header.customer_id is not None:
+                    new_contacts.setdefault(state_key(event), set()).add(event.header.contact_id)
+            for key, contacts in new_contacts.items():
+                state = d.held.get(key)
+                if state is None:
+                    raw = d.states.get(key)
+                    # A stored contact takes more than 100 bytes of JSON: a state this small
+                    # cannot overflow in this batch, and is not decoded here.
+                    if (0 if raw is None else len(raw) // 100) + len(contacts) <= limit:
+                        continue
+                    state = d.state(key)
+                    if state is not None:
+                        d.held[key] = state  # decoded once: the fold takes it from here
+                known = state.contacts if state is not None else {}
+                noisy = state is not None and state.noisy
+                fresh = [c for c in contacts if c not in known]
+                if noisy or len(known) + len(fresh) > limit:
+                    missing.setdefault(p, []).extend(
+                        k for k in (f"u:{c}" for c in fresh) if not d.has(k))
+        if missing:
+            for partition, raw_states in (await self._state.load_states(missing)).items():
+                data[partition].states.update(raw_states)
 
     async def _read_due(self, data: dict[int, PartitionData],
                         marks: Mapping[int, float | None], current: set[int]) -> None:
@@ -690,6 +739,15 @@ class IngestProcessor:
             if state is None:
                 state = data.state(key) or new_state(event)
                 states[key] = state
+            if overflows(state, event, self._max_contacts):
+                if not state.noisy:
+                    state.noisy = True
+                    touched.add(key)
+                    increments = plan.commit.clock_increments
+                    increments["noisy"] = increments.get("noisy", 0) + 1
+                key, fresh = held_apart(event)
+                state = states.get(key) or data.state(key) or fresh
+                states[key] = state
             if apply_event(state, event):
                 counts[0] += 1
                 outcome.applied += 1
@@ -769,12 +827,15 @@ class IngestProcessor:
         return plan
 
     def _settle(self, key: str, state: CustomerState, watermark: float, plan: _Plan) -> None:
-        settled: Settled = settle(state, watermark, self._policy)
+        settled: Settled = settle(state, watermark, self._policy, self._caps)
         # Everything that can raise comes before the plan changes: a state that fails here
         # leaves the plan as it was (_settle_partition).
         views = [orjson.dumps(update.view) for update in settled.updates]
         alerts = [orjson.dumps(alert_payload(alert)) for alert in settled.alerts]
         commit = plan.commit
+        if state.noisy and (settled.forget or len(state.contacts) < self._max_contacts):
+            state.noisy = False  # back under the limit: its new contacts are its own again
+            commit.clock_increments["noisy"] = commit.clock_increments.get("noisy", 0) - 1
         merge_counts(plan.counts, settled.counts)
         for update, encoded in zip(settled.updates, views, strict=True):
             view = update.view

@@ -19,19 +19,41 @@ from service.domain.validation import parse_rfc3339
 from service.tools.traffic import TrafficModel
 
 
+def default_start(now: float, speed: float, duration: float | None, to_file: bool,
+                  history: float) -> float:
+    """Where event time starts when --start is not given: so that the traffic never runs
+    ahead of the present. A file covers `duration * speed` of event time ending now; live
+    traffic faster than real time starts in the past (ending now after `duration`, or
+    `history` back when it runs on) and catches up with the present."""
+    if to_file:
+        return now - (duration or 0.0) * speed
+    if speed <= 1:
+        return now
+    if duration is not None:
+        return now - duration * (speed - 1)
+    return now - history
+
+
 def run_simulation(settings: Settings, args: argparse.Namespace) -> int:
-    start = time.time()
+    now = time.time()
+    duration = parse_duration(args.duration) if args.duration else None
+    if args.rate <= 0 or args.speed <= 0 or args.customers <= 0:
+        print("cx-stream simulate: --rate, --speed and --customers must be above 0",
+              file=sys.stderr)
+        return 2
     if args.start:
         parsed = parse_rfc3339(args.start)
         if parsed is None:
             print(f"cx-stream simulate: --start is not RFC 3339: {args.start!r}", file=sys.stderr)
             return 2
         start = parsed.timestamp()
-    duration = parse_duration(args.duration) if args.duration else None
-    if args.rate <= 0 or args.speed <= 0 or args.customers <= 0:
-        print("cx-stream simulate: --rate, --speed and --customers must be above 0",
-              file=sys.stderr)
-        return 2
+        if start > now and not args.out:
+            print("cx-stream simulate: --start is in the future: the worker dead-letters events "
+                  "more than CX_MAX_CLOCK_SKEW ahead of their Kafka timestamp (from_future)",
+                  file=sys.stderr)
+            return 2
+    else:
+        start = default_start(now, args.speed, duration, bool(args.out), settings.repeat_window)
     model = TrafficModel(
         start=start,
         contacts_per_second=args.rate / args.speed,
@@ -69,6 +91,11 @@ def _write_jsonl(model: TrafficModel, until: float, out: IO[bytes]) -> int:
     return count
 
 
+def simulated_clock(start: float, elapsed: float, speed: float, now: float) -> float:
+    """Event time reached after `elapsed` wall-clock seconds, held at the present `now`."""
+    return min(start + elapsed * speed, max(now, start))
+
+
 async def _publish_live(model: TrafficModel, settings: Settings, topics: dict[str, str],
                         start: float, speed: float, duration: float | None) -> int:
     publisher = EventPublisher(settings)
@@ -81,18 +108,26 @@ async def _publish_live(model: TrafficModel, settings: Settings, topics: dict[st
     wall_start = time.monotonic()
     sent = 0
     last_report = wall_start
+    caught_up = False
     try:
         while not stop.is_set():
             elapsed = time.monotonic() - wall_start
             if duration is not None and elapsed >= duration:
                 break
-            for msg in model.advance(start + elapsed * speed):
+            # Never ahead of the present: records are stamped with the wall clock, and an event
+            # time past it would be dead-lettered (from_future).
+            clock = simulated_clock(start, elapsed, speed, time.time())
+            if not caught_up and clock < start + elapsed * speed:
+                caught_up = True
+                print("simulate: caught up with the present; real time from now on",
+                      file=sys.stderr, flush=True)
+            for msg in model.advance(clock):
                 await publisher.send_raw(topics[msg.kind], msg.key, msg.value)
                 sent += 1
             now = time.monotonic()
             if now - last_report >= 10:
                 last_report = now
-                shown = time.strftime("%Y-%m-%d %H:%M", time.gmtime(start + elapsed * speed))
+                shown = time.strftime("%Y-%m-%d %H:%M", time.gmtime(clock))
                 print(f"simulate: {sent:,} events published (event time {shown} UTC)",
                       file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):
