@@ -58,6 +58,12 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return run_rebuild(_settings(), args, sys.stdout)
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from service.erase import run_erase
+
+    return run_erase(_settings(), args, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cx-stream",
@@ -86,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instead: delete the state of policy version N (not the served "
                               "one, and only once its workers are stopped)")
     rebuild.set_defaults(func=_cmd_rebuild)
+
+    erase = sub.add_parser(
+        "erase", help="erase customers (GDPR Art. 17): their state, contact views, timers and "
+                      "unpublished outputs; tombstones for their contacts; their later and "
+                      "replayed events dropped")
+    erase.add_argument("customer_ids", nargs="*", metavar="CUSTOMER_ID",
+                       help="a customer id, exactly as in the events")
+    erase.add_argument("--from-file", default=None, metavar="FILE",
+                       help="also the ids in FILE, one a line as written (`-`: standard input)")
+    erase.add_argument("--by", default=None, metavar="WHO",
+                       help="who asks, for the audit line, e.g. a ticket (default: login@host)")
+    erase.set_defaults(func=_cmd_erase)
 
     sim = sub.add_parser("simulate", help="publish realistic live contact-centre traffic")
     sim.add_argument("--rate", type=float, default=20.0,

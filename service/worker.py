@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
+from service.adapters.erasure_store import ErasureKeyError, ErasureStore, erasure_key
 from service.adapters.event_loop import use_event_loop
 from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
@@ -51,6 +52,7 @@ from service.service_layer.ingest import (
     is_transient,
 )
 from service.service_layer.state_cache import StateCache
+from service.service_layer.suppression import Suppression
 
 log = logging.getLogger(__name__)
 EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
@@ -68,11 +70,11 @@ class KafkaOutputs:
         self._app = app
         self._partitioner = DefaultPartitioner()
 
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
         producer: Any = self._app.producer
         kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
         partitions: dict[str, list[int]] = {}
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         for topic, key, value in records:
             known = partitions.get(topic)
             if known is None:
@@ -181,6 +183,9 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         lagging=lagging,
         input_topics=settings.input_topics,
         cache=cache,
+        # Erased customers' events are dropped (docs/security.md)
+        suppression=Suppression(ErasureStore(state.client, settings.key_prefix),
+                                erasure_key(settings)),
     )
     group_joined = asyncio.Event()
 
@@ -312,6 +317,17 @@ async def claim_policy_version(settings: Settings) -> None:
         await client.aclose()
 
 
+async def check_erasure_key(settings: Settings) -> None:
+    """ErasureKeyError when customers were erased and this worker's key cannot recognise
+    them: it would apply their events again."""
+    client = redis_state.connect(settings.redis_url, **redis_options(settings))
+    try:
+        await Suppression(ErasureStore(client, settings.key_prefix),
+                          erasure_key(settings)).load()
+    finally:
+        await client.aclose()
+
+
 # -- Redis that lost acknowledged writes --------------------------------------------------------
 
 
@@ -433,7 +449,8 @@ def run_worker(settings: Settings) -> int:
             raise failure
         created, partitions = loop.run_until_complete(ensure_layout(settings))
         loop.run_until_complete(claim_policy_version(settings))
-    except PolicyMismatch as exc:
+        loop.run_until_complete(check_erasure_key(settings))
+    except (PolicyMismatch, ErasureKeyError) as exc:
         print(f"cx-stream: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -43,6 +43,11 @@ class PipelineMetrics:
             "Input messages sent to the dead-letter topic, by reason.",
             ["topic", "reason"], registry=r,
         )
+        self.suppressed = Counter(
+            "cx_events_suppressed",
+            "Valid events of erased customers (`cx-stream erase`), dropped without effect.",
+            ["topic"], registry=r,
+        )
         self.retries = Counter(
             "cx_dependency_retries",
             "Failed attempts to reach a dependency that the worker retried.",
@@ -106,6 +111,7 @@ class PipelineMetrics:
         self.consumed_by_topic = {t: self.consumed.labels(t) for t in self.topics}
         self.applied_by_topic = {t: self.applied.labels(t) for t in self.topics}
         self.duplicates_by_topic = {t: self.duplicates.labels(t) for t in self.topics}
+        self.suppressed_by_topic = {t: self.suppressed.labels(t) for t in self.topics}
         self.invalid_by_topic_reason = {
             (t, reason.value): self.invalid.labels(t, reason.value)
             for t in self.topics

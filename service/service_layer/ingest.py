@@ -60,6 +60,7 @@ from service.domain.events import (
 from service.domain.policy import Policy
 from service.domain.records import CustomerState
 from service.service_layer.state_cache import StateCache
+from service.service_layer.suppression import Suppression
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,8 +95,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class OutputSink(Protocol):
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        """Publish (topic, key, value) records; return once the broker acknowledged them."""
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+        """Publish (topic, key, value) records (a None value: a tombstone); return once the
+        broker acknowledged them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class BatchOutcome:
     too_late: int = 0
     updates: int = 0
     alerts: int = 0
+    suppressed: int = 0  # events of erased customers, dropped
 
 
 def dead_letter_record(msg: InputMessage, reason: str, message: str, now: datetime
@@ -198,6 +201,7 @@ class IngestProcessor:
         lagging: Callable[[str, int, int | None], bool] = lambda t, p, o: False,
         input_topics: Sequence[str] = (),
         cache: StateCache | None = None,
+        suppression: Suppression | None = None,
     ) -> None:
         self._state = state
         self._sink = sink
@@ -210,6 +214,7 @@ class IngestProcessor:
         self._lagging = lagging
         self._input_topics = tuple(input_topics)
         self._cache = cache
+        self._suppression = suppression
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -219,11 +224,20 @@ class IngestProcessor:
         valid: dict[int, list[tuple[InputMessage, ContactEvent]]] = {}
         rejected: list[tuple[InputMessage, Rejection]] = []
         consumed: dict[str, int] = {}
+        # Events of erased customers: dropped, only their offsets are recorded as read.
+        suppressed: dict[int, list[InputMessage]] = {}
+        suppression = self._suppression
+        if suppression is not None and not suppression.loaded:
+            await self._retrying("redis", suppression.load)
+        erased = suppression.erased if suppression is not None and len(suppression) else None
         for msg in batch:
             consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
             result = self._decode(msg)
             if isinstance(result, Rejection):
                 rejected.append((msg, result))
+            elif erased is not None and erased(result.header.customer_id):
+                suppressed.setdefault(msg.partition, []).append(msg)
+                valid.setdefault(msg.partition, [])  # its clock records the offset
             else:
                 valid.setdefault(msg.partition, []).append((msg, result))
 
@@ -241,7 +255,7 @@ class IngestProcessor:
             for msg, r in rejected:
                 m.invalid_by_topic_reason[(msg.topic, r.reason.value)].inc()
         if valid:
-            plans = await self._apply(valid)
+            plans = await self._apply(valid, suppressed)
             self._observe(valid, plans)
             for plan in plans.values():
                 for name in ("applied", "duplicates", "too_late", "updates", "alerts"):
@@ -251,6 +265,10 @@ class IngestProcessor:
                     m.duplicates_by_topic[topic].inc(dups)
                 for topic, reason in plan.late:
                     m.invalid_by_topic_reason[(topic, reason)].inc()
+        for msgs in suppressed.values():
+            outcome.suppressed += len(msgs)
+            for msg in msgs:
+                m.suppressed_by_topic[msg.topic].inc()
         if self._cache is not None:
             m.state_cache_bytes.set(self._cache.bytes)
         for seconds in self._state.round_trips:
@@ -307,25 +325,28 @@ class IngestProcessor:
             log.exception("could not decode %s[%d]@%d", msg.topic, msg.partition, msg.offset)
             return Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
 
-    async def _apply(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
-                     ) -> dict[int, _Plan]:
-        plans, leftovers = await self._retrying("redis", lambda: self._commit(valid))
-        records, published, contacts = self._outbox_records(plans, leftovers)
+    async def _apply(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                     suppressed: dict[int, list[InputMessage]]) -> dict[int, _Plan]:
+        plans, leftovers = await self._retrying("redis", lambda: self._commit(valid, suppressed))
+        records, published, contacts, gone = self._outbox_records(plans, leftovers)
         if records:
             await self._retrying("kafka", lambda: self._sink.send(records))
-        await self._retrying("redis", lambda: self._state.finish_outbox(published, contacts))
+        await self._retrying("redis", lambda: self._state.finish_outbox(published, contacts,
+                                                                        erased=gone))
         return plans
 
-    async def _commit(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+    async def _commit(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                      suppressed: dict[int, list[InputMessage]] | None = None,
                       ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
         """Read, fold, commit; on a write conflict read again and redo those partitions."""
         pending = dict(valid)
+        suppressed = {} if suppressed is None else suppressed
         done: dict[int, _Plan] = {}
         leftovers: dict[int, list[bytes]] = {}
         cache = self._cache
         try:
             for attempt in range(20):
-                plans, outboxes = await self._plan(pending)
+                plans, outboxes = await self._plan(pending, suppressed)
                 written_at = time.monotonic()
                 commits = {p: plan.commit for p, plan in plans.items()}
                 conflicts = await self._state.commit(commits)
@@ -353,7 +374,8 @@ class IngestProcessor:
             raise
         raise Conflict(f"partitions {sorted(pending)} kept changing under this worker")
 
-    async def _plan(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+    async def _plan(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                    suppressed: dict[int, list[InputMessage]],
                     ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
         """Fold the events into their states, read the timers that fall due at the new
         watermarks (and their states), then settle every touched or due state."""
@@ -365,6 +387,8 @@ class IngestProcessor:
             held[p] = cache.take(p, keys) if cache is not None else {}
             wanted[p] = [k for k in keys if k not in held[p]] if held[p] else keys
         data = await self._state.load(wanted)
+        if self._suppression is not None:
+            await self._recheck(valid, data, suppressed)
         current: set[int] = set()  # partitions whose held states are what Redis holds
         if cache is not None:
             stale: dict[int, list[str]] = {}
@@ -381,7 +405,8 @@ class IngestProcessor:
             self._metrics.state_reads_memory.inc(found)
             self._metrics.state_reads_redis.inc(sum(map(len, held.values())) - found
                                                 + sum(map(len, wanted.values())))
-        folds = {p: self._fold_partition(p, valid[p], data[p]) for p in valid}
+        folds = {p: self._fold_partition(p, valid[p], data[p], suppressed.get(p, ()))
+                 for p in valid}
         await self._read_due(data, {p: f.watermark for p, f in folds.items()}, current)
         plans = {p: self._settle_partition(folds[p], data[p]) for p in valid}
         return plans, {p: data[p].outbox for p in valid}
@@ -421,8 +446,28 @@ class IngestProcessor:
             for partition, states in more.items():
                 data[partition].states.update(states)
 
+    async def _recheck(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                       data: Mapping[int, PartitionData],
+                       suppressed: dict[int, list[InputMessage]]) -> None:
+        """When a clock shows an erasure newer than the suppression list this batch was
+        checked against: read the list again and drop the events it now names."""
+        suppression = self._suppression
+        assert suppression is not None
+        newest = max((data[p].clock.erasures for p in valid), default=0)
+        if newest <= suppression.generation:
+            return
+        await suppression.load()
+        for partition, items in valid.items():
+            kept = []
+            for msg, event in items:
+                if suppression.erased(event.header.customer_id):
+                    suppressed.setdefault(partition, []).append(msg)
+                else:
+                    kept.append((msg, event))
+            items[:] = kept  # the batch's own list: a redo and the metrics see it too
+
     def _fold_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
-                        data: PartitionData) -> _Fold:
+                        data: PartitionData, skipped: Sequence[InputMessage] = ()) -> _Fold:
         """Apply the partition's events to their states; the new watermark."""
         clock = data.clock
         policy = self._policy
@@ -480,6 +525,10 @@ class IngestProcessor:
             else:
                 counts[1] += 1
                 outcome.duplicates += 1
+        for msg in skipped:  # read and dropped: the partition is not behind because of them
+            last = offsets.get(msg.topic)
+            if last is None or msg.offset > last:
+                offsets[msg.topic] = msg.offset
         lagging = [t for t in self._input_topics
                    if self._lagging(t, partition, offsets.get(t))]
         fold.watermark = plan.watermark = clocks.advance(watermark, newest, lagging)
@@ -565,12 +614,14 @@ class IngestProcessor:
 
     def _outbox_records(
         self, plans: dict[int, _Plan], leftovers: dict[int, list[bytes]]
-    ) -> tuple[list[tuple[str, bytes | None, bytes]], dict[int, int],
-               list[tuple[str, int, bytes]]]:
+    ) -> tuple[list[tuple[str, bytes | None, bytes | None]], dict[int, int],
+               list[tuple[str, int, bytes]], list[str]]:
         """Kafka records for the outbox items (left over from before, then this batch's),
-        how many items to trim per partition, and the contact views to store."""
-        records: list[tuple[str, bytes | None, bytes]] = []
+        how many items to trim per partition, the contact views to store and those to delete
+        (contacts of erased customers: `cx-stream erase` leaves a tombstone item)."""
+        records: list[tuple[str, bytes | None, bytes | None]] = []
         contacts: dict[str, tuple[int, bytes]] = {}
+        gone: set[str] = set()
         published: dict[int, int] = {}
         for partition, plan in plans.items():
             earlier = leftovers.get(partition, [])
@@ -584,11 +635,19 @@ class IngestProcessor:
                     seen = contacts.get(name)
                     if seen is None or seen[0] < version:
                         contacts[name] = (version, value)
+                    gone.discard(name)
                 elif kind == "alert":
                     records.append((self._topics.customer_alerts, key, value))
+                elif kind == "tombstone" and name is not None:
+                    records.append((self._topics.contact_enriched, key, None))
+                    contacts.pop(name, None)
+                    gone.add(name)
+                elif kind == "erased":
+                    continue  # an output of an erased customer, withdrawn before publication
                 else:
                     records.append((self._topics.dead_letter, key, value))
-        return records, published, [(c, ver, view) for c, (ver, view) in contacts.items()]
+        return (records, published, [(c, ver, view) for c, (ver, view) in contacts.items()],
+                sorted(gone))
 
     async def _retrying(self, dependency: str, call: Callable[[], Awaitable[T]]) -> T:
         """Call until it succeeds, backing off up to the configured maximum between tries."""
