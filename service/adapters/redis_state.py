@@ -368,7 +368,7 @@ class RedisState:
             args: list[Any] = [v for _, version, view in group for v in (version, view)]
             pipe.evalsha(self._put_contact.sha, len(keys), *keys, *args, self._contact_ttl_ms)
         for contact_id in erased:
-            pipe.unlink(self.contact_key(contact_id))
+            pipe.execute_command("UNLINK", self.contact_key(contact_id))  # as on a Cluster
         for partition, n in published.items():
             if n:
                 pipe.ltrim(self.key(partition, "outbox"), n, -1)
