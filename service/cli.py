@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also the ids in FILE, one a line as written (`-`: standard input)")
     erase.add_argument("--by", default=None, metavar="WHO",
                        help="who asks, for the audit line, e.g. a ticket (default: login@host)")
+    erase.add_argument("--skip-topic-scan", action="store_true",
+                       help="do not read the contact-enriched topic for contacts of theirs "
+                            "older than the stored views (their records get no tombstone)")
     erase.set_defaults(func=_cmd_erase)
 
     sim = sub.add_parser("simulate", help="publish realistic live contact-centre traffic")

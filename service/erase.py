@@ -4,7 +4,8 @@ them back.
 In this order, so that running it again after an interruption finishes the work:
 1. their keyed hashes join the suppression list and the erasure generation rises: from then
    on workers and `rebuild` drop their events (service/service_layer/suppression.py);
-2. their contacts are found in the stored contact views of every policy version;
+2. their contacts are found in the stored contact views of every policy version, and on
+   the compacted contact-enriched topic (contacts older than the views' time-to-live);
 3. every partition of every policy version is swept (erase_partition.lua): states, timers
    and unpublished outputs go, the clock moves on (no worker trusts its states in memory of
    the partition any more, a batch in flight is redone) and a tombstone item per contact is
@@ -28,11 +29,12 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.adapters import redis_state
-from service.adapters.connections import redis_options
+from service.adapters.connections import kafka_options, redis_options
 from service.adapters.erasure_store import ErasureStore, erasure_key, glob_escape
-from service.adapters.kafka_admin import ensure_layout
+from service.adapters.kafka_admin import ensure_layout, partition_counts
 from service.adapters.kafka_publish import EventPublisher
 from service.adapters.redis_modes import RedisClient
 from service.adapters.redis_state import RedisState
@@ -83,8 +85,50 @@ def _state(settings: Settings, client: RedisClient, version: str) -> RedisState:
                       contact_ttl=settings.contact_view_ttl)
 
 
-async def erase(settings: Settings, ids: Sequence[str], *, by: str, out: TextIO
-                ) -> ErasureTally:
+async def contacts_on_topic(settings: Settings, ids: set[str]) -> set[str]:
+    """Keys of the contact-enriched records (up to the end offsets when called) whose view
+    names one of the customers: one pass over the compacted topic, without a consumer group."""
+    topic = settings.topic_contact_enriched
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **kafka_options(settings))
+    await consumer.start()
+    try:
+        count = (await partition_counts(settings, [topic])).get(topic, 0)
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        if not tps:
+            return set()
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        theirs: dict[bytes, bool] = {}  # contact -> whether its latest record is theirs
+        pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=10_000)
+            for msgs in batch.values():
+                for m in msgs:
+                    if m.key is None:
+                        continue
+                    if m.value is None:  # a tombstone already
+                        if m.key in theirs:
+                            theirs[m.key] = False
+                        continue
+                    try:
+                        view = orjson.loads(m.value)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(view, dict) and view.get("customer_id") in ids:
+                        theirs[m.key] = True
+                    elif m.key in theirs:
+                        theirs[m.key] = False
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        return {key.decode("utf-8", "replace") for key, latest in theirs.items() if latest}
+    finally:
+        await consumer.stop()
+
+
+async def erase(settings: Settings, ids: Sequence[str], *, by: str, out: TextIO,
+                scan_topic: bool = True) -> ErasureTally:
     """Erase the customers; print what was done and return it."""
     key = erasure_key(settings)
     if key is None:
@@ -109,6 +153,8 @@ async def erase(settings: Settings, ids: Sequence[str], *, by: str, out: TextIO
         for version in tally.versions:
             contacts |= await store.contacts_of(state_prefix(settings.key_prefix, version),
                                                 wanted)
+        if scan_topic:
+            contacts |= await contacts_on_topic(settings, wanted)
         known = sorted(contacts)
         for version in tally.versions:
             for swept in await store.sweep(_state(settings, client, version), partitions,
@@ -162,7 +208,8 @@ def run_erase(settings: Settings, args: Any, out: TextIO) -> int:
         print("cx-stream erase: no customer id given", file=sys.stderr)
         return 2
     try:
-        asyncio.run(erase(settings, ids, by=args.by or operator(), out=out))
+        asyncio.run(erase(settings, ids, by=args.by or operator(), out=out,
+                          scan_topic=not args.skip_topic_scan))
     except Refused as exc:
         print(f"cx-stream erase: {exc}", file=sys.stderr)
         return 2

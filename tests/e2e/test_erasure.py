@@ -194,13 +194,18 @@ def test_erased_customer_is_nowhere_even_after_a_rebuild(stack: Stack, tmp_path:
         fcr_before = json.loads(worker.get(fcr_query)[1])
         assert fcr_before["total"] == len(others) + 3
 
+        # A contact of theirs so old that only the compacted topic still has it.
+        old = {"contact_id": "vc-old", "customer_id": VICTIM, "version": 1}
+        asyncio.run(produce(stack.kafka_bootstrap, [
+            (ns.topic("contact-enriched"), b"vc-old", orjson.dumps(old))]))
+
         # Erase while the worker runs and holds the victim's state in memory.
         code, out = _command(ns, "erase", VICTIM, "--by", "ticket-4711", CX_ERASURE_KEY=KEY)
         assert code == 0, out
         assert "erased 1 customer (1 newly, 0 already on the suppression list)" in out, out
         assert "deleted 1 customer states" in out, out
         assert "3 contact views" in out, out
-        assert "published 3 tombstones" in out, out
+        assert "published 4 tombstones" in out, out
         assert worker.get(f"/api/v1/customers/{VICTIM}")[0] == 404
         for contact in contacts:
             assert worker.get(f"/api/v1/contacts/{contact}")[0] == 404
@@ -275,7 +280,7 @@ def test_erased_customer_is_nowhere_even_after_a_rebuild(stack: Stack, tmp_path:
     last: dict[str, bytes | None] = {}
     for record in enriched:
         last[record.key.decode()] = record.value
-    for contact in contacts:
+    for contact in [*contacts, "vc-old"]:
         assert contact in last
         assert last[contact] is None, contact
     assert all(last[f"{c}-c14"] is not None for c in others)
