@@ -13,6 +13,7 @@ import pytest
 from service.adapters.erasure_store import ErasureStore
 from service.adapters.redis_state import outbox_item, parse_outbox_item
 from service.domain.erasure import digest, key_fingerprint
+from service.erase import policy_versions
 from service.service_layer.suppression import Suppression
 from tests.integration.test_state_cache import PARTITION, Feed, Rig, cache
 from tests.support.stack import Stack
@@ -163,5 +164,37 @@ def test_suppression_list_needs_the_key_it_was_made_with(stack: Stack) -> None:
             for key in (None, b"another-key-of-16+"):
                 with pytest.raises(Exception, match="CX_ERASURE_KEY"):
                     await Suppression(erasure, key).load()
+
+    asyncio.run(scenario())
+
+
+def test_views_naming_the_customer_are_found_and_deleted_in_every_version(stack: Stack) -> None:
+    async def scenario() -> None:
+        async with Rig(stack) as rig:
+            prefix = rig.ns.name
+            v1, v2 = rig.store(), rig.store(f"{prefix}:v2")
+
+            def view(customer: str, contact: str) -> bytes:
+                return orjson.dumps({"customer_id": customer, "contact_id": contact})
+
+            # Contact ids of any characters, on many Redis Cluster slots (`{..}` is a tag).
+            theirs = ["c1", "c{2}", "c*3 é"]
+            await v1.finish_outbox({}, [(c, 1, view("cust-1", c)) for c in theirs]
+                                   + [("c9", 1, view("cust-2", "c9"))])
+            await v2.finish_outbox({}, [("c1", 1, view("cust-1", "c1"))])
+            await v1.client.set(f"{prefix}:policy:v2", b"{}")
+            await v1.client.set(f"{prefix}:active-policy", b"3")
+            assert await policy_versions(v1.client, prefix) == ["1", "2", "3"]
+            erasure = ErasureStore(v1.client, prefix)
+            assert await erasure.contacts_of(prefix, {"cust-1"}) == set(theirs)
+            assert await erasure.contacts_of(f"{prefix}:v2", {"cust-1"}) == {"c1"}
+            assert await erasure.contacts_of(prefix, {"nobody"}) == set()
+            keys = [f"{p}:contact:{c}" for p in (prefix, f"{prefix}:v2") for c in theirs]
+            assert await erasure.unlink(keys) == 4
+            assert await erasure.unlink(keys) == 0
+            for contact in theirs:
+                assert await v1.read_contact(contact) is None
+                assert await v2.read_contact(contact) is None
+            assert await v1.read_contact("c9") is not None
 
     asyncio.run(scenario())

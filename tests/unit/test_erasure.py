@@ -113,3 +113,16 @@ def test_summary_and_audit_line() -> None:
         "erased 1 customer (0 newly, 1 already on the suppression list): nothing of them "
         "was left to delete; published 1 erasure record to ca")
     assert again.audit("ops", "t")["keys_deleted"] == 0
+
+
+def test_the_workers_check_uses_the_same_digest() -> None:
+    from service.service_layer.suppression import Suppression
+
+    suppression = Suppression(None, KEY)  # type: ignore[arg-type]  # no Redis: set directly
+    assert not suppression.erased("cust-1")  # nobody erased
+    suppression._digests = frozenset({digest(KEY, "cust-1"), digest(KEY, "a b\t{}/%é😀")})
+    assert suppression.erased("cust-1")
+    assert suppression.erased("a b\t{}/%é😀")
+    assert not suppression.erased("cust-2")
+    assert not suppression.erased(None)
+    assert not Suppression(None, None).erased("cust-1")  # type: ignore[arg-type]
