@@ -48,6 +48,8 @@ from service.domain.erasure import (
     parse_ids,
 )
 
+SWEEP_IDS = 200  # customers per sweep script call
+
 
 class Refused(Exception):
     """The erasure cannot be done as asked; nothing was changed."""
@@ -157,12 +159,14 @@ async def erase(settings: Settings, ids: Sequence[str], *, by: str, out: TextIO,
             contacts |= await contacts_on_topic(settings, wanted)
         known = sorted(contacts)
         for version in tally.versions:
-            for swept in await store.sweep(_state(settings, client, version), partitions,
-                                           generation, list(ids), known):
-                tally.states += swept.states
-                tally.timers += swept.timers
-                tally.outbox += swept.outputs
-                contacts.update(swept.contacts)
+            state = _state(settings, client, version)
+            for start in range(0, len(ids), SWEEP_IDS):  # a script blocks Redis while it runs
+                chunk = list(ids[start:start + SWEEP_IDS])
+                for swept in await store.sweep(state, partitions, generation, chunk, known):
+                    tally.states += swept.states
+                    tally.timers += swept.timers
+                    tally.outbox += swept.outputs
+                    contacts.update(swept.contacts)
         for contact in sorted(contacts):
             await publisher.send_raw(settings.topic_contact_enriched, contact.encode(), None)
         at = _now()

@@ -45,7 +45,8 @@ class PipelineMetrics:
         )
         self.suppressed = Counter(
             "cx_events_suppressed",
-            "Valid events of erased customers (`cx-stream erase`), dropped without effect.",
+            "Input messages of erased customers (`cx-stream erase`), dropped without effect: "
+            "their events, and invalid messages keyed by their id (not dead-lettered).",
             ["topic"], registry=r,
         )
         self.retries = Counter(

@@ -150,6 +150,16 @@ def dead_letter_record(msg: InputMessage, reason: str, message: str, now: dateti
     }
 
 
+def _key_text(key: bytes | None) -> str | None:
+    """A message key as text (the customer id, by the contract), None when it is not UTF-8."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _now_text(now: datetime) -> str:
     return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -234,7 +244,11 @@ class IngestProcessor:
             consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
             result = self._decode(msg)
             if isinstance(result, Rejection):
-                rejected.append((msg, result))
+                if erased is not None and erased(_key_text(msg.key)):
+                    suppressed.setdefault(msg.partition, []).append(msg)  # not dead-lettered:
+                    valid.setdefault(msg.partition, [])  # that would copy the erased id
+                else:
+                    rejected.append((msg, result))
             elif erased is not None and erased(result.header.customer_id):
                 suppressed.setdefault(msg.partition, []).append(msg)
                 valid.setdefault(msg.partition, [])  # its clock records the offset

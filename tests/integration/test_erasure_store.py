@@ -14,6 +14,7 @@ from service.adapters.erasure_store import ErasureStore
 from service.adapters.redis_state import outbox_item, parse_outbox_item
 from service.domain.erasure import digest, key_fingerprint
 from service.erase import policy_versions
+from service.service_layer.ingest import InputMessage
 from service.service_layer.suppression import Suppression
 from tests.integration.test_state_cache import PARTITION, Feed, Rig, cache
 from tests.support.stack import Stack
@@ -35,7 +36,7 @@ def test_sweep_makes_states_in_memory_untrusted(stack: Stack) -> None:
                                      feed.call("c9", 1, "cust-2")])
             store = rig.store()
             erasure = ErasureStore(store.client, rig.ns.name)
-            swept = await erasure.sweep(store, PARTITIONS, 1, ["cust-1"], [])
+            swept = await erasure.sweep(store, PARTITIONS, 1, ["cust-1", "cust-x"], [])
             assert sum(s.states for s in swept) == 1
             assert sorted(swept[PARTITION].contacts) == ["c1", "c2"]
             await processor.process([feed.call("c3", 2)])
@@ -83,9 +84,13 @@ def test_a_batch_checked_before_the_erasure_is_checked_again(stack: Stack) -> No
             # The dropped event's offset is recorded as read: the partition is not behind.
             assert data.clock.offsets[rig.ns.topic("call-ended")] == last.offset
             assert suppression.generation == generation
-            # An event of theirs in a later batch is dropped at decoding.
-            outcome = await processor.process([feed.call("c3", 2)])
-            assert (outcome.suppressed, outcome.applied) == (1, 0)
+            # An event of theirs in a later batch is dropped at decoding, and so is an invalid
+            # message keyed by their id (a dead letter would copy it).
+            feed.offsets["call-ended"] += 1
+            broken = InputMessage(rig.ns.topic("call-ended"), PARTITION,
+                                  feed.offsets["call-ended"], b"cust-1", b"{broken", None)
+            outcome = await processor.process([feed.call("c3", 2), broken])
+            assert (outcome.suppressed, outcome.applied, outcome.invalid) == (2, 0, 0)
 
     asyncio.run(scenario())
 
