@@ -45,6 +45,7 @@ from service.domain.erasure import (
     digest,
     erased_record,
     key_fingerprint,
+    names_customer,
     parse_ids,
 )
 
@@ -57,6 +58,7 @@ class Refused(Exception):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 
 def operator() -> str:
@@ -119,7 +121,7 @@ async def contacts_on_topic(settings: Settings, ids: set[str]) -> set[str]:
                         view = orjson.loads(m.value)
                     except orjson.JSONDecodeError:
                         continue
-                    if isinstance(view, dict) and view.get("customer_id") in ids:
+                    if isinstance(view, dict) and names_customer(view, ids):
                         theirs[m.key] = True
                     elif m.key in theirs:
                         theirs[m.key] = False

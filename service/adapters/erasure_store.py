@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 from service.adapters.redis_modes import RedisClient, Script
 from service.adapters.redis_state import RedisState
 from service.config import ConfigError, Settings
+from service.domain.erasure import names_customer
 
 
 class ErasureKeyError(Exception):
@@ -149,7 +150,7 @@ class ErasureStore:
                     view = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     continue
-                if isinstance(view, dict) and view.get("customer_id") in ids:
+                if isinstance(view, dict) and names_customer(view, ids):
                     found.add(_text(name)[len(head):])
 
         async for name in self.client.scan_iter(match=f"{glob_escape(head)}*", count=1000):
@@ -174,3 +175,4 @@ class ErasureStore:
 def glob_escape(text: str) -> str:
     """`text` with the glob characters of SCAN MATCH escaped."""
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+

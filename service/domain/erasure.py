@@ -68,6 +68,13 @@ def contacts_of_state(state: Mapping[str, Any]) -> set[str]:
     return found
 
 
+def names_customer(view: Mapping[str, Any], ids: set[str]) -> bool:
+    """Whether a contact view (from Redis or the topic) names one of the customers; anything
+    else in it is ignored."""
+    customer = view.get("customer_id")
+    return isinstance(customer, str) and customer in ids
+
+
 def erased_record(customer_id: str, at: str) -> dict[str, Any]:
     """The customer-alerts record that tells downstream systems a customer was erased
     (schemas/customer-alerts.schema.json)."""

@@ -126,3 +126,14 @@ def test_the_workers_check_uses_the_same_digest() -> None:
     assert not suppression.erased("cust-2")
     assert not suppression.erased(None)
     assert not Suppression(None, None).erased("cust-1")  # type: ignore[arg-type]
+
+
+def test_views_name_a_customer_only_by_a_string_id() -> None:
+    from service.domain.erasure import names_customer
+
+    ids = {"cust-1"}
+    assert names_customer({"customer_id": "cust-1", "contact_id": "c1"}, ids)
+    assert not names_customer({"customer_id": "cust-2"}, ids)
+    for odd in (None, ["cust-1"], {"a": 1}, 1):  # records on the topic may be anything
+        assert not names_customer({"customer_id": odd}, ids)
+    assert not names_customer({}, ids)
