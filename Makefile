@@ -49,7 +49,7 @@ integration: $(STAMP)
 # The same test files, unchanged, with the test stack's Redis a 3-master Redis Cluster
 # (`make integration-cluster` leaves out the two month-long replays, for a quicker pass).
 CLUSTER_TESTS := tests/integration/test_redis_store.py tests/integration/test_redis_scripts.py \
-	tests/e2e/test_engine.py
+	tests/integration/test_erasure_store.py tests/e2e/test_engine.py
 
 integration-cluster: $(STAMP)
 	@deploy/local/stack.sh tools

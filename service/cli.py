@@ -64,6 +64,12 @@ def _cmd_redrive(args: argparse.Namespace) -> int:
     return run_redrive(_settings(), args, sys.stdout)
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from service.erase import run_erase
+
+    return run_erase(_settings(), args, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cx-stream",
@@ -100,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(redrive)
     redrive.set_defaults(func=_cmd_redrive)
+
+    erase = sub.add_parser(
+        "erase", help="erase customers (GDPR Art. 17): their state, contact views, timers and "
+                      "unpublished outputs; tombstones for their contacts; their later and "
+                      "replayed events dropped")
+    erase.add_argument("customer_ids", nargs="*", metavar="CUSTOMER_ID",
+                       help="a customer id, exactly as in the events")
+    erase.add_argument("--from-file", default=None, metavar="FILE",
+                       help="also the ids in FILE, one a line as written (`-`: standard input)")
+    erase.add_argument("--by", default=None, metavar="WHO",
+                       help="who asks, for the audit line, e.g. a ticket (default: login@host)")
+    erase.add_argument("--skip-topic-scan", action="store_true",
+                       help="do not read the contact-enriched topic for contacts of theirs "
+                            "older than the stored views (their records get no tombstone)")
+    erase.set_defaults(func=_cmd_erase)
 
     sim = sub.add_parser("simulate", help="publish realistic live contact-centre traffic")
     sim.add_argument("--rate", type=float, default=20.0,

@@ -194,6 +194,13 @@ def _secret(text: str) -> str:
     return text.strip()
 
 
+def _erasure_key(text: str) -> str:
+    key = text.strip()
+    if key and len(key) < 16:
+        raise ValueError("the key must have at least 16 characters")
+    return key
+
+
 def _tokens(text: str) -> tuple[str, ...]:
     tokens = tuple(t.strip() for t in text.split(",") if t.strip())
     for token in tokens:
@@ -246,6 +253,8 @@ def _check_security(s: Settings) -> None:
                           "(or rediss+cluster://, rediss+sentinel://) CX_REDIS_URL")
     if s.redis_password and s.redis_password_file:
         raise ConfigError("CX_REDIS_PASSWORD: give it or CX_REDIS_PASSWORD_FILE, not both")
+    if s.erasure_key and s.erasure_key_file:
+        raise ConfigError("CX_ERASURE_KEY: give it or CX_ERASURE_KEY_FILE, not both")
     if s.api_auth == "token" and not (s.api_tokens or s.api_tokens_file):
         raise ConfigError("CX_API_AUTH: token needs CX_API_TOKENS or CX_API_TOKENS_FILE")
 
@@ -436,6 +445,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_HEALTH_TOKEN", "",
              "When set, `/healthz` and `/readyz` need `Authorization: Bearer` with this token; "
              "empty leaves them open.", _secret, "health_token"),
+    Variable("CX_ERASURE_KEY", "",
+             "Secret key (at least 16 characters) of the keyed hash (HMAC-SHA256) by which "
+             "`cx-stream erase` remembers erased customers, so that the workers and `rebuild` "
+             "drop their later events; the same on every worker and tool. Needed once a "
+             "customer was erased ([security.md](security.md)).", _erasure_key, "erasure_key"),
+    Variable("CX_ERASURE_KEY_FILE", "",
+             "File whose first line is CX_ERASURE_KEY (instead of the variable).", str,
+             "erasure_key_file"),
     Variable("CX_CORS_ORIGINS", "",
              "Origins (`https://wallboard.example.com`, comma-separated, or `*`) whose pages may "
              "call the API from a browser; empty allows none.", _origins, "cors_origins"),
@@ -577,6 +594,8 @@ class Settings:
     wallboard_public: bool
     metrics_token: str = field(repr=False)
     health_token: str = field(repr=False)
+    erasure_key: str = field(repr=False)
+    erasure_key_file: str
     cors_origins: tuple[str, ...]
     http_max_request_bytes: int
     api_rate_limit: float

@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from service.adapters import redis_state
 from service.adapters.connections import kafka_options, redis_options
+from service.adapters.erasure_store import ErasureKeyError, ErasureStore, erasure_key
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
@@ -36,7 +37,14 @@ from service.config import Settings, policy_of, worker_group
 from service.domain.cardinality import LabelCaps
 from service.domain.validation import DoorLimits
 from service.gc_settings import tune_garbage_collector
-from service.service_layer.ingest import BatchOutcome, IngestProcessor, InputMessage, Topics
+from service.service_layer.ingest import (
+    BatchOutcome,
+    IngestProcessor,
+    InputMessage,
+    ProcessingDefect,
+    Topics,
+)
+from service.service_layer.suppression import Suppression
 
 log = logging.getLogger(__name__)
 COMMIT_EVERY = 5.0
@@ -52,7 +60,7 @@ class DiscardedOutputs:
     def __init__(self) -> None:
         self.by_topic: Counter[str] = Counter()
 
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
         for topic, _, _ in records:
             self.by_topic[topic] += 1
 
@@ -73,6 +81,8 @@ def progress_line(version: str, done: int, total: int, elapsed: float,
             f"{rate:,.0f}/s, ETA {eta}; applied {outcome.applied:,}, duplicates "
             f"{outcome.duplicates:,}, invalid {outcome.invalid:,}, too late "
             f"{outcome.too_late:,}")
+    if outcome.suppressed:
+        line += f", of erased customers (dropped) {outcome.suppressed:,}"
     if live_lag is not None:
         line += f"; catching up with live traffic: {live_lag:,} messages behind"
     return line
@@ -91,7 +101,8 @@ class RebuildReport:
 
 
 def _add(total: BatchOutcome, part: BatchOutcome) -> None:
-    for name in ("applied", "duplicates", "invalid", "too_late", "updates", "alerts"):
+    for name in ("applied", "duplicates", "invalid", "too_late", "updates", "alerts",
+                 "suppressed"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
@@ -141,6 +152,10 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
                 f"policy version {version} is the one readers serve already; a rebuild "
                 f"writes a new version: set CX_POLICY_VERSION to a number not used yet")
         await versions.claim(versions.own)
+        # Erased customers' events are dropped: a replay does not bring them back.
+        suppression = Suppression(ErasureStore(client, settings.key_prefix),
+                                  erasure_key(settings))
+        await suppression.load()  # a key that cannot recognise them stops the rebuild here
         state = versions.state_of(version)
         clocks = await state.read_clocks(partitions)
         consumer = AIOKafkaConsumer(
@@ -181,7 +196,7 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
             input_topics=settings.input_topics,
             door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
             caps=LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents),
-            max_contacts=settings.max_contacts_per_customer)
+            max_contacts=settings.max_contacts_per_customer, suppression=suppression)
         report = RebuildReport(version, previous, switched=False, total=total)
         started = last_report = last_commit = time.monotonic()
         replaying = True
@@ -294,9 +309,14 @@ def run_rebuild(settings: Settings, args: Any, out: TextIO) -> int:
             report = await rebuild(settings, switch=not args.no_switch,
                                    switch_lag=args.switch_lag,
                                    progress_every=args.progress_every, out=out, stop=stop)
-        except (Refused, PolicyMismatch) as exc:
+        except (Refused, PolicyMismatch, ErasureKeyError) as exc:
             print(f"cx-stream rebuild: {exc}", file=out, flush=True)
             return 2
+        except ProcessingDefect as exc:
+            if isinstance(exc.__cause__, ErasureKeyError):
+                print(f"cx-stream rebuild: {exc.__cause__}", file=out, flush=True)
+                return 2
+            raise
         except asyncio.CancelledError:
             print("cx-stream rebuild: stopped; run the same command again to resume",
                   file=out, flush=True)

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
+from service.adapters.erasure_store import ErasureKeyError, ErasureStore, erasure_key
 from service.adapters.event_loop import use_event_loop
 from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
@@ -58,6 +59,7 @@ from service.service_layer.ingest import (
     is_transient,
 )
 from service.service_layer.state_cache import StateCache
+from service.service_layer.suppression import Suppression
 
 log = logging.getLogger(__name__)
 EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
@@ -76,7 +78,7 @@ class KafkaOutputs:
         self._app = app
         self._partitioner = DefaultPartitioner()
 
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
         producer: Any = self._app.producer
         kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
         # A record over the producer's limit is refused before anything is sent; one over the
@@ -86,7 +88,7 @@ class KafkaOutputs:
         partitions: dict[str, list[int]] = {}
         by_partition: dict[tuple[str, int], list[int]] = {}
         for index, (topic, key, value) in enumerate(records):
-            size = len(value) + len(key or b"")
+            size = len(value or b"") + len(key or b"")
             if size + _RECORD_OVERHEAD > limit:
                 too_large[index] = size
                 continue
@@ -127,7 +129,8 @@ class KafkaOutputs:
                 for index, single in zip(indexes, await asyncio.gather(
                         *singles, return_exceptions=True), strict=True):
                     if isinstance(single, MessageSizeTooLargeError):
-                        too_large[index] = len(records[index][2]) + len(records[index][1] or b"")
+                        too_large[index] = (len(records[index][2] or b"")
+                                            + len(records[index][1] or b""))
                     elif isinstance(single, BaseException):
                         failure = single
             elif isinstance(result, BaseException):
@@ -241,6 +244,9 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
         caps=caps,
         max_contacts=settings.max_contacts_per_customer,
+        # Erased customers' events are dropped (docs/security.md)
+        suppression=Suppression(ErasureStore(state.client, settings.key_prefix),
+                                erasure_key(settings)),
     )
     group_joined = asyncio.Event()
 
@@ -370,6 +376,17 @@ async def claim_policy_version(settings: Settings) -> None:
                             type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, settings.retry_max_backoff)
+    finally:
+        await client.aclose()
+
+
+async def check_erasure_key(settings: Settings) -> None:
+    """ErasureKeyError when customers were erased and this worker's key cannot recognise
+    them: it would apply their events again."""
+    client = redis_state.connect(settings.redis_url, **redis_options(settings))
+    try:
+        await Suppression(ErasureStore(client, settings.key_prefix),
+                          erasure_key(settings)).load()
     finally:
         await client.aclose()
 
@@ -533,7 +550,8 @@ def run_worker(settings: Settings) -> int:
             raise failure
         created, partitions = loop.run_until_complete(ensure_layout(settings))
         loop.run_until_complete(claim_policy_version(settings))
-    except PolicyMismatch as exc:
+        loop.run_until_complete(check_erasure_key(settings))
+    except (PolicyMismatch, ErasureKeyError) as exc:
         print(f"cx-stream: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -39,6 +39,17 @@ async def _describe(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, 
     return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
 
 
+async def partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Partition count of each of these topics that exists."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                request_timeout_ms=15000, **kafka_options(settings))
+    await admin.start()
+    try:
+        return await _describe(admin, topics)
+    finally:
+        await admin.close()
+
+
 async def _leaders_elected(admin: AIOKafkaAdminClient, topics: list[str]) -> bool:
     """Whether every partition of these topics has a leader: a consumer that is assigned a
     partition before its leader is known may not fetch it until its next metadata refresh."""

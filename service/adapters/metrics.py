@@ -54,6 +54,12 @@ class PipelineMetrics:
             "fell due, with no event of theirs in the batch: the timer is dropped, the state "
             "left as stored.", registry=r,
         )
+        self.suppressed = Counter(
+            "cx_events_suppressed",
+            "Input messages of erased customers (`cx-stream erase`), dropped without effect: "
+            "their events, and invalid messages keyed by their id (not dead-lettered).",
+            ["topic"], registry=r,
+        )
         self.retries = Counter(
             "cx_dependency_retries",
             "Failed attempts to reach a dependency that the worker retried.",
@@ -117,6 +123,7 @@ class PipelineMetrics:
         self.consumed_by_topic = {t: self.consumed.labels(t) for t in self.topics}
         self.applied_by_topic = {t: self.applied.labels(t) for t in self.topics}
         self.duplicates_by_topic = {t: self.duplicates.labels(t) for t in self.topics}
+        self.suppressed_by_topic = {t: self.suppressed.labels(t) for t in self.topics}
         self.invalid_by_topic_reason = {
             (t, reason.value): self.invalid.labels(t, reason.value)
             for t in self.topics

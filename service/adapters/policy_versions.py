@@ -207,5 +207,5 @@ class PolicyVersions:
             return 0
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            pipe.unlink(key)
+            pipe.execute_command("UNLINK", key)  # ClusterPipeline.unlink is not queued
         return sum(int(n) for n in await pipe.execute())

@@ -3,7 +3,8 @@
 Keys (`P` is the key prefix, `{pN}` the input partition's Redis Cluster hash tag):
 - `P:{pN}:clock` hash: `seq` (write guard), `w` (token of the worker that wrote `seq`, '' when
   it keeps no states in memory), `wm` (watermark), and per input topic `m:` newest event time,
-  `o:` last applied offset, `n:` events applied;
+  `o:` last applied offset, `n:` events applied; `e` the erasure generation last swept into
+  it (`cx-stream erase`, service/adapters/erasure_store.py);
 - `P:{pN}:s:c:<customer_id>` a customer's state; `P:{pN}:s:u:<contact_id>` the state of an
   unidentified caller's contact (JSON strings);
 - `P:{pN}:timers` sorted set: state keys by the event time they next need attention;
@@ -65,6 +66,7 @@ class PartitionClock:
     noisy: int = 0  # customers marked noisy (engine.overflows)
     bands: dict[int, int] = field(default_factory=dict)
     joins: dict[str, int] = field(default_factory=dict)
+    erasures: int = 0  # the erasure generation swept into this partition (`e`)
 
     @staticmethod
     def parse(raw: Mapping[Any, Any]) -> PartitionClock:
@@ -87,6 +89,8 @@ class PartitionClock:
                 clock.at_risk = int(text)
             elif name == "noisy":
                 clock.noisy = int(text)
+            elif name == "e":
+                clock.erasures = int(text)
             elif name in ("surveys_joined", "surveys", "transfers_joined", "transfers"):
                 clock.joins[name] = int(text)
             elif name.startswith("band:"):
@@ -367,10 +371,11 @@ class RedisState:
         return replies
 
     async def finish_outbox(self, published: Mapping[int, int],
-                            contacts: Sequence[tuple[str, int, bytes]], attempt: int = 0
-                            ) -> None:
-        """Store the contact views and drop the published outbox items, in one round trip."""
-        if not contacts and not any(published.values()):
+                            contacts: Sequence[tuple[str, int, bytes]], attempt: int = 0,
+                            *, erased: Sequence[str] = ()) -> None:
+        """Store the contact views, delete those of erased customers' contacts and drop the
+        published outbox items, in one round trip."""
+        if not contacts and not erased and not any(published.values()):
             return
         if contacts and not self._scripts_loaded:
             await self._load_scripts()
@@ -380,6 +385,8 @@ class RedisState:
             keys = [self.contact_key(contact_id) for contact_id, _, _ in group]
             args: list[Any] = [v for _, version, view in group for v in (version, view)]
             pipe.evalsha(self._put_contact.sha, len(keys), *keys, *args, self._contact_ttl_ms)
+        for contact_id in erased:
+            pipe.execute_command("UNLINK", self.contact_key(contact_id))  # as on a Cluster
         for partition, n in published.items():
             if n:
                 pipe.ltrim(self.key(partition, "outbox"), n, -1)

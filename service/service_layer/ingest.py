@@ -68,6 +68,7 @@ from service.domain.policy import Policy
 from service.domain.records import CustomerState
 from service.domain.validation import DoorLimits, check_record
 from service.service_layer.state_cache import StateCache
+from service.service_layer.suppression import Suppression
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,10 +117,10 @@ class RecordsTooLarge(Exception):
 
 
 class OutputSink(Protocol):
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        """Publish (topic, key, value) records; return once the broker acknowledged them.
-        Raise RecordsTooLarge, after publishing the others, for records Kafka refuses as too
-        large."""
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+        """Publish (topic, key, value) records (a None value: a tombstone); return once the
+        broker acknowledged them. Raise RecordsTooLarge, after publishing the others, for
+        records Kafka refuses as too large."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ class BatchOutcome:
     quarantined: int = 0  # dead-lettered as processing_error while applying the batch
     updates: int = 0
     alerts: int = 0
+    suppressed: int = 0  # events of erased customers, dropped
 
 
 def dead_letter_record(msg: InputMessage, reason: str, message: str, now: datetime,
@@ -219,6 +221,16 @@ def output_stub(topic: str, key: bytes | None, value: bytes, limit: int, now: da
     })
 
 
+def _key_text(key: bytes | None) -> str | None:
+    """A message key as text (the customer id, by the contract), None when it is not UTF-8."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _now_text(now: datetime) -> str:
     return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -278,6 +290,7 @@ class IngestProcessor:
         door: DoorLimits = DoorLimits(),  # noqa: B008 - frozen, shared safely
         caps: LabelCaps | None = None,
         max_contacts: int = 0,
+        suppression: Suppression | None = None,
     ) -> None:
         self._state = state
         self._sink = sink
@@ -294,6 +307,7 @@ class IngestProcessor:
         self._door = door
         self._caps = caps
         self._max_contacts = max_contacts
+        self._suppression = suppression
         self.healthy = {"redis": True, "kafka": True}
 
     # -- the batch --------------------------------------------------------------------------
@@ -303,11 +317,24 @@ class IngestProcessor:
         valid: dict[int, list[tuple[InputMessage, ContactEvent]]] = {}
         rejected: list[tuple[InputMessage, Rejection]] = []
         consumed: dict[str, int] = {}
+        # Events of erased customers: dropped, only their offsets are recorded as read.
+        suppressed: dict[int, list[InputMessage]] = {}
+        suppression = self._suppression
+        if suppression is not None and not suppression.loaded:
+            await self._retrying("redis", suppression.load)
+        erased = suppression.erased if suppression is not None and len(suppression) else None
         for msg in batch:
             consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
             result = self._decode(msg)
             if isinstance(result, Rejection):
-                rejected.append((msg, result))
+                if erased is not None and erased(_key_text(msg.key)):
+                    suppressed.setdefault(msg.partition, []).append(msg)  # not dead-lettered:
+                    valid.setdefault(msg.partition, [])  # that would copy the erased id
+                else:
+                    rejected.append((msg, result))
+            elif erased is not None and erased(result.header.customer_id):
+                suppressed.setdefault(msg.partition, []).append(msg)
+                valid.setdefault(msg.partition, [])  # its clock records the offset
             else:
                 valid.setdefault(msg.partition, []).append((msg, result))
 
@@ -325,7 +352,7 @@ class IngestProcessor:
             for msg, r in rejected:
                 m.invalid_by_topic_reason[(msg.topic, r.reason.value)].inc()
         if valid:
-            plans, skipped = await self._apply(valid)
+            plans, skipped = await self._apply(valid, suppressed)
             self._observe(valid, plans, skipped)
             for plan in plans.values():
                 for name in ("applied", "duplicates", "too_late", "quarantined", "updates",
@@ -338,6 +365,10 @@ class IngestProcessor:
                     m.invalid_by_topic_reason[(topic, reason)].inc()
                 if plan.state_errors:
                     m.state_errors.inc(len(plan.state_errors))
+        for msgs in suppressed.values():
+            outcome.suppressed += len(msgs)
+            for msg in msgs:
+                m.suppressed_by_topic[msg.topic].inc()
         if self._cache is not None:
             m.state_cache_bytes.set(self._cache.bytes)
         for seconds in self._state.round_trips:
@@ -403,21 +434,24 @@ class IngestProcessor:
             log.exception("could not decode %s[%d]@%d", msg.topic, msg.partition, msg.offset)
             return Rejection(RejectReason.PROCESSING_ERROR, f"{kind}: {exc!r}"[:500])
 
-    async def _apply(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]]
+    async def _apply(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                     suppressed: dict[int, list[InputMessage]]
                      ) -> tuple[dict[int, _Plan], dict[int, dict[tuple[str, int], str]]]:
         """Commit, publish and trim the outbox; the plans and the events quarantined."""
         skipped: dict[int, dict[tuple[str, int], str]] = {}
         try:
-            plans, leftovers = await self._retrying("redis", lambda: self._commit(valid))
+            plans, leftovers = await self._retrying(
+                "redis", lambda: self._commit(valid, suppressed))
         except ProcessingDefect as defect:
-            plans, leftovers = await self._quarantine(valid, defect, skipped)
-        records, published, contacts = self._outbox_records(plans, leftovers)
+            plans, leftovers = await self._quarantine(valid, suppressed, defect, skipped)
+        records, published, contacts, gone = self._outbox_records(plans, leftovers)
         if records:
             await self._send(records)
-        await self._retrying("redis", lambda: self._state.finish_outbox(published, contacts))
+        await self._retrying("redis", lambda: self._state.finish_outbox(published, contacts,
+                                                                        erased=gone))
         return plans, skipped
 
-    async def _send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    async def _send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
         """Publish, retrying while Kafka fails; a record Kafka refuses as too large is replaced
         by a small dead letter (sending it again could never succeed)."""
         try:
@@ -427,7 +461,7 @@ class IngestProcessor:
             if not isinstance(refused, RecordsTooLarge):
                 raise
             now = datetime.now(UTC)
-            stubs: list[tuple[str, bytes | None, bytes]] = []
+            stubs: list[tuple[str, bytes | None, bytes | None]] = []
             for index, size in sorted(refused.sizes.items()):
                 topic, key, value = records[index]
                 log.error("%s: a record of %d bytes (key %r) is over Kafka's limit of %d bytes; "
@@ -435,14 +469,15 @@ class IngestProcessor:
                           None if key is None else key[:80], refused.limit)
                 self._metrics.outputs_too_large.labels(topic).inc()
                 stubs.append((self._topics.dead_letter, None if key is None else key[:1024],
-                              output_stub(topic, key, value, refused.limit, now,
+                              output_stub(topic, key, value or b"", refused.limit, now,
                                           self._topics.dead_letter)))
             await self._retrying("kafka", lambda: self._sink.send(stubs))
 
     # -- quarantine: a batch that fails for a reason of its own ----------------------------
 
     async def _quarantine(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
-                          defect: ProcessingDefect, skip: dict[int, dict[tuple[str, int], str]]
+                          suppressed: dict[int, list[InputMessage]], defect: ProcessingDefect,
+                          skip: dict[int, dict[tuple[str, int], str]]
                           ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
         """Applying the batch raised something retrying cannot cure: find the events that cause
         it, dead-letter exactly those (`processing_error`) and apply the others. Work done only
@@ -462,7 +497,7 @@ class IngestProcessor:
             for (topic, offset), message in found.items():
                 log.error("%s[%d]@%d: dead-lettered as processing_error: %s", topic, partition,
                           offset, message)
-        return await self._retrying("redis", lambda: self._commit(valid, skip))
+        return await self._retrying("redis", lambda: self._commit(valid, suppressed, skip))
 
     async def _culprits(self, partition: int, items: list[tuple[InputMessage, ContactEvent]]
                         ) -> dict[tuple[str, int], str]:
@@ -523,7 +558,7 @@ class IngestProcessor:
         would write, without writing: the exception it raises, if any. States are read from
         Redis (the partition's held states were dropped when the batch failed)."""
         try:
-            plans, _ = await self._plan({partition: [items[i] for i in indexes]})
+            plans, _ = await self._plan({partition: [items[i] for i in indexes]}, {})
             for state in plans[partition].commit.states.values():
                 if state is not None:
                     encode_state(state)
@@ -534,17 +569,19 @@ class IngestProcessor:
         return None
 
     async def _commit(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
-                      skip: Mapping[int, Mapping[tuple[str, int], str]] | None = None
+                      suppressed: dict[int, list[InputMessage]] | None = None,
+                      skip: Mapping[int, Mapping[tuple[str, int], str]] | None = None,
                       ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
         """Read, fold, commit; on a write conflict read again and redo those partitions.
         `skip`: per partition, (topic, offset) of events to dead-letter as processing_error."""
         pending = dict(valid)
+        suppressed = {} if suppressed is None else suppressed
         done: dict[int, _Plan] = {}
         leftovers: dict[int, list[bytes]] = {}
         cache = self._cache
         try:
             for attempt in range(20):
-                plans, outboxes = await self._plan(pending, skip)
+                plans, outboxes = await self._plan(pending, suppressed, skip)
                 written_at = time.monotonic()
                 commits = {p: plan.commit for p, plan in plans.items()}
                 conflicts = await self._state.commit(commits)
@@ -575,7 +612,8 @@ class IngestProcessor:
         raise Conflict(f"partitions {sorted(pending)} kept changing under this worker")
 
     async def _plan(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
-                    skip: Mapping[int, Mapping[tuple[str, int], str]] | None = None
+                    suppressed: dict[int, list[InputMessage]],
+                    skip: Mapping[int, Mapping[tuple[str, int], str]] | None = None,
                     ) -> tuple[dict[int, _Plan], dict[int, list[bytes]]]:
         """Fold the events into their states, read the timers that fall due at the new
         watermarks (and their states), then settle every touched or due state."""
@@ -587,6 +625,8 @@ class IngestProcessor:
             held[p] = cache.take(p, keys) if cache is not None else {}
             wanted[p] = [k for k in keys if k not in held[p]] if held[p] else keys
         data = await self._state.load(wanted)
+        if self._suppression is not None:
+            await self._recheck(valid, data, suppressed)
         current: set[int] = set()  # partitions whose held states are what Redis holds
         if cache is not None:
             stale: dict[int, list[str]] = {}
@@ -605,7 +645,8 @@ class IngestProcessor:
                                                 + sum(map(len, wanted.values())))
         if self._max_contacts > 0:
             await self._read_held_apart(valid, data)
-        folds = {p: self._fold_partition(p, valid[p], data[p], skip.get(p) if skip else None)
+        folds = {p: self._fold_partition(p, valid[p], data[p], skip.get(p) if skip else None,
+                                         suppressed.get(p, ()))
                  for p in valid}
         await self._read_due(data, {p: f.watermark for p, f in folds.items()}, current)
         plans = {p: self._settle_partition(folds[p], data[p]) for p in valid}
@@ -679,11 +720,33 @@ class IngestProcessor:
             for partition, states in more.items():
                 data[partition].states.update(states)
 
+    async def _recheck(self, valid: dict[int, list[tuple[InputMessage, ContactEvent]]],
+                       data: Mapping[int, PartitionData],
+                       suppressed: dict[int, list[InputMessage]]) -> None:
+        """When a clock shows an erasure newer than the suppression list this batch was
+        checked against: read the list again and drop the events it now names."""
+        suppression = self._suppression
+        assert suppression is not None
+        newest = max((data[p].clock.erasures for p in valid), default=0)
+        if newest <= suppression.generation:
+            return
+        await suppression.load()
+        for partition, items in valid.items():
+            kept = []
+            for msg, event in items:
+                if suppression.erased(event.header.customer_id):
+                    suppressed.setdefault(partition, []).append(msg)
+                else:
+                    kept.append((msg, event))
+            items[:] = kept  # the batch's own list: a redo and the metrics see it too
+
     def _fold_partition(self, partition: int, items: list[tuple[InputMessage, ContactEvent]],
                         data: PartitionData,
-                        skip: Mapping[tuple[str, int], str] | None = None) -> _Fold:
+                        skip: Mapping[tuple[str, int], str] | None = None,
+                        dropped: Sequence[InputMessage] = ()) -> _Fold:
         """Apply the partition's events to their states; the new watermark. The events named
-        in `skip` (quarantined) are dead-lettered as processing_error instead."""
+        in `skip` (quarantined) are dead-lettered as processing_error instead; those in
+        `dropped` (of erased customers) are only recorded as read."""
         clock = data.clock
         policy = self._policy
         outcome = BatchOutcome()
@@ -756,6 +819,10 @@ class IngestProcessor:
             else:
                 counts[1] += 1
                 outcome.duplicates += 1
+        for msg in dropped:  # read and dropped: the partition is not behind because of them
+            last = offsets.get(msg.topic)
+            if last is None or msg.offset > last:
+                offsets[msg.topic] = msg.offset
         lagging = [t for t in self._input_topics
                    if self._lagging(t, partition, offsets.get(t))]
         fold.watermark = plan.watermark = clocks.advance(watermark, newest, lagging)
@@ -873,12 +940,14 @@ class IngestProcessor:
 
     def _outbox_records(
         self, plans: dict[int, _Plan], leftovers: dict[int, list[bytes]]
-    ) -> tuple[list[tuple[str, bytes | None, bytes]], dict[int, int],
-               list[tuple[str, int, bytes]]]:
+    ) -> tuple[list[tuple[str, bytes | None, bytes | None]], dict[int, int],
+               list[tuple[str, int, bytes]], list[str]]:
         """Kafka records for the outbox items (left over from before, then this batch's),
-        how many items to trim per partition, and the contact views to store."""
-        records: list[tuple[str, bytes | None, bytes]] = []
+        how many items to trim per partition, the contact views to store and those to delete
+        (contacts of erased customers: `cx-stream erase` leaves a tombstone item)."""
+        records: list[tuple[str, bytes | None, bytes | None]] = []
         contacts: dict[str, tuple[int, bytes]] = {}
+        gone: set[str] = set()
         published: dict[int, int] = {}
         for partition, plan in plans.items():
             earlier = leftovers.get(partition, [])
@@ -892,11 +961,19 @@ class IngestProcessor:
                     seen = contacts.get(name)
                     if seen is None or seen[0] < version:
                         contacts[name] = (version, value)
+                    gone.discard(name)
                 elif kind == "alert":
                     records.append((self._topics.customer_alerts, key, value))
+                elif kind == "tombstone" and name is not None:
+                    records.append((self._topics.contact_enriched, key, None))
+                    contacts.pop(name, None)
+                    gone.add(name)
+                elif kind == "erased":
+                    continue  # an output of an erased customer, withdrawn before publication
                 else:
                     records.append((self._topics.dead_letter, key, value))
-        return records, published, [(c, ver, view) for c, (ver, view) in contacts.items()]
+        return (records, published, [(c, ver, view) for c, (ver, view) in contacts.items()],
+                sorted(gone))
 
     async def _retrying(self, dependency: str, call: Callable[[], Awaitable[T]]) -> T:
         """Call until it succeeds, backing off up to the configured maximum between tries."""

@@ -40,7 +40,7 @@ class KafkaSink:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
 
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
         futures = [await self._producer.send(t, value=v, key=k) for t, k, v in records]
         await asyncio.gather(*futures)
 
