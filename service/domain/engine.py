@@ -57,6 +57,7 @@ from service.domain.perception import (
 from service.domain.policy import Policy
 from service.domain.records import (
     ContactRecord,
+    CustomerHistory,
     CustomerState,
     Emitted,
     PerceptionSnapshot,
@@ -502,7 +503,9 @@ def _signal_time(signal: Signal) -> float:
 def _baseline(state: CustomerState, policy: Policy) -> float:
     """The baseline of the segment of the customer's latest contact."""
     latest = max(state.contacts.values(), key=ContactRecord.order, default=None)
-    return policy.perception.baseline_for(latest.segment if latest else state.history.segment)
+    if latest is not None:
+        return policy.perception.baseline_for(latest.segment)
+    return policy.perception.baseline_for(state.history.segment if state.history else None)
 
 
 def perception_curve(
@@ -635,7 +638,9 @@ def _prune(state: CustomerState, watermark: float, policy: Policy,
             s = curve.state
             state.snapshot = PerceptionSnapshot(s.t, s.score, s.at_risk, s.points, s.recent,
                                                 s.last_signal)
-    history = state.history if state.customer_id is not None else None
+    history = state.history
+    if history is None and state.customer_id is not None:
+        history = state.history = CustomerHistory()
     for cid in [cid for cid, c in state.contacts.items() if c.t < live_from - window]:
         c = state.contacts.pop(cid)
         emitted = state.emitted.pop(cid, None)
@@ -766,7 +771,8 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
     curve_now = None
     if track is not None and not state.is_empty():
         latest = state.contacts[memo.latest[1]] if memo.latest is not None else None
-        segment = latest.segment if latest else state.history.segment
+        segment = (latest.segment if latest else
+                   state.history.segment if state.history else None)
         baseline = policy.perception.baseline_for(segment)
         if baseline != track.baseline:  # the latest contact changed the segment's baseline
             memo = state.memo = Memo(state, policy)
@@ -874,10 +880,13 @@ def settle(state: CustomerState, watermark: float, policy: Policy) -> Settled:
 def _remember_alert(state: CustomerState, alert: CustomerAlert) -> None:
     """Keep the last at-risk episode in the customer's history, as its alerts said it."""
     entry = [alert.at, alert.score, alert.drop, list(alert.causes)]
+    history = state.history
+    if history is None:
+        history = state.history = CustomerHistory()
     if alert.alert == "at_risk_entered":
-        state.history.entered, state.history.left = entry, None
+        history.entered, history.left = entry, None
     else:
-        state.history.left = entry
+        history.left = entry
 
 
 def fold(

@@ -253,7 +253,7 @@ class CustomerState:
     live_from: float | None = None  # contacts before this are context only (see engine)
     band: int | None = None  # perception band (score // 10) last counted for this customer
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)  # surveys joined/held, transfers joined/held
-    history: CustomerHistory = field(default_factory=CustomerHistory)
+    history: CustomerHistory | None = None  # made when a first record is dropped or alert sent
     # What the engine derived from this state, kept while the object lives (engine.Memo);
     # never stored.
     memo: Any = field(default=None, compare=False, repr=False)
@@ -288,8 +288,8 @@ class CustomerState:
             "b": self.band,
             "j": list(self.joins),
         }
-        if not self.history.is_empty():  # nothing dropped yet: no bytes spent on it
-            out["h"] = self.history.to_list()
+        if self.history is not None and not self.history.is_empty():
+            out["h"] = self.history.to_list()  # nothing dropped yet: no bytes spent on it
         return out
 
     @staticmethod
@@ -314,5 +314,5 @@ class CustomerState:
             live_from=d.get("l"),
             band=d.get("b"),
             joins=tuple(d.get("j", (0, 0, 0, 0))),
-            history=CustomerHistory.from_list(d["h"]) if "h" in d else CustomerHistory(),
+            history=CustomerHistory.from_list(d["h"]) if "h" in d else None,
         )

@@ -8,7 +8,12 @@ from typing import Any
 from service.domain.counters import STATUS_UNRESOLVED
 from service.domain.engine import Verdict, derive_verdicts, perception_curve, rfc3339
 from service.domain.policy import Policy
-from service.domain.records import HISTORY_CONTACTS, HISTORY_DAYS, CustomerState
+from service.domain.records import (
+    HISTORY_CONTACTS,
+    HISTORY_DAYS,
+    CustomerHistory,
+    CustomerState,
+)
 
 RECENT_CONTACTS = 20
 TREND_PERIOD = 7 * 86400.0
@@ -72,7 +77,7 @@ _NAMES = {1: "pending", 2: "resolved", 3: "unresolved"}  # counters.STATUS_*
 def history_view(state: CustomerState, verdicts: dict[str, Verdict], watermark: float
                  ) -> dict[str, Any]:
     """The history: the contacts dropped from the state (CustomerHistory) and those held."""
-    h = state.history
+    h = state.history or CustomerHistory()
     oldest_day = int(watermark // 86400) - HISTORY_DAYS + 1
     contacts = sum(n for day, n, _ in h.days if day >= oldest_day)
     unresolved = sum(u for day, _, u in h.days if day >= oldest_day)

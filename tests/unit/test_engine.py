@@ -223,6 +223,7 @@ def test_too_late_and_state_is_bounded() -> None:
     idle = settle(state, ts(39 * 24) + 40 * DAY, POLICY)
     assert (idle.forget, idle.idle, idle.next_due) == (False, True, None)
     assert state.is_empty()
+    assert state.history is not None
     assert state.history.first == ts(0)
     assert state.history.last == ts(39 * 24)
     assert len(state.history.contacts) == 5
