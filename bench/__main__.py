@@ -403,7 +403,8 @@ def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: 
          f"grew {(after - before) / 1e6:,.1f} MB = {(after - before) / max(1, states):,.0f} B "
          f"per state, with {others}"),
         ("Idle state expires", f"{ttl_share:.0%} of state keys have a TTL", "all",
-         "and a state is deleted once the watermark passes its window"),
+         "and a customer's records go once the watermark passes their window "
+         "(a bounded history stays until the TTL)"),
     ]
 
 

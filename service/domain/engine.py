@@ -58,6 +58,7 @@ from service.domain.perception import (
 from service.domain.policy import Policy
 from service.domain.records import (
     ContactRecord,
+    CustomerHistory,
     CustomerState,
     Emitted,
     PerceptionSnapshot,
@@ -523,7 +524,9 @@ def _signal_time(signal: Signal) -> float:
 def _baseline(state: CustomerState, policy: Policy) -> float:
     """The baseline of the segment of the customer's latest contact."""
     latest = max(state.contacts.values(), key=ContactRecord.order, default=None)
-    return policy.perception.baseline_for(latest.segment if latest else None)
+    if latest is not None:
+        return policy.perception.baseline_for(latest.segment)
+    return policy.perception.baseline_for(state.history.segment if state.history else None)
 
 
 def perception_curve(
@@ -575,7 +578,8 @@ class Settled:
     updates: list[ContactUpdate] = field(default_factory=list)
     alerts: list[CustomerAlert] = field(default_factory=list)
     next_due: float | None = None
-    forget: bool = False
+    forget: bool = False  # the state is to be deleted (an unidentified caller's, all dropped)
+    idle: bool = False  # every record dropped: only the customer's history is kept, no timer
     band_change: tuple[int | None, int | None] | None = None  # (old, new) perception band
     # Growth of (surveys joined, surveys, transfers joined, transfers) since the last settle
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -655,9 +659,21 @@ def _prune(state: CustomerState, watermark: float, policy: Policy,
             s = curve.state
             state.snapshot = PerceptionSnapshot(s.t, s.score, s.at_risk, s.points, s.recent,
                                                 s.last_signal)
+    history = state.history
+    if history is None and state.customer_id is not None:
+        history = state.history = CustomerHistory()
     for cid in [cid for cid, c in state.contacts.items() if c.t < live_from - window]:
-        del state.contacts[cid]
-        state.emitted.pop(cid, None)
+        c = state.contacts.pop(cid)
+        emitted = state.emitted.pop(cid, None)
+        if history is not None:  # its verdict is final: keep it in the customer's history
+            if emitted is not None:
+                status = emitted.counted[7]  # Counted.status
+            else:
+                v = verdicts.get(cid)
+                status = v.status if v is not None else STATUS_NONE
+            history.add_contact(c, status)
+    if history is not None:
+        history.trim(watermark)
     state.transfers = [r for r in state.transfers if r.t >= live_from - horizon]
     state.surveys = [r for r in state.surveys if r.t >= live_from - horizon]
     state.superseded = [x for x in state.superseded if x[1] >= watermark - lateness]
@@ -782,7 +798,9 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
     curve_now = None
     if track is not None and not state.is_empty():
         latest = state.contacts[memo.latest[1]] if memo.latest is not None else None
-        baseline = policy.perception.baseline_for(latest.segment if latest else None)
+        segment = (latest.segment if latest else
+                   state.history.segment if state.history else None)
+        baseline = policy.perception.baseline_for(segment)
         if baseline != track.baseline:  # the latest contact changed the segment's baseline
             memo = state.memo = Memo(state, policy)
             _derive_changes(state, memo, watermark, policy)
@@ -822,12 +840,14 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
             assert track is not None
             state.alerted_at_risk = at_risk
             state.alert_version += 1
-            out.alerts.append(CustomerAlert(
+            alert = CustomerAlert(
                 state.customer_id, "at_risk_entered" if at_risk else "at_risk_left",
                 state.alert_version, round(curve_now.score, 2),
                 round(curve_now.drop(policy.perception.at_risk_drop_period), 2),
                 tuple(track.causes()), curve_now.t or watermark,
-            ))
+            )
+            out.alerts.append(alert)
+            _remember_alert(state, alert)
     lateness, window = policy.allowed_lateness, policy.max_window
     new_live_from = watermark - 2 * lateness - window
     if state.live_from is None or new_live_from > state.live_from:
@@ -847,7 +867,10 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
         state.joins = (sum(len(v.surveys) for v in after.values()), len(state.surveys),
                        sum(v.transfers for v in after.values()), len(state.transfers))
     if state.is_empty():
-        out.forget = True
+        # No record left: an unidentified caller's contact is forgotten; an identified
+        # customer is kept as their history and curve snapshot (idle: nothing is due).
+        out.forget = state.customer_id is None
+        out.idle = not out.forget
         if state.band is not None:
             out.band_change = (state.band if out.band_change is None else out.band_change[1],
                                None)
@@ -855,9 +878,14 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
         if state.alerted_at_risk and state.customer_id is not None:
             state.alerted_at_risk = False
             state.alert_version += 1
-            out.alerts.append(CustomerAlert(state.customer_id, "at_risk_left",
-                                            state.alert_version, policy.perception.baseline,
-                                            0.0, ("idle",), watermark))
+            alert = CustomerAlert(state.customer_id, "at_risk_left", state.alert_version,
+                                  policy.perception.baseline, 0.0, ("idle",), watermark)
+            out.alerts.append(alert)
+            _remember_alert(state, alert)
+        # Any next signal comes after a silence longer than W + L and starts the curve again
+        # (run_curve), so the snapshot's drop history and at-risk flag are no longer needed.
+        state.snapshot.at_risk = False
+        state.snapshot.recent = []
         return out
     if pruned:
         next_due: float | None = None
@@ -875,6 +903,18 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
     prune_at = earliest + 3 * lateness + 2 * window + PRUNE_STEP
     out.next_due = prune_at if next_due is None else min(next_due, prune_at)
     return out
+
+
+def _remember_alert(state: CustomerState, alert: CustomerAlert) -> None:
+    """Keep the last at-risk episode in the customer's history, as its alerts said it."""
+    entry = [alert.at, alert.score, alert.drop, list(alert.causes)]
+    history = state.history
+    if history is None:
+        history = state.history = CustomerHistory()
+    if alert.alert == "at_risk_entered":
+        history.entered, history.left = entry, None
+    else:
+        history.left = entry
 
 
 def fold(

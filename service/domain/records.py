@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.domain.counters import STATUS_UNRESOLVED
 from service.domain.events import CallEnded, SurveyAnswered, Transfer
 
 # Fields outside the contract are kept in the state up to about this many bytes of JSON per
@@ -202,6 +203,79 @@ class PerceptionSnapshot:
     last_signal: float | None = None
 
 
+HISTORY_DAYS = 90  # the horizon of a customer's contact counts, in UTC days
+HISTORY_CONTACTS = 5  # the latest contacts whose verdicts the history keeps
+
+
+@dataclass(slots=True)
+class CustomerHistory:
+    """What is kept of a customer's contacts once their records are dropped: bounded and
+    compact, so a customer idle for weeks is still known (docs/api.md).
+
+    Only dropped contacts are here; an answer adds the contacts still held.
+    """
+
+    first: float | None = None  # event time of the earliest dropped contact
+    last: float | None = None  # and of the latest
+    # [UTC day number, contacts, unresolved] per day with a dropped contact, ascending days,
+    # none older than HISTORY_DAYS before the day of the watermark that dropped them.
+    days: list[list[int]] = field(default_factory=list)
+    # The latest dropped contacts, newest first: [contact_id, t, queue, channel, outcome,
+    # status] with the status (counters.STATUS_*) last published for it.
+    contacts: list[list[Any]] = field(default_factory=list)
+    # The last at_risk_entered alert and the at_risk_left that followed it (None while still
+    # at risk), each [at, score, drop, causes] as published on customer-alerts.
+    entered: list[Any] | None = None
+    left: list[Any] | None = None
+    segment: str | None = None  # of the latest dropped contact: the curve's baseline when idle
+
+    def is_empty(self) -> bool:
+        return self.first is None and self.entered is None
+
+    def add_contact(self, c: ContactRecord, status: int) -> None:
+        """A contact whose record is dropped, with its final status."""
+        t = c.t
+        self.first = t if self.first is None else min(self.first, t)
+        if self.last is None or t >= self.last:
+            self.last, self.segment = t, c.segment
+        day = int(t // 86400)
+        unresolved = int(status == STATUS_UNRESOLVED)
+        days = self.days
+        i = len(days)
+        while i and days[i - 1][0] > day:
+            i -= 1
+        if i and days[i - 1][0] == day:
+            days[i - 1][1] += 1
+            days[i - 1][2] += unresolved
+        else:
+            days.insert(i, [day, 1, unresolved])
+        kept = self.contacts
+        entry = [c.contact_id, t, c.queue, c.channel, c.outcome, status]
+        key = (t, c.contact_id)
+        j = 0
+        while j < len(kept) and (kept[j][1], kept[j][0]) > key:
+            j += 1
+        if j < HISTORY_CONTACTS:
+            kept.insert(j, entry)
+            del kept[HISTORY_CONTACTS:]
+
+    def trim(self, watermark: float) -> None:
+        """Forget the day counts that left the horizon."""
+        oldest = int(watermark // 86400) - HISTORY_DAYS + 1
+        days = self.days
+        if days and days[0][0] < oldest:
+            self.days = [d for d in days if d[0] >= oldest]
+
+    def to_list(self) -> list[Any]:
+        return [self.first, self.last, self.days, self.contacts, self.entered, self.left,
+                self.segment]
+
+    @staticmethod
+    def from_list(v: list[Any]) -> CustomerHistory:
+        return CustomerHistory(v[0], v[1], [list(d) for d in v[2]], [list(c) for c in v[3]],
+                               v[4], v[5], v[6])
+
+
 @dataclass(slots=True)
 class CustomerState:
     customer_id: str | None
@@ -222,6 +296,7 @@ class CustomerState:
     # The customer_id carried by the one contact of this state, held apart from its noisy
     # customer (this state is then unidentified: customer_id is None).
     alias: str | None = None
+    history: CustomerHistory | None = None  # made when a first record is dropped or alert sent
     # What the engine derived from this state, kept while the object lives (engine.Memo);
     # never stored.
     memo: Any = field(default=None, compare=False, repr=False)
@@ -240,7 +315,7 @@ class CustomerState:
 
     def to_dict(self) -> dict[str, Any]:
         snap = self.snapshot
-        return {
+        out: dict[str, Any] = {
             "cu": self.customer_id,
             "c": [c.to_list() for c in self.contacts.values()],
             "t": [r.to_list() for r in self.transfers],
@@ -258,6 +333,9 @@ class CustomerState:
             **({"n": True} if self.noisy else {}),
             **({"k": self.alias} if self.alias is not None else {}),
         }
+        if self.history is not None and not self.history.is_empty():
+            out["h"] = self.history.to_list()  # nothing dropped yet: no bytes spent on it
+        return out
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> CustomerState:
@@ -283,4 +361,5 @@ class CustomerState:
             joins=tuple(d.get("j", (0, 0, 0, 0))),
             noisy=d.get("n", False),
             alias=d.get("k"),
+            history=CustomerHistory.from_list(d["h"]) if "h" in d else None,
         )

@@ -937,6 +937,8 @@ class IngestProcessor:
             commit.states[key] = state
             if settled.next_due is not None:
                 commit.timers_add[key] = settled.next_due
+            else:  # idle: kept until CX_STATE_IDLE_TTL, nothing left to settle
+                commit.timers_remove.append(key)
 
     def _outbox_records(
         self, plans: dict[int, _Plan], leftovers: dict[int, list[bytes]]

@@ -6,7 +6,9 @@ import asyncio
 import json
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +166,62 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
         assert status == 200, body
         got = json.loads(body)
         repeats = _counter_total(ns, "all|repeats")
+        customers = _every_customer(worker, events)
     finally:
         assert worker.stop() == 0, worker.logs()
+    # Every identified customer of the month is known at its end, idle or not, and their
+    # history counts what the file says (the 90 days cover the month).
+    assert {status for status, _ in customers.values()} == {200}
+    expected_history = independent_history(events, seconds)
+    assert {c: (a["history"]["contacts"], a["history"]["unresolved"],
+                datetime.fromisoformat(a["history"]["last_contact_at"]).timestamp())
+            for c, (_, a) in customers.items()} == expected_history
+    details = Counter(a["detail"] for _, a in customers.values())
+    if seconds == 86400.0:  # records go 4 to 6 days after a customer's last contact
+        assert details["summary"] > 1000
     expected = independent_fcr(events, seconds)
     assert {k: got[k] for k in ("total", "unresolved", "resolved")} == {
         k: expected[k] for k in ("total", "unresolved", "resolved")}
     assert repeats == expected["repeats"]
     assert got["pending"] == expected["total"] - expected["unresolved"] - expected["resolved"]
     assert got["final"] is False  # the last window of the month is still open
-    print(f"\nAnonymous Bank 1999-08, W={window}: {len(events)} events replayed in "
+    print(f"\nAnonymous Bank 1999-08, W={window}: {len(customers)} identified customers "
+          f"answered 200 ({details['summary']} from their history only)")
+    print(f"Anonymous Bank 1999-08, W={window}: {len(events)} events replayed in "
           f"{elapsed:.1f}s; handled identified {got['total']}, repeats {repeats}, "
           f"unresolved {got['unresolved']}, resolved {got['resolved']}, pending "
           f"{got['pending']}, provisional FCR {got['fcr']:.4f}, FCR of closed "
           f"{got['resolved'] / (got['resolved'] + got['unresolved']):.4f}")
+
+
+def independent_history(events: list[dict[str, Any]], window: float
+                        ) -> dict[str, tuple[int, int, float]]:
+    """Per identified customer: contacts, unresolved handled contacts (a later handled one
+    within the window), and the latest contact time, from the file without service.domain."""
+    by_customer: dict[str, list[tuple[float, str]]] = {}
+    for e in events:
+        if e["customer_id"] is not None:
+            by_customer.setdefault(e["customer_id"], []).append(
+                (datetime.fromisoformat(e["occurred_at"]).timestamp(), e["outcome"]))
+    out = {}
+    for customer, contacts in by_customer.items():
+        handled = sorted(t for t, outcome in contacts if outcome == "handled")
+        unresolved = sum(1 for a, b in pairwise(handled) if b - a <= window)
+        out[customer] = (len(contacts), unresolved, max(t for t, _ in contacts))
+    return out
+
+
+def _every_customer(worker: Worker, events: list[dict[str, Any]]
+                    ) -> dict[str, tuple[int, dict[str, Any]]]:
+    """The lookup of every identified customer of the events: status and answer."""
+    names = sorted({e["customer_id"] for e in events if e["customer_id"] is not None})
+
+    def look(name: str) -> tuple[int, dict[str, Any]]:
+        status, body = worker.get(f"/api/v1/customers/{name}")
+        return status, json.loads(body)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(names, pool.map(look, names), strict=True))
 
 
 def _counter_total(ns: Namespace, name: str) -> int:

@@ -219,8 +219,18 @@ def test_too_late_and_state_is_bounded() -> None:
     # prune step (a day): records are dropped a day's worth at a time.
     assert len(state.contacts) <= 30
     assert min(c.t for c in state.contacts.values()) >= ts(39 * 24) - 28 * DAY - PRUNE_STEP
-    # Idle long enough, the customer is forgotten.
-    assert settle(state, ts(39 * 24) + 40 * DAY, POLICY).forget is True
+    # Idle long enough, every record is dropped: the customer is kept as their history only.
+    idle = settle(state, ts(39 * 24) + 40 * DAY, POLICY)
+    assert (idle.forget, idle.idle, idle.next_due) == (False, True, None)
+    assert state.is_empty()
+    assert state.history is not None
+    assert state.history.first == ts(0)
+    assert state.history.last == ts(39 * 24)
+    assert len(state.history.contacts) == 5
+    # An unidentified caller's contact is forgotten.
+    caller, _, _ = fold(None, call("u", 0, customer=None), ts(1), POLICY)
+    gone = settle(caller, ts(24 * 40), POLICY)
+    assert (gone.forget, gone.idle) == (True, False)
 
 
 def test_worked_example_of_the_definitions_doc() -> None:
@@ -256,7 +266,7 @@ def test_join_counts_grow_and_survive_pruning() -> None:
     second = settle(state, ts(2), POLICY)
     assert second.joins == (1, 0, 1, 1)  # now joined, and a joined transfer
     pruned = settle(state, ts(24 * 40), POLICY)
-    assert pruned.forget is True
+    assert pruned.idle is True
     assert pruned.joins == (0, 0, 0, 0)  # dropping old records does not shrink the totals
 
 
