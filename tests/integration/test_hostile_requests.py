@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import faust
 import orjson
 import pytest
@@ -26,6 +27,7 @@ from service.adapters.http_security import HttpGuard
 from service.adapters.redis_state import RedisState, connect
 from service.config import ConfigError, load_settings
 from service.domain.policy import Policy
+from tests.support.browser import Browser, Page
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -288,6 +290,41 @@ def test_open_api_answers_only_the_allowed_host_names(stack: Stack) -> None:
             assert (await server.get(PERSONAL[0], host="rebind.attacker.example")).status == 403
 
     asyncio.run(scenario())
+
+
+def test_a_rebound_page_in_a_real_browser_cannot_read_the_open_api(stack: Stack) -> None:
+    """Chromium resolves an attacker's host name to the worker's loopback address, as DNS
+    rebinding makes it do: that page's fetch of customer data is refused, while the same
+    fetch from a page of http://127.0.0.1 is answered."""
+    attacker = "rebind.attacker.test"
+    browser = Browser((f"--host-resolver-rules=MAP {attacker} 127.0.0.1",))
+    fetch = ("fetch('/api/v1/customers/c-1').then(async r => "
+             "r.status + ' ' + (await r.json()).error)")
+
+    async def status_from(session: aiohttp.ClientSession, origin: str) -> str:
+        page = await Page.open(browser, session, "about:blank")
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=f"{origin}/wallboard")
+        deadline = asyncio.get_running_loop().time() + 20
+        while await page.evaluate("location.href") != f"{origin}/wallboard" or \
+                await page.evaluate("document.readyState") != "complete":
+            assert asyncio.get_running_loop().time() < deadline, "the page did not load"
+            await asyncio.sleep(0.1)
+        result = await page.call("Runtime.evaluate", expression=fetch, awaitPromise=True,
+                                 returnByValue=True)
+        return str(result["result"]["value"])
+
+    async def scenario() -> tuple[str, str]:
+        async with serve(stack.redis_url) as server, aiohttp.ClientSession() as session:
+            return (await status_from(session, f"http://{attacker}:{server.port}"),
+                    await status_from(session, f"http://127.0.0.1:{server.port}"))
+
+    try:
+        rebound, local = asyncio.run(scenario())
+    finally:
+        browser.close()
+    assert rebound.startswith("403 this Host is not allowed"), rebound
+    assert local == "404 no customer 'c-1'", local
 
 
 def test_token_mode_does_not_look_at_the_host(stack: Stack) -> None:
