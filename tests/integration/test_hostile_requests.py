@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,11 @@ class Answer:
 
 
 class Server:
-    def __init__(self, port: int, guard: HttpGuard, served: list[int]) -> None:
+    def __init__(self, port: int, guard: HttpGuard, served: list[int],
+                 state: RedisState) -> None:
         self.port = port
         self.guard = guard
+        self.state = state
         self.served = served  # policy lookups made: requests that reached Redis
         self.hold: asyncio.Event | None = None  # when set, requests wait for it to be set
 
@@ -113,7 +116,7 @@ async def serve(redis_url: str, **env: str) -> AsyncIterator[Server]:
     await server.start_server()
     try:
         assert server.port is not None
-        holder.append(Server(server.port, guard, served))
+        holder.append(Server(server.port, guard, served, state))
         yield holder[0]
     finally:
         await server.close()
@@ -399,6 +402,40 @@ def test_short_and_placeholder_tokens_are_refused_at_start(tmp_path: Path) -> No
 
 
 # --- the cost of FCR requests --------------------------------------------------------------
+
+def test_a_long_range_read_a_day_at_a_time_sums_every_hour_once(stack: Stack) -> None:
+    """Counts in hours spread over 60 days and 6 partitions, read back over ranges that start
+    and end inside a day: each hour of the range counted once, none outside it."""
+    first = 1777852800  # 2026-05-04T00:00:00Z
+    hours = [first + 3600 * (7 * i + 5) for i in range(205)]  # every 7 hours, 60 days
+
+    async def scenario() -> None:
+        async with serve(stack.redis_url) as server:
+            pipe = server.state.client.pipeline(transaction=False)
+            for i, hour in enumerate(hours):
+                pipe.hset(server.state.hour_key(i % 6, hour), mapping={
+                    "all|fcr_total": 3, "all|unresolved": 1, "all|resolved": i % 2,
+                    "queue:q{1}|fcr_total": 1})
+            await pipe.execute()
+            for lo, hi in ((0, 205), (3, 200), (17, 18), (40, 139)):
+                start, end = hours[lo], hours[hi - 1] + 3600
+                query = (f"from={time_text(start)}&to={time_text(end)}")
+                body = orjson.loads((await server.get(f"/api/v1/fcr?{query}")).body)
+                n = hi - lo
+                resolved = sum(i % 2 for i in range(lo, hi))
+                assert (body["total"], body["unresolved"], body["resolved"]) == (
+                    3 * n, n, resolved), (lo, hi)
+                assert body["pending"] == 2 * n - resolved
+                queue = orjson.loads((await server.get(
+                    f"/api/v1/fcr?{query}&queue=q%7B1%7D")).body)
+                assert queue["total"] == n
+
+    asyncio.run(scenario())
+
+
+def time_text(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 def test_fcr_requests_beyond_the_line_get_429_and_the_others_are_answered(
         stack: Stack) -> None:
