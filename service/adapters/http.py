@@ -124,7 +124,9 @@ def path_id(raw_path: str, prefix: str) -> tuple[str] | str:
     or the message of a 400. Decoded here, from the raw path, so that every string of 1 to
     128 characters the event contract allows is reachable: `/`, `%`, `{`, `.`, control
     characters and any Unicode, percent-encoded."""
-    segment = raw_path[len(prefix):]
+    # The segment after as many slashes as `prefix` has: the router matched the prefix on the
+    # decoded path, and its letters may arrive percent-encoded (`%63ustomers`).
+    segment = raw_path.split("/", prefix.count("/"))[-1]
     if _BAD_ESCAPE.search(segment):
         return "the id has a '%' not followed by two hex digits (send '%' as %25)"
     try:

@@ -201,6 +201,9 @@ def test_bad_ids_get_a_400_and_unknown_ones_a_404_with_a_reason(stack: Stack) ->
                     assert answer.status == 400, (kind, raw[:40], answer)
                     assert reason in answer.error()
                 assert server.served == []
+                answer = await server.get(f"/api/v1/%{ord(kind[0]):02X}{kind[1:]}/a%2Fb")
+                assert answer.status == 404
+                assert answer.error() == "no " + kind[:-1] + " 'a/b'"
                 for raw, shown in (("nobody", "'nobody'"), ("a%2Fb", "'a/b'"),
                                    ("%2E%2E", "'..'"), ("%7B%7D", "'{}'"),
                                    ("%F0%9F%98%80" * 128, "'" + "\U0001F600" * 128 + "'")):
