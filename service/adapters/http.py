@@ -29,9 +29,10 @@ ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 # The state and rules readers serve, looked up per request (the active policy version).
 Serving = Callable[[], Awaitable[tuple[RedisState, Policy]]]
 MAX_RANGE_HOURS = 24 * 400
-# An FCR request reads its range a day at a time (a pipeline of 24 x partitions HMGETs), each
-# day through the lookups' read gate: lookups and batches get Redis and the loop in between.
-HOURS_PER_READ = 24
+# An FCR request reads its range a week at a time (one script call per partition summing the
+# week's hours inside Redis), each week through the lookups' read gate: lookups and batches
+# get Redis and the loop in between, and no call holds Redis for more than a fraction of a ms.
+HOURS_PER_READ = 24 * 7
 # FCR requests that may wait for a turn, per CX_API_MAX_FCR; more get 429.
 FCR_QUEUE_PER_SLOT = 4
 _DIMENSIONS = ("queue", "channel", "agent", "segment")
@@ -170,9 +171,10 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     trips always find a connection, and no lookup is overtaken again and again by later ones
     (the pool's own wait is not first come first served).
 
-    At most `max_fcr` FCR requests read at once (a few more wait, then 429), each a day of
-    hours per pipeline, every pipeline through the same gate: a 400-day range is 400 short
-    turns, never one long hold of Redis, a connection and the event loop."""
+    At most `max_fcr` FCR requests read at once (a few more wait, then 429), each a week of
+    hours per round trip, summed inside Redis, every round trip through the same gate: a
+    400-day range is 58 short turns, never one long hold of Redis, a connection and the
+    event loop."""
     reads = asyncio.Semaphore(max_reads)
 
     async def served() -> tuple[RedisState, Policy]:
@@ -270,7 +272,7 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
         totals = [0, 0, 0]
         for i in range(0, len(hours), HOURS_PER_READ):
             async with reads:
-                part = await store.read_counters(n, hours[i:i + HOURS_PER_READ], fields)
+                part = await store.sum_counters(n, hours[i:i + HOURS_PER_READ], fields)
             totals = [a + b for a, b in zip(totals, part, strict=True)]
         total, unresolved, resolved = totals
         async with reads:
