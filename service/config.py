@@ -448,7 +448,8 @@ VARIABLES: tuple[Variable, ...] = (
              "pipeline's batches.", _int_range(1, 48), "api_max_reads"),
     Variable("CX_API_MAX_FCR", "2",
              "Most `/api/v1/fcr` requests reading Redis at once in one worker (each reads its "
-             "range a day at a time, through the line of CX_API_MAX_READS); up to 4 times as "
+             "range a week at a time, summed inside Redis, through the line of "
+             "CX_API_MAX_READS); up to 4 times as "
              "many more wait, and further ones get 429.", _int_range(1, 16), "api_max_fcr"),
     Variable("CX_EVENT_LOOP", "uvloop",
              "The worker's event loop: `uvloop` (in C; asyncio's own loop when uvloop is not "

@@ -243,7 +243,7 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
         return _web_json(customer_summary(found, clock.watermark, rules))
 
     # The line of FCR requests: at most `max_fcr` read at once, at most FCR_QUEUE_PER_SLOT
-    # times that many wait; each reads a day at a time through the lookups' gate.
+    # times that many wait; each reads a week at a time through the lookups' gate.
     fcr_slots = asyncio.Semaphore(max_fcr)
     fcr_inside = 0
 
