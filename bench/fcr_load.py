@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 
 import tests.support.stack as stack_module
 from bench import workload
-from bench.e2e import create_topics, preload, run_workers
+from bench.e2e import create_topics, preload, progress, run_workers
 from bench.stack import local_stack
 from tests.support.stack import Namespace
 
@@ -36,6 +37,7 @@ WORKER_ENV = {"CX_BATCH_MAX_EVENTS": "5000", "CX_BATCH_MAX_WAIT": "50ms",
 # 400 days around the workload's month (August 1999, repeated every 35 days).
 RANGE = "from=1999-01-01T00:00:00Z&to=2000-02-05T00:00:00Z"
 CLIENTS = 8
+TIMEOUT = 600.0
 
 
 @dataclasses.dataclass
@@ -51,8 +53,9 @@ class SharedTopics(Namespace):
 class FcrLoad:
     """CLIENTS closed-loop clients on a thread of their own, until stopped."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, clients: int) -> None:
         self.url = f"http://127.0.0.1:{port}/api/v1/fcr?{RANGE}"
+        self.clients = clients
         self.latencies: list[float] = []
         self.statuses: dict[int, int] = {}
         self._stop = threading.Event()
@@ -83,7 +86,23 @@ class FcrLoad:
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=300)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await asyncio.gather(*[self._client(session) for _ in range(CLIENTS)])
+            await asyncio.gather(*[self._client(session) for _ in range(self.clients)])
+
+
+def replay(stack: Any, ns: Namespace, total: int, partitions: int, logs: Path
+           ) -> dict[str, Any]:
+    """run_workers; a replay that does not finish within TIMEOUT counts what it applied."""
+    started = time.perf_counter()
+    try:
+        return run_workers(stack, ns, total, partitions, 1, logs, WORKER_ENV, timeout=TIMEOUT)
+    except RuntimeError as exc:
+        client = redis.Redis.from_url(stack.redis_url)
+        done, _ = progress(client, ns, partitions)
+        client.close()
+        return {"events": total, "events_per_s": done / (time.perf_counter() - started),
+                "cpu_s": float("nan"), "seconds": TIMEOUT, "startup_s": 0.0,
+                "note": f" (did not finish: {done} of {total} applied in {TIMEOUT:.0f} s; "
+                        f"{str(exc)[:60]})"}
 
 
 def main() -> None:
@@ -112,20 +131,16 @@ def main() -> None:
                                       topics_of=base.name)
                     stack_module.ROOT = root  # the worker runs `python -m service` there
                     try:
-                        if loaded:
-                            with FcrLoad(ns.http_port) as load:
-                                result = run_workers(stack, ns, total, partitions, 1, logs,
-                                                     WORKER_ENV, timeout=900)
-                            result["fcr"] = load
-                        else:
-                            result = run_workers(stack, ns, total, partitions, 1, logs,
-                                                 WORKER_ENV, timeout=900)
+                        with FcrLoad(ns.http_port, CLIENTS if loaded else 0) as load:
+                            result = replay(stack, ns, total, partitions, logs)
+                        result["fcr"] = load
                     finally:
                         stack_module.ROOT = trees["after"]
                     results.setdefault((tree, loaded), []).append(result)
                     print(f"{tree:6} {'8 FCR clients' if loaded else 'no FCR':14} "
                           f"{result['events_per_s']:8,.0f} events/s, "
-                          f"{1e6 * result['cpu_s'] / total:5.0f} us CPU/event", flush=True)
+                          f"{1e6 * result['cpu_s'] / total:5.0f} us CPU/event"
+                          f"{result.get('note', '')}", flush=True)
     print()
     print("| worker | FCR load | ingest, events/s (runs) | worker CPU per event | FCR answers "
           "| FCR latency p50 / max |")
@@ -134,7 +149,8 @@ def main() -> None:
         rates = [r["events_per_s"] for r in found]
         cell = (f"{statistics.median(rates):,.0f} "
                 f"({', '.join(f'{x:,.0f}' for x in rates)})")
-        cpu = f"{statistics.median(1e6 * r['cpu_s'] / r['events'] for r in found):,.0f} us"
+        cpus = [1e6 * r["cpu_s"] / r["events"] for r in found if r["cpu_s"] == r["cpu_s"]]
+        cpu = f"{statistics.median(cpus):,.0f} us" if cpus else "-"
         answers = latency = ""
         if loaded:
             loads: list[FcrLoad] = [r["fcr"] for r in found]
