@@ -6,8 +6,8 @@ local totals = {}
 for i = 1, #ARGV do
   totals[i] = 0
 end
-for _, key in ipairs(KEYS) do
-  local values = redis.call('HMGET', key, unpack(ARGV))
+for k = 1, #KEYS do
+  local values = redis.call('HMGET', KEYS[k], unpack(ARGV))
   for i = 1, #ARGV do
     local value = values[i]
     if value then
