@@ -406,7 +406,7 @@ def test_short_and_placeholder_tokens_are_refused_at_start(tmp_path: Path) -> No
 
 # --- the cost of FCR requests --------------------------------------------------------------
 
-def test_a_long_range_read_a_day_at_a_time_sums_every_hour_once(stack: Stack) -> None:
+def test_a_long_range_read_in_pieces_sums_every_hour_once(stack: Stack) -> None:
     """Counts in hours spread over 60 days and 6 partitions, read back over ranges that start
     and end inside a day: each hour of the range counted once, none outside it."""
     first = 1777852800  # 2026-05-04T00:00:00Z
