@@ -6,6 +6,7 @@ by a test, so the documented table and the code cannot drift apart.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -201,12 +202,69 @@ def _erasure_key(text: str) -> str:
     return key
 
 
+# Token values shown in the project's examples (deploy/k8s/overlays/example): never accepted.
+PLACEHOLDER_TOKENS = frozenset({"replace-with-a-long-random-token"})
+MIN_TOKEN_LENGTH = 16
+
+
+def _check_token(token: str) -> str:
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"each token must have at least {MIN_TOKEN_LENGTH} characters")
+    if token in PLACEHOLDER_TOKENS:
+        raise ValueError(f"{token!r} is the placeholder of the example Secret, not a token: "
+                         "set a random one (e.g. `openssl rand -base64 32`)")
+    return token
+
+
+def _optional_token(text: str) -> str:
+    token = text.strip()
+    return _check_token(token) if token else ""
+
+
 def _tokens(text: str) -> tuple[str, ...]:
-    tokens = tuple(t.strip() for t in text.split(",") if t.strip())
-    for token in tokens:
-        if len(token) < 16:
-            raise ValueError("each token must have at least 16 characters")
-    return tokens
+    return tuple(_check_token(t.strip()) for t in text.split(",") if t.strip())
+
+
+_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+
+
+def host_name(text: str) -> str | None:
+    """The host of a `Host` header or a CX_API_ALLOWED_HOSTS entry, without its port, in
+    lower case, without a trailing dot, IPv6 in brackets; None when it is not a host name."""
+    text = text.strip().lower()
+    if text.startswith("["):
+        name, sep, rest = text.partition("]")
+        if not sep or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return None
+        try:
+            return f"[{ipaddress.IPv6Address(name[1:]).compressed}]"
+        except ValueError:
+            return None
+    if text.count(":") > 1:  # an IPv6 address without brackets (configuration only)
+        try:
+            return f"[{ipaddress.IPv6Address(text).compressed}]"
+        except ValueError:
+            return None
+    name, sep, port = text.partition(":")
+    if sep and not port.isdigit():
+        return None
+    name = name[:-1] if name.endswith(".") else name
+    return name if _HOSTNAME_RE.match(name) else None
+
+
+def _allowed_hosts(text: str) -> tuple[str, ...]:
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        raise ValueError("expected host names (localhost,127.0.0.1,[::1]) or *")
+    hosts = []
+    for entry in entries:
+        name = "*" if entry == "*" else host_name(entry)
+        with_port = entry.count(":") == 1 or (entry.startswith("[") and not entry.endswith("]"))
+        if name is None or with_port:
+            raise ValueError(f"expected a host name or address without a port, got {entry!r}")
+        hosts.append(name)
+    return tuple(hosts)
 
 
 def _origins(text: str) -> tuple[str, ...]:
@@ -420,6 +478,11 @@ VARIABLES: tuple[Variable, ...] = (
              "Most API requests reading Redis at once in one worker; more wait in line, first "
              "come first served. Keeps Redis connections (64 per worker) free for the "
              "pipeline's batches.", _int_range(1, 48), "api_max_reads"),
+    Variable("CX_API_MAX_FCR", "2",
+             "Most `/api/v1/fcr` requests reading Redis at once in one worker (each reads its "
+             "range a week at a time, summed inside Redis, through the line of "
+             "CX_API_MAX_READS); up to 4 times as "
+             "many more wait, and further ones get 429.", _int_range(1, 16), "api_max_fcr"),
     Variable("CX_EVENT_LOOP", "uvloop",
              "The worker's event loop: `uvloop` (in C; asyncio's own loop when uvloop is not "
              "installed) or `asyncio`.", _event_loop, "event_loop"),
@@ -431,20 +494,29 @@ VARIABLES: tuple[Variable, ...] = (
              "refusal to start on any other address.", _api_auth, "api_auth"),
     Variable("CX_API_TOKENS", "",
              "Bearer tokens accepted on the API, comma-separated (several during a rotation); "
-             "at least 16 characters each.", _tokens, "api_tokens"),
+             "at least 16 characters each, and never the placeholder of the example Kubernetes "
+             "Secret.", _tokens, "api_tokens"),
     Variable("CX_API_TOKENS_FILE", "",
              "File of bearer tokens, one a line (`#` starts a comment); re-read when it changes, "
-             "so tokens rotate without a restart.", str, "api_tokens_file"),
+             "so tokens rotate without a restart. While it is missing or unreadable none of its "
+             "tokens is accepted, and `/readyz` reports `api_tokens_file: false`.", str,
+             "api_tokens_file"),
     Variable("CX_WALLBOARD_PUBLIC", "true",
              "Whether `/api/v1/wallboard` (aggregate figures only) is served without a token; "
              "when false it needs an API token, which the page takes as `/wallboard#token=...`.",
              _boolean, "wallboard_public"),
+    Variable("CX_API_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]",
+             "While `/api/v1/*` is served without a token (CX_API_AUTH), the host names a "
+             "request's `Host` header may name (any port), comma-separated; others get 403, "
+             "so that a web page cannot reach the API through DNS rebinding. `*` allows any. "
+             "Not checked when a token is required.", _allowed_hosts, "api_allowed_hosts"),
     Variable("CX_METRICS_TOKEN", "",
-             "When set, `/metrics` needs `Authorization: Bearer` with this token; empty leaves "
-             "it open.", _secret, "metrics_token"),
+             "When set, `/metrics` needs `Authorization: Bearer` with this token (at least 16 "
+             "characters); empty leaves it open.", _optional_token, "metrics_token"),
     Variable("CX_HEALTH_TOKEN", "",
-             "When set, `/healthz` and `/readyz` need `Authorization: Bearer` with this token; "
-             "empty leaves them open.", _secret, "health_token"),
+             "When set, `/healthz` and `/readyz` need `Authorization: Bearer` with this token "
+             "(at least 16 characters); empty leaves them open.", _optional_token,
+             "health_token"),
     Variable("CX_ERASURE_KEY", "",
              "Secret key (at least 16 characters) of the keyed hash (HMAC-SHA256) by which "
              "`cx-stream erase` remembers erased customers, so that the workers and `rebuild` "
@@ -591,6 +663,7 @@ class Settings:
     api_auth: str
     api_tokens: tuple[str, ...] = field(repr=False)
     api_tokens_file: str
+    api_allowed_hosts: tuple[str, ...]
     wallboard_public: bool
     metrics_token: str = field(repr=False)
     health_token: str = field(repr=False)
@@ -627,6 +700,7 @@ class Settings:
     http_port: int
     policy_cache: float
     api_max_reads: int
+    api_max_fcr: int
     event_loop: str
     data_dir: str
     log_level: str

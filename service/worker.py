@@ -326,6 +326,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             "redis": redis_ok and processor.healthy["redis"],
             "kafka": processor.healthy["kafka"] and await _kafka_reachable(app),
             "partitions_assigned": group_joined.is_set() and not app.rebalancing,
+            **guard.readiness(),  # with CX_API_TOKENS_FILE: whether it can be read
         }
 
     business = BusinessMetrics(metrics.registry, windows=settings.metrics_windows,
@@ -348,7 +349,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
 
     install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions,
                    wallboard=lambda: business.wallboard, serving=serving,
-                   max_reads=settings.api_max_reads)
+                   max_reads=settings.api_max_reads, max_fcr=settings.api_max_fcr)
     return app
 
 

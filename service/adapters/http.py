@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, cast
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import faust
 import orjson
@@ -20,14 +22,22 @@ from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
 from service.domain.policy import Policy
 from service.domain.summary import customer_summary
-from service.domain.validation import parse_rfc3339
+from service.domain.validation import MAX_ID_LENGTH, parse_rfc3339
 from service.service_layer.ingest import clock_summary
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 # The state and rules readers serve, looked up per request (the active policy version).
 Serving = Callable[[], Awaitable[tuple[RedisState, Policy]]]
 MAX_RANGE_HOURS = 24 * 400
+# An FCR request reads its range a week at a time (one script call per partition summing the
+# week's hours inside Redis), each week through the lookups' read gate: lookups and batches
+# get Redis and the loop in between, and no call holds Redis for more than a fraction of a ms.
+HOURS_PER_READ = 24 * 7
+# FCR requests that may wait for a turn, per CX_API_MAX_FCR; more get 429.
+FCR_QUEUE_PER_SLOT = 4
 _DIMENSIONS = ("queue", "channel", "agent", "segment")
+CUSTOMERS = "/api/v1/customers/"
+CONTACTS = "/api/v1/contacts/"
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -35,8 +45,10 @@ def partition_of(key: str, partitions: int) -> int:
     return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
 
 
-def _web_json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+def _web_json(body: Any, status: int = 200, headers: dict[str, str] | None = None
+              ) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
+                        headers=headers)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -47,20 +59,45 @@ def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
 
-def fcr_query(params: dict[str, str]) -> tuple[int, int, str] | str:
-    """(from hour, to hour, dimension) from the query, or the message of a 400."""
-    unknown = set(params) - {"from", "to", *_DIMENSIONS}
+# Counters are kept per hour of event time since the epoch; the range must also be printable
+# as RFC 3339 (years up to 9999).
+EARLIEST_HOUR = 0
+LATEST_HOUR = 253402297200  # 9999-12-31T23:00:00Z
+MAX_VALUE_LENGTH = MAX_ID_LENGTH  # queue, channel, agent and segment are 1-128 characters
+
+
+def fcr_query(params: Mapping[str, str] | Sequence[tuple[str, str]]
+              ) -> tuple[int, int, str] | str:
+    """(from hour, to hour, dimension) from the query, or the message of a 400.
+
+    `params` may be the query's (name, value) pairs: a parameter given twice is refused, not
+    silently picked."""
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    names = [name for name, _ in pairs]
+    unknown = set(names) - {"from", "to", *_DIMENSIONS}
     if unknown:
-        return f"unknown parameter(s): {', '.join(sorted(unknown))}"
+        shown = ", ".join(repr(n[:40]) for n in sorted(unknown)[:5])
+        return f"unknown parameter(s): {shown}"
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return f"parameter(s) given more than once: {', '.join(repeated)}"
+    params = dict(pairs)
     bounds = []
     for name in ("from", "to"):
         text = params.get(name)
         if not text:
             return f"'{name}' is required (RFC 3339, on the hour, e.g. 2026-11-24T09:00:00Z)"
-        moment = parse_rfc3339(text)
-        if moment is None:
-            return f"'{name}' is not an RFC 3339 timestamp with offset: {text!r}"
-        epoch = moment.timestamp()
+        moment = parse_rfc3339(text) if len(text) <= 40 else None
+        if moment is None:  # also a time outside years 1-9999 once in UTC
+            return (f"'{name}' is not an RFC 3339 timestamp with offset from "
+                    f"1970-01-01T00:00:00Z to 9999-12-31T23:00:00Z: {text[:40]!r}")
+        try:
+            epoch = moment.timestamp()
+        except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 is year 0 in UTC
+            epoch = -1.0
+        if not EARLIEST_HOUR <= epoch <= LATEST_HOUR:
+            return (f"'{name}' must be from 1970-01-01T00:00:00Z to 9999-12-31T23:00:00Z: "
+                    f"{text!r}")
         if epoch % HOUR:
             return f"'{name}' must be on the hour: {text!r}"
         bounds.append(int(epoch))
@@ -68,12 +105,52 @@ def fcr_query(params: dict[str, str]) -> tuple[int, int, str] | str:
     if end <= start:
         return "'to' must be after 'from'"
     if (end - start) // HOUR > MAX_RANGE_HOURS:
-        return f"the range may cover at most {MAX_RANGE_HOURS} hours"
-    given = [(d, params[d]) for d in _DIMENSIONS if params.get(d)]
+        return (f"the range may cover at most {MAX_RANGE_HOURS} hours "
+                f"({MAX_RANGE_HOURS // 24} days)")
+    given = [(d, params[d]) for d in _DIMENSIONS if d in params]
     if len(given) > 1:
         return "give at most one of queue, channel, agent, segment"
-    dimension = f"{given[0][0]}:{given[0][1]}" if given else "all"
-    return start, end, dimension
+    if given:
+        kind, value = given[0]
+        if not 1 <= len(value) <= MAX_VALUE_LENGTH:
+            return f"'{kind}' must be 1 to {MAX_VALUE_LENGTH} characters, got {len(value)}"
+        return start, end, f"{kind}:{value}"
+    return start, end, "all"
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def path_id(raw_path: str, prefix: str) -> tuple[str] | str:
+    """The id in the one path segment after `prefix` (percent-decoded, UTF-8), as a 1-tuple;
+    or the message of a 400. Decoded here, from the raw path, so that every string of 1 to
+    128 characters the event contract allows is reachable: `/`, `%`, `{`, `.`, control
+    characters and any Unicode, percent-encoded."""
+    # The segment after as many slashes as `prefix` has: the router matched the prefix on the
+    # decoded path, and its letters may arrive percent-encoded (`%63ustomers`).
+    segment = raw_path.split("/", prefix.count("/"))[-1]
+    if _BAD_ESCAPE.search(segment):
+        return "the id has a '%' not followed by two hex digits (send '%' as %25)"
+    try:
+        value = unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the id is not valid UTF-8 once percent-decoded"
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        return f"ids are 1 to {MAX_ID_LENGTH} characters, got {len(value)}"
+    return (value,)
+
+
+def query_pairs(query: str) -> list[tuple[str, str]] | str:
+    """The raw query's (name, value) pairs, percent-decoded as UTF-8; or the message of a 400."""
+    if _BAD_ESCAPE.search(query):
+        return "the query has a '%' not followed by two hex digits (send '%' as %25)"
+    try:
+        return parse_qsl(query, keep_blank_values=True, strict_parsing=False,
+                         errors="strict", max_num_fields=20)
+    except UnicodeDecodeError:
+        return "the query is not valid UTF-8 once percent-decoded"
+    except ValueError:
+        return "too many query parameters"
 
 
 _WALLBOARD_PAGE = resources.files("service.adapters").joinpath("wallboard.html").read_bytes()
@@ -82,7 +159,8 @@ _WALLBOARD_PAGE = resources.files("service.adapters").joinpath("wallboard.html")
 def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
                    state: RedisState, policy: Policy, partitions: Callable[[], int],
                    wallboard: Callable[[], dict[str, Any]],
-                   serving: Serving | None = None, max_reads: int = 32) -> None:
+                   serving: Serving | None = None, max_reads: int = 32,
+                   max_fcr: int = 2) -> None:
     """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
 
     With `serving`, each API request reads the state and rules of the policy version it
@@ -92,7 +170,12 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     At most `max_reads` lookups read Redis at once; the others wait in line, first come first
     served. Redis' connection pool is then never exhausted by lookups: the batches' round
     trips always find a connection, and no lookup is overtaken again and again by later ones
-    (the pool's own wait is not first come first served)."""
+    (the pool's own wait is not first come first served).
+
+    At most `max_fcr` FCR requests read at once (a few more wait, then 429), each a week of
+    hours per round trip, summed inside Redis, every round trip through the same gate: a
+    400-day range is 58 short turns, never one long hold of Redis, a connection and the
+    event loop."""
     reads = asyncio.Semaphore(max_reads)
 
     async def served() -> tuple[RedisState, Policy]:
@@ -138,51 +221,78 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     # its per-request sensor calls cost about a twentieth of a lookup (docs/benchmarks.md).
     # The middleware of HttpGuard applies to them as to every route.
     async def contact(request: web.Request) -> web.Response:
-        contact_id = request.match_info["contact_id"]
+        contact_id = path_id(request.rel_url.raw_path, CONTACTS)
+        if not isinstance(contact_id, tuple):
+            return _web_json({"error": contact_id}, 400)
         async with reads:
             store, _ = await served()
-            raw = await store.read_contact(contact_id)
+            raw = await store.read_contact(contact_id[0])
         if raw is None:
-            return _web_json({"error": f"no contact {contact_id!r}"}, 404)
+            return _web_json({"error": f"no contact {contact_id[0]!r}"}, 404)
         return web.Response(body=raw, content_type="application/json")
 
     async def customer(request: web.Request) -> web.Response:
-        customer_id = request.match_info["customer_id"]
-        partition = partition_of(customer_id, partitions())
+        customer_id = path_id(request.rel_url.raw_path, CUSTOMERS)
+        if not isinstance(customer_id, tuple):
+            return _web_json({"error": customer_id}, 400)
+        partition = partition_of(customer_id[0], partitions())
         async with reads:
             store, rules = await served()
-            found, clock = await store.read_state(partition, f"c:{customer_id}")
+            found, clock = await store.read_state(partition, f"c:{customer_id[0]}")
         if found is None or clock.watermark is None:
-            return _web_json({"error": f"no customer {customer_id!r}"}, 404)
+            return _web_json({"error": f"no customer {customer_id[0]!r}"}, 404)
         return _web_json(customer_summary(found, clock.watermark, rules))
 
-    router = cast(Any, app.web).web_app.router
-    router.add_get("/api/v1/contacts/{contact_id}", contact, allow_head=False)
-    router.add_get("/api/v1/customers/{customer_id}", customer, allow_head=False)
+    # The line of FCR requests: at most `max_fcr` read at once, at most FCR_QUEUE_PER_SLOT
+    # times that many wait; each reads a week at a time through the lookups' gate.
+    fcr_slots = asyncio.Semaphore(max_fcr)
+    fcr_inside = 0
 
-    @app.page("/api/v1/fcr")
-    class Fcr(View):
-        async def get(self, request: Request) -> Response:
-            query = fcr_query(dict(request.query))
-            if isinstance(query, str):
-                return _error(400, query)
-            start, end, dimension = query
-            store, rules = await served()
-            n = partitions()
-            hours = list(range(start, end, HOUR))
-            names = ("fcr_total", "unresolved", "resolved")
-            total, unresolved, resolved = await store.read_counters(
-                n, hours, [f"{dimension}|{name}" for name in names])
+    async def fcr(request: web.Request) -> web.Response:
+        nonlocal fcr_inside
+        pairs = query_pairs(request.rel_url.raw_query_string)
+        query = fcr_query(pairs) if isinstance(pairs, list) else pairs
+        if isinstance(query, str):
+            return _web_json({"error": query}, 400)
+        if fcr_inside >= max_fcr * (1 + FCR_QUEUE_PER_SLOT):
+            return _web_json({"error": f"too many FCR requests at once (at most {max_fcr} "
+                                       "computed at a time); retry shortly"}, 429,
+                             headers={"Retry-After": "1"})
+        fcr_inside += 1
+        try:
+            async with fcr_slots:
+                return await _fcr_answer(*query)
+        finally:
+            fcr_inside -= 1
+
+    async def _fcr_answer(start: int, end: int, dimension: str) -> web.Response:
+        store, rules = await served()
+        n = partitions()
+        hours = list(range(start, end, HOUR))
+        fields = [f"{dimension}|{name}" for name in ("fcr_total", "unresolved", "resolved")]
+        totals = [0, 0, 0]
+        for i in range(0, len(hours), HOURS_PER_READ):
+            async with reads:
+                part = await store.sum_counters(n, hours[i:i + HOURS_PER_READ], fields)
+            totals = [a + b for a, b in zip(totals, part, strict=True)]
+        total, unresolved, resolved = totals
+        async with reads:
             watermark = clock_summary(await store.read_clocks(n))
-            final = watermark is not None and watermark >= end + rules.max_window
-            return _json({
-                "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
-                "total": total, "unresolved": unresolved, "resolved": resolved,
-                "pending": total - unresolved - resolved,
-                "fcr": None if total == 0 else round(1 - unresolved / total, 6),
-                "final": final,
-                "watermark": None if watermark is None else rfc3339(watermark),
-                "policy_version": rules.version,
-            })
+        final = watermark is not None and watermark >= end + rules.max_window
+        return _web_json({
+            "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
+            "total": total, "unresolved": unresolved, "resolved": resolved,
+            "pending": total - unresolved - resolved,
+            "fcr": None if total == 0 else round(1 - unresolved / total, 6),
+            "final": final,
+            "watermark": None if watermark is None else rfc3339(watermark),
+            "policy_version": rules.version,
+        })
+
+    router = cast(Any, app.web).web_app.router
+    # Any one path segment: the handlers decode the id from the raw path themselves.
+    router.add_get(CONTACTS + "{contact_id:[^/]+}", contact, allow_head=False)
+    router.add_get(CUSTOMERS + "{customer_id:[^/]+}", customer, allow_head=False)
+    router.add_get("/api/v1/fcr", fcr, allow_head=False)
 
 

@@ -164,6 +164,7 @@ class RedisState:
         self._contact_ttl_ms = int(contact_ttl * 1000)
         self._commit: Script = client.register_script(_lua("commit_partition.lua"))
         self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
+        self._sum_counters: Script = client.register_script(_lua("sum_counters.lua"))
         self._scripts_loaded = False
         self._cluster = isinstance(client, RedisCluster)
         self.round_trips: list[float] = []
@@ -295,6 +296,28 @@ class RedisState:
                 if value is not None:
                     totals[i] += int(value)
         return totals
+
+    async def sum_counters(self, partitions: int, hours: Sequence[int],
+                           fields: Sequence[str]) -> list[int]:
+        """As read_counters, summed inside Redis (sum_counters.lua): one command per partition
+        in one round trip, whatever the number of hours; Redis runs each script for about a
+        microsecond per hour key."""
+        for _ in range(3):
+            pipe = self.client.pipeline(transaction=False)
+            for partition in range(partitions):
+                keys = [self.hour_key(partition, hour) for hour in hours]
+                pipe.evalsha(self._sum_counters.sha, len(keys), *keys, *fields)
+            replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # First use, or Redis restarted: load it (on every node of a cluster), again.
+                self._sum_counters.sha = await self.client.script_load(
+                    self._sum_counters.script)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return [sum(int(reply[i]) for reply in replies) for i in range(len(fields))]
+        raise ConnectionError("Redis keeps losing the counters script")
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -22,13 +22,14 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 class Browser:
-    def __init__(self) -> None:
+    def __init__(self, flags: tuple[str, ...] = ()) -> None:
+        """`flags`: more command-line switches (e.g. `--host-resolver-rules=...`)."""
         binary = shutil.which("chromium")
         assert binary, "chromium is missing: deploy/local/stack.sh tools installs it"
         self.port = free_port()
         self._profile = tempfile.mkdtemp(prefix="chromium-")
         self.proc = subprocess.Popen(
-            [binary, *FLAGS, f"--remote-debugging-port={self.port}",
+            [binary, *FLAGS, *flags, f"--remote-debugging-port={self.port}",
              f"--user-data-dir={self._profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

@@ -27,7 +27,7 @@ import yaml
 
 from service.adapters.kafka_admin import _topic_configs
 from service.cli import build_parser
-from service.config import VARIABLES, load_settings, policy_of
+from service.config import PLACEHOLDER_TOKENS, VARIABLES, ConfigError, load_settings, policy_of
 from service.domain.durations import parse_duration
 from tests.unit import kustomize_lite
 from tests.unit.test_rules_metrics import exported_names
@@ -523,8 +523,14 @@ def container(workload: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
-def environment(resources: list[dict[str, Any]], workload: dict[str, Any]) -> dict[str, str]:
-    """What envFrom and env give the container, from the rendered ConfigMaps and Secrets."""
+# What an operator puts in place of the example Secret's placeholder token, as its comment asks.
+REAL_TOKEN = "a-random-token-from-the-secret-manager"
+
+
+def environment(resources: list[dict[str, Any]], workload: dict[str, Any],
+                as_shipped: bool = False) -> dict[str, str]:
+    """What envFrom and env give the container, from the rendered ConfigMaps and Secrets; the
+    placeholder token replaced by a real one unless `as_shipped`."""
     env: dict[str, str] = {}
     for source in container(workload).get("envFrom", []):
         if "configMapRef" in source:
@@ -536,6 +542,8 @@ def environment(resources: list[dict[str, Any]], workload: dict[str, Any]) -> di
                         for k, v in secret.get("data", {}).items()})
     for item in container(workload).get("env", []):
         env[item["name"]] = item["value"]
+    if not as_shipped and env.get("CX_API_TOKENS") in PLACEHOLDER_TOKENS:
+        env["CX_API_TOKENS"] = REAL_TOKEN
     return env
 
 
@@ -638,6 +646,18 @@ def test_overlay_configuration_and_credentials_are_valid_settings() -> None:
     assert one(resources, "ConfigMap")["data"].get("CX_API_AUTH", "auto") != "none", \
         "workers listen on 0.0.0.0: the customer API must ask for a token"
     check_cx_environment(one(rendered("base"), "ConfigMap")["data"], "base ConfigMap")
+
+
+def test_the_example_secrets_placeholder_token_is_refused_at_start() -> None:
+    resources = rendered("overlays/example")
+    shipped = environment(resources, one(resources, "Deployment"), as_shipped=True)
+    assert shipped["CX_API_TOKENS"] in PLACEHOLDER_TOKENS  # the list names what is shipped
+    with pytest.raises(ConfigError, match=r"^CX_API_TOKENS: .*placeholder"):
+        load_settings(shipped)
+    for name in ("CX_METRICS_TOKEN", "CX_HEALTH_TOKEN"):
+        with pytest.raises(ConfigError, match=rf"^{name}: .*placeholder"):
+            load_settings({**shipped, "CX_API_TOKENS": REAL_TOKEN,
+                           name: shipped["CX_API_TOKENS"]})
 
 
 def test_labels_and_selectors_agree() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.adapters.http import fcr_query, partition_of
+from service.adapters.http import CUSTOMERS, fcr_query, partition_of, path_id, query_pairs
 
 Q = {"from": "2026-05-04T10:00:00Z", "to": "2026-05-04T12:00:00+00:00"}
 
@@ -22,9 +22,22 @@ def test_valid_query() -> None:
         ({**Q, "queue": "a", "channel": "b"}, "at most one"),
         ({**Q, "team": "x"}, "unknown parameter"),
         ({"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "at most"),
+        # Offsets that move an edge of the calendar out of it (was a 500).
+        ({"from": "0001-01-01T00:00:00+01:00", "to": "0001-01-01T01:00:00+01:00"}, "from 1970"),
+        ({"from": "9999-12-31T23:00:00-01:00", "to": "9999-12-31T23:00:00-02:00"}, "from 1970"),
+        ({"from": "1969-12-31T23:00:00Z", "to": "1970-01-01T01:00:00Z"}, "from 1970"),
+        ({"from": "NaN", "to": "Infinity"}, "not an RFC 3339"),
+        ({"from": "1e308", "to": "2"}, "not an RFC 3339"),
+        ({"from": "", "to": Q["to"]}, "'from' is required"),
+        ({"from": "2026-05-04T10:00:00Z" + "0" * 5000, "to": Q["to"]}, "not an RFC 3339"),
+        ({**Q, "queue": ""}, "'queue' must be 1 to 128 characters, got 0"),
+        ({**Q, "agent": "a" * 129}, "'agent' must be 1 to 128 characters, got 129"),
+        ([*Q.items(), ("from", Q["from"])], "more than once: from"),
+        ([*Q.items(), ("queue", "a"), ("queue", "b")], "more than once: queue"),
     ],
 )
-def test_bad_queries_say_why(params: dict[str, str], message: str) -> None:
+def test_bad_queries_say_why(params: dict[str, str] | list[tuple[str, str]],
+                             message: str) -> None:
     result = fcr_query(params)
     assert isinstance(result, str)
     assert message in result
@@ -37,3 +50,47 @@ def test_partition_of_matches_kafkas_default_partitioner() -> None:
     partitioner = DefaultPartitioner()
     for key in ("cust-1", "cust-000042", "12345", "ab-990801-AA0204-43678"):
         assert partition_of(key, 6) == partitioner(key.encode(), list(range(6)), list(range(6)))
+
+
+def test_the_widest_range_and_the_last_hour_are_answered() -> None:
+    assert fcr_query({"from": "9999-12-31T22:00:00Z", "to": "9999-12-31T23:00:00Z"}) == (
+        253402293600, 253402297200, "all")
+    assert fcr_query({**Q, "segment": "é" * 128}) == (1777888800, 1777896000,
+                                                      "segment:" + "é" * 128)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("a%2Fb", ("a/b",)),
+        ("50%25", ("50%",)),
+        ("%7Bx%7D", ("{x}",)),
+        ("a{b}", ("a{b}",)),
+        ("%2E%2E", ("..",)),
+        ("a%0Ab%09c%20d", ("a\nb\tc d",)),
+        ("%F0%9F%91%A9%E2%80%8D%F0%9F%92%BB", ("\U0001F469\u200d\U0001F4BB",)),
+        ("%F0%9F%98%80" * 128, ("\U0001F600" * 128,)),
+        ("%F0%9F%98%80" * 129, "ids are 1 to 128 characters, got 129"),
+        ("", "ids are 1 to 128 characters, got 0"),
+        ("%FF", "not valid UTF-8"),
+        ("%C3", "not valid UTF-8"),
+        ("a%", "'%' not followed by two hex digits"),
+        ("a%2", "'%' not followed by two hex digits"),
+        ("%zz", "'%' not followed by two hex digits"),
+    ],
+)
+def test_ids_are_decoded_from_the_raw_path(raw: str, expected: tuple[str] | str) -> None:
+    found = path_id(CUSTOMERS + raw, CUSTOMERS)
+    if isinstance(expected, tuple):
+        assert found == expected
+    else:
+        assert isinstance(found, str)
+        assert expected in found
+
+
+def test_query_pairs_keep_repeats_and_refuse_what_is_not_utf8() -> None:
+    assert query_pairs("a=1&a=2&b=&c=x+y%2B") == [("a", "1"), ("a", "2"), ("b", ""),
+                                                   ("c", "x y+")]
+    assert "not valid UTF-8" in str(query_pairs("from=%FF"))
+    assert "two hex digits" in str(query_pairs("from=100%"))
+    assert "too many" in str(query_pairs("&".join(f"p{i}=1" for i in range(21))))

@@ -48,9 +48,10 @@ def test_bad_security_settings_name_the_variable(env: dict[str, str], named: str
 
 def test_secrets_stay_out_of_the_settings_repr() -> None:
     settings = load_settings({**SASL, "CX_API_TOKENS": "api-token-0123456789",
-                              "CX_METRICS_TOKEN": "metrics-secret", "CX_REDIS_PASSWORD": "rpw-9"})
+                              "CX_METRICS_TOKEN": "metrics-secret-0123",
+                              "CX_REDIS_PASSWORD": "rpw-9"})
     shown = repr(settings)
-    for secret in ("pw-123", "api-token-0123456789", "metrics-secret", "rpw-9"):
+    for secret in ("pw-123", "api-token-0123456789", "metrics-secret-0123", "rpw-9"):
         assert secret not in shown
     assert "kafka_sasl_username='cx'" in shown
 
