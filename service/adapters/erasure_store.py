@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from redis.exceptions import NoScriptError
 
-from service.adapters.redis_modes import RedisClient, Script
+from service.adapters.redis_modes import RedisClient, Script, unlink_each
 from service.adapters.redis_state import RedisState
 from service.config import ConfigError, Settings
 from service.domain.erasure import names_customer
@@ -163,13 +163,8 @@ class ErasureStore:
         return found
 
     async def unlink(self, keys: Sequence[str]) -> int:
-        """One UNLINK per key, pipelined (keys of many hash slots); how many existed."""
-        if not keys:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.execute_command("UNLINK", key)  # ClusterPipeline.unlink is not queued
-        return sum(int(n) for n in await pipe.execute())
+        """Delete the keys (of many hash slots); how many existed."""
+        return await unlink_each(self.client, keys)
 
 
 def glob_escape(text: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from service.adapters.redis_modes import RedisClient
+from service.adapters.redis_modes import RedisClient, unlink_each
 from service.adapters.redis_state import RedisState
 from service.config import state_prefix
 from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
@@ -202,10 +202,4 @@ class PolicyVersions:
         return deleted
 
     async def _unlink(self, keys: list[Any]) -> int:
-        """One UNLINK per key, pipelined: keys of different hash slots (Redis Cluster)."""
-        if not keys:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.execute_command("UNLINK", key)  # ClusterPipeline.unlink is not queued
-        return sum(int(n) for n in await pipe.execute())
+        return await unlink_each(self.client, keys)

@@ -13,7 +13,7 @@ The mode is the scheme of the Redis URL (docs/redis-modes.md), so every client b
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import unquote
@@ -119,6 +119,17 @@ def client_for(url: str, **options: Any) -> RedisClient:
     sentinel = Sentinel(list(target.nodes), **sentinel_options)  # type: ignore[no-untyped-call]
     master: aioredis.Redis = sentinel.master_for(target.service, db=target.db, **settings)
     return master
+
+
+async def unlink_each(client: RedisClient, keys: Sequence[Any]) -> int:
+    """UNLINK the keys, one command per key in one pipeline (keys of many hash slots on a
+    Cluster, where redis-py's ClusterPipeline.unlink is never queued); how many existed."""
+    if not keys:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.execute_command("UNLINK", key)
+    return sum(int(n) for n in await pipe.execute())
 
 
 def _unavailable(exc: Exception) -> RedisConnectionError:
