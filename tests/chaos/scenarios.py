@@ -33,6 +33,7 @@ from tests.chaos.stream import (
     generate,
     hostile_message,
     invalid_message,
+    key_of,
     too_late_tail,
 )
 from tests.support.stack import Stack, Worker
@@ -299,7 +300,7 @@ def hostile_data(stack: Stack, tmp: Path, *, events: int, share: float = 0.01,
             if "started_at" in event:
                 event["contact_id"] = f"hostile-ct-{i:06d}"  # a contact that is never sent
             kind, key, value, expected = hostile_message(rng, reason, template.kind, event,
-                                                         template.key)
+                                                         key_of(event))
             hostile.append(Message(kind, key, value, None, expected,
                                    emit=rng.choice(valid).emit))
         stream.main = sorted(stream.main + hostile, key=lambda m: m.emit)
