@@ -156,30 +156,9 @@ def query_pairs(query: str) -> list[tuple[str, str]] | str:
 _WALLBOARD_PAGE = resources.files("service.adapters").joinpath("wallboard.html").read_bytes()
 
 
-def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
-                   state: RedisState, policy: Policy, partitions: Callable[[], int],
-                   wallboard: Callable[[], dict[str, Any]],
-                   serving: Serving | None = None, max_reads: int = 32,
-                   max_fcr: int = 2) -> None:
-    """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
-
-    With `serving`, each API request reads the state and rules of the policy version it
-    names at that moment (so a switch of version applies to the next request, never half
-    of one); without it, always `state` and `policy`.
-
-    At most `max_reads` lookups read Redis at once; the others wait in line, first come first
-    served. Redis' connection pool is then never exhausted by lookups: the batches' round
-    trips always find a connection, and no lookup is overtaken again and again by later ones
-    (the pool's own wait is not first come first served).
-
-    At most `max_fcr` FCR requests read at once (a few more wait, then 429), each a week of
-    hours per round trip, summed inside Redis, every round trip through the same gate: a
-    400-day range is 58 short turns, never one long hold of Redis, a connection and the
-    event loop."""
-    reads = asyncio.Semaphore(max_reads)
-
-    async def served() -> tuple[RedisState, Policy]:
-        return (state, policy) if serving is None else await serving()
+def _install_pages(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
+                   wallboard: Callable[[], dict[str, Any]]) -> None:
+    """The pages that read no customer data: the wallboard, its figures, metrics, health."""
 
     @app.page("/wallboard")
     class Wallboard(View):
@@ -216,6 +195,34 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
             ready = all(checks.values())
             return _json({"status": "ready" if ready else "not ready", **checks},
                          200 if ready else 503)
+
+
+def install_routes(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
+                   state: RedisState, policy: Policy, partitions: Callable[[], int],
+                   wallboard: Callable[[], dict[str, Any]],
+                   serving: Serving | None = None, max_reads: int = 32,
+                   max_fcr: int = 2) -> None:
+    """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
+
+    With `serving`, each API request reads the state and rules of the policy version it
+    names at that moment (so a switch of version applies to the next request, never half
+    of one); without it, always `state` and `policy`.
+
+    At most `max_reads` lookups read Redis at once; the others wait in line, first come first
+    served. Redis' connection pool is then never exhausted by lookups: the batches' round
+    trips always find a connection, and no lookup is overtaken again and again by later ones
+    (the pool's own wait is not first come first served).
+
+    At most `max_fcr` FCR requests read at once (a few more wait, then 429), each a week of
+    hours per round trip, summed inside Redis, every round trip through the same gate: a
+    400-day range is 58 short turns, never one long hold of Redis, a connection and the
+    event loop."""
+    reads = asyncio.Semaphore(max_reads)
+
+    async def served() -> tuple[RedisState, Policy]:
+        return (state, policy) if serving is None else await serving()
+
+    _install_pages(app, registry, readiness, wallboard)
 
     # The two lookups are plain aiohttp handlers, not Faust pages: Faust's view dispatch and
     # its per-request sensor calls cost about a twentieth of a lookup (docs/benchmarks.md).
