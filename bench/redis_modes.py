@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.adapters.redis_state import PartitionCommit, RedisState, connect  # noqa: E402
+from service.adapters.redis_state import RedisState, connect  # noqa: E402
 from service.domain.engine import apply_event, new_state  # noqa: E402
+from service.domain.partition import PartitionCommit  # noqa: E402
 from tests.support.stack import free_port_run  # noqa: E402
 from tests.unit.builders import call  # noqa: E402
 

@@ -35,15 +35,15 @@ from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of, worker_group
 from service.domain.cardinality import LabelCaps
-from service.domain.validation import DoorLimits
 from service.gc_settings import tune_garbage_collector
 from service.service_layer.ingest import (
     BatchOutcome,
     IngestProcessor,
+    IngestSettings,
     InputMessage,
     ProcessingDefect,
-    Topics,
 )
+from service.service_layer.ports import OutputRecord
 from service.service_layer.suppression import Suppression
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,12 @@ class DiscardedOutputs:
     def __init__(self) -> None:
         self.by_topic: Counter[str] = Counter()
 
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+    async def send(self, records: Sequence[OutputRecord]) -> None:
         for topic, _, _ in records:
             self.by_topic[topic] += 1
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return False  # sending nothing cannot fail
 
 
 def _clock(seconds: float) -> str:
@@ -186,17 +189,11 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
             return bool(high - ((-1 if last is None else last) + 1) > 0)
 
         sink = DiscardedOutputs()
+        caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents)
         processor = IngestProcessor(
-            state=state, sink=sink,
-            topics=Topics(settings.topic_dead_letter, settings.topic_contact_enriched,
-                          settings.topic_customer_alerts),
-            metrics=PipelineMetrics(settings.input_topics), policy=versions.own,
-            topic_kinds=settings.topic_kinds, max_event_bytes=settings.max_event_bytes,
-            retry_max_backoff=settings.retry_max_backoff, lagging=lagging,
-            input_topics=settings.input_topics,
-            door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
-            caps=LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents),
-            max_contacts=settings.max_contacts_per_customer, suppression=suppression)
+            store=state, sink=sink, metrics=PipelineMetrics(settings.input_topics),
+            settings=IngestSettings.of(settings, versions.own, lagging, caps),
+            suppression=suppression)
         report = RebuildReport(version, previous, switched=False, total=total)
         started = last_report = last_commit = time.monotonic()
         replaying = True

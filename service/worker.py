@@ -37,6 +37,7 @@ from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
 from service.adapters.erasure_store import ErasureKeyError, ErasureStore, erasure_key
 from service.adapters.event_loop import use_event_loop
+from service.adapters.failures import is_transient, kafka_transient
 from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
@@ -47,17 +48,15 @@ from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.cardinality import LabelCaps
 from service.domain.policy import Policy
-from service.domain.validation import DoorLimits
 from service.gc_settings import freeze_startup_heap, tune_garbage_collector
 from service.redrive import REDRIVE_HEADER
 from service.service_layer.ingest import (
     IngestProcessor,
+    IngestSettings,
     InputMessage,
     ProcessingDefect,
-    RecordsTooLarge,
-    Topics,
-    is_transient,
 )
+from service.service_layer.ports import OutputRecord, RecordsTooLarge
 from service.service_layer.state_cache import StateCache
 from service.service_layer.suppression import Suppression
 
@@ -78,7 +77,10 @@ class KafkaOutputs:
         self._app = app
         self._partitioner = DefaultPartitioner()
 
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+    def is_transient(self, exc: BaseException) -> bool:
+        return kafka_transient(exc)
+
+    async def send(self, records: Sequence[OutputRecord]) -> None:
         producer: Any = self._app.producer
         kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
         # A record over the producer's limit is refused before anything is sent; one over the
@@ -228,22 +230,11 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     # gauges, whose refresh ranks them by contacts.
     caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents)
     processor = IngestProcessor(
-        state=state,
+        store=state,
         sink=KafkaOutputs(app),
-        topics=Topics(settings.topic_dead_letter, settings.topic_contact_enriched,
-                      settings.topic_customer_alerts),
         metrics=metrics,
-        policy=policy,
-        topic_kinds=settings.topic_kinds,
-        max_event_bytes=settings.max_event_bytes,
-        retry_max_backoff=settings.retry_max_backoff,
-        lagging=lagging,
-        input_topics=settings.input_topics,
+        settings=IngestSettings.of(settings, policy, lagging, caps),
         cache=cache,
-        dead_letter_max_copy=settings.dead_letter_max_copy,
-        door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
-        caps=caps,
-        max_contacts=settings.max_contacts_per_customer,
         # Erased customers' events are dropped (docs/security.md)
         suppression=Suppression(ErasureStore(state.client, settings.key_prefix),
                                 erasure_key(settings)),

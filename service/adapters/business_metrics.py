@@ -14,12 +14,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from service.adapters.redis_state import PartitionClock, RedisState
+from service.adapters.redis_state import RedisState
 from service.domain.cardinality import Cap, LabelCaps, fold_dimensions, totals_by_value
 from service.domain.engine import rfc3339
 from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
+from service.domain.partition import PartitionClock, clock_summary
 from service.domain.policy import Policy
-from service.service_layer.ingest import clock_summary
 
 HOURS_PER_READ = 24
 LABELS = ["window", "queue", "channel", "segment", "agent"]

@@ -1,10 +1,12 @@
-"""Bytes from Kafka to validated events: size limit, orjson decoding, then the contract."""
+"""Bytes to domain objects and back: input events (size limit, orjson decoding, then the
+contract) and customer states as the store keeps them (JSON)."""
 
 from __future__ import annotations
 
 import orjson
 
 from service.domain.events import ContactEvent, Rejection, RejectReason
+from service.domain.records import CustomerState
 from service.domain.validation import DEFAULT_MAX_DEPTH, validate_event
 
 
@@ -23,3 +25,11 @@ def decode_event(kind: str, value: bytes | None, max_bytes: int,
     except orjson.JSONDecodeError as exc:
         return Rejection(RejectReason.NOT_JSON, f"{kind}: not valid UTF-8 JSON ({exc})")
     return validate_event(kind, obj, max_depth=max_depth)
+
+
+def encode_state(state: CustomerState) -> bytes:
+    return orjson.dumps(state.to_dict())
+
+
+def decode_state(raw: bytes) -> CustomerState:
+    return CustomerState.from_dict(orjson.loads(raw))

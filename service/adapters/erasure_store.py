@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 from service.adapters.redis_modes import RedisClient, Script, unlink_each
 from service.adapters.redis_state import RedisState
 from service.config import ConfigError, Settings
+from service.domain import storage_names as names
 from service.domain.erasure import names_customer
 
 
@@ -119,9 +120,9 @@ class ErasureStore:
             self._loaded = True
         pipe = self.client.pipeline(transaction=False)
         for partition in range(partitions):
-            keys = [state.key(partition, "clock"), state.key(partition, "timers"),
-                    state.key(partition, "outbox")]
-            keys += [state.state_key(partition, f"c:{c}") for c in ids]
+            keys = [state.key(partition, names.CLOCK), state.key(partition, names.TIMERS),
+                    state.key(partition, names.OUTBOX)]
+            keys += [state.state_key(partition, names.customer_state(c)) for c in ids]
             pipe.evalsha(self._sweep.sha, len(keys), *keys, generation, len(ids), *ids, *known)
         try:
             replies = await pipe.execute()

@@ -20,10 +20,11 @@ from prometheus_client.exposition import choose_encoder
 from service.adapters.redis_state import RedisState
 from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
+from service.domain.partition import clock_summary
 from service.domain.policy import Policy
+from service.domain.storage_names import counter_field, customer_state
 from service.domain.summary import customer_summary
 from service.domain.validation import MAX_ID_LENGTH, parse_rfc3339
-from service.service_layer.ingest import clock_summary
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 # The state and rules readers serve, looked up per request (the active policy version).
@@ -245,7 +246,8 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
         partition = partition_of(customer_id[0], partitions())
         async with reads:
             store, rules = await served()
-            found, clock = await store.read_state(partition, f"c:{customer_id[0]}")
+            found, clock = await store.read_state(partition,
+                                                   customer_state(customer_id[0]))
         if found is None or clock.watermark is None:
             return _web_json({"error": f"no customer {customer_id[0]!r}"}, 404)
         return _web_json(customer_summary(found, clock.watermark, rules))
@@ -276,7 +278,8 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
         store, rules = await served()
         n = partitions()
         hours = list(range(start, end, HOUR))
-        fields = [f"{dimension}|{name}" for name in ("fcr_total", "unresolved", "resolved")]
+        fields = [counter_field(dimension, name)
+                  for name in ("fcr_total", "unresolved", "resolved")]
         totals = [0, 0, 0]
         for i in range(0, len(hours), HOURS_PER_READ):
             async with reads:

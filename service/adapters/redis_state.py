@@ -1,6 +1,7 @@
 """Redis side of the engine: partition clocks, customer states, hour counters, timers, outbox.
 
-Keys (`P` is the key prefix, `{pN}` the input partition's Redis Cluster hash tag):
+Keys (named in service/domain/storage_names.py; `P` is the key prefix, `{pN}` the input
+partition's Redis Cluster hash tag):
 - `P:{pN}:clock` hash: `seq` (write guard), `w` (token of the worker that wrote `seq`, '' when
   it keeps no states in memory), `wm` (watermark), and per input topic `m:` newest event time,
   `o:` last applied offset, `n:` events applied; `e` the erasure generation last swept into
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -29,7 +29,11 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from service.adapters import redis_modes
+from service.adapters.codec import decode_state, encode_state
+from service.adapters.failures import redis_transient
 from service.adapters.redis_modes import RedisClient, Script
+from service.domain import storage_names as names
+from service.domain.partition import PartitionClock, PartitionCommit, PartitionData
 from service.domain.records import CustomerState
 
 
@@ -54,106 +58,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@dataclass
-class PartitionClock:
-    seq: str = ""
-    writer: str = ""  # the token of the worker that committed `seq` (StateCache)
-    watermark: float | None = None
-    newest: dict[str, float] = field(default_factory=dict)
-    offsets: dict[str, int] = field(default_factory=dict)
-    applied: dict[str, int] = field(default_factory=dict)
-    at_risk: int = 0
-    noisy: int = 0  # customers marked noisy (engine.overflows)
-    bands: dict[int, int] = field(default_factory=dict)
-    joins: dict[str, int] = field(default_factory=dict)
-    erasures: int = 0  # the erasure generation swept into this partition (`e`)
-
-    @staticmethod
-    def parse(raw: Mapping[Any, Any]) -> PartitionClock:
-        clock = PartitionClock()
-        for key, value in raw.items():
-            name, text = _text(key), _text(value)
-            if name == "seq":
-                clock.seq = text
-            elif name == "w":
-                clock.writer = text
-            elif name == "wm":
-                clock.watermark = float(text)
-            elif name.startswith("m:"):
-                clock.newest[name[2:]] = float(text)
-            elif name.startswith("o:"):
-                clock.offsets[name[2:]] = int(text)
-            elif name.startswith("n:"):
-                clock.applied[name[2:]] = int(text)
-            elif name == "at_risk":
-                clock.at_risk = int(text)
-            elif name == "noisy":
-                clock.noisy = int(text)
-            elif name == "e":
-                clock.erasures = int(text)
-            elif name in ("surveys_joined", "surveys", "transfers_joined", "transfers"):
-                clock.joins[name] = int(text)
-            elif name.startswith("band:"):
-                clock.bands[int(name[5:])] = int(text)
-        return clock
-
-
-@dataclass
-class PartitionData:
-    """What a batch reads of one partition: states as Redis holds them (encoded), and states
-    this worker kept in memory since its last commit of the partition (`held`)."""
-
-    clock: PartitionClock
-    states: dict[str, bytes | None]
-    due: list[tuple[str, float]]
-    outbox: list[bytes]
-    due_until: float | None = None  # `due` holds every timer due before this, not the first
-    held: dict[str, CustomerState] = field(default_factory=dict)
-
-    def has(self, key: str) -> bool:
-        return key in self.held or key in self.states
-
-    def state(self, key: str) -> CustomerState | None:
-        held = self.held.get(key)
-        if held is not None:
-            return held
-        try:
-            return decode_state(self.states.get(key))
-        except Exception as exc:
-            raise UndecodableState(key, exc) from exc
-
-
-@dataclass
-class PartitionCommit:
-    seq: str
-    states: dict[str, CustomerState | None]
-    counters: dict[int, dict[str, int]]
-    timers_add: dict[str, float]
-    timers_remove: list[str]
-    clock_fields: dict[str, str]
-    outbox: list[bytes]
-    clock_increments: dict[str, int] = field(default_factory=dict)
-    writer: str = ""  # stored as the clock's `w`: the committing worker's token, if any
-    # Set by RedisState.commit once committed: the clock's new seq, and each written state's
-    # JSON size in bytes.
-    committed_seq: str | None = None
-    sizes: dict[str, int] = field(default_factory=dict)
-
-
-class UndecodableState(Exception):
-    """A stored state that cannot be decoded: only the events of that one customer are
-    affected (the worker dead-letters them; the others move on)."""
-
-    def __init__(self, key: str, cause: BaseException) -> None:
-        super().__init__(f"the stored state {key!r} cannot be decoded "
-                         f"({type(cause).__name__}: {cause})")
-        self.key = key
-
-
-class Conflict(Exception):
-    """Another worker wrote the partition since it was read: read again and redo the batch."""
-
-
 class RedisState:
     def __init__(self, client: RedisClient, key_prefix: str, *, state_ttl: float,
                  counter_ttl: float, contact_ttl: float) -> None:
@@ -173,16 +77,28 @@ class RedisState:
     # -- key names ------------------------------------------------------------------------
 
     def key(self, partition: int, name: str) -> str:
-        return f"{self.prefix}:{{p{partition}}}:{name}"
+        return names.partition_key(self.prefix, partition, name)
 
     def state_key(self, partition: int, state: str) -> str:
-        return self.key(partition, f"s:{state}")
+        return names.state_redis_key(self.prefix, partition, state)
 
     def hour_key(self, partition: int, hour: int) -> str:
-        return self.key(partition, f"h:{hour}")
+        return names.hour_redis_key(self.prefix, partition, hour)
 
     def contact_key(self, contact_id: str) -> str:
-        return f"{self.prefix}:contact:{contact_id}"
+        return names.contact_view_key(self.prefix, contact_id)
+
+    # -- what the ingest use case asks of its store (service_layer/ports.PartitionStore) ----
+
+    def encode(self, state: CustomerState) -> bytes:
+        return encode_state(state)
+
+    def take_round_trips(self) -> list[float]:
+        taken, self.round_trips = self.round_trips, []
+        return taken
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return redis_transient(exc)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -196,10 +112,10 @@ class RedisState:
         """Per partition: its clock, the given states, the earliest timers, the outbox."""
         pipe = self.client.pipeline(transaction=False)
         for partition, states in wanted.items():
-            pipe.hgetall(self.key(partition, "clock"))
-            pipe.zrangebyscore(self.key(partition, "timers"), "-inf", "+inf", start=0,
+            pipe.hgetall(self.key(partition, names.CLOCK))
+            pipe.zrangebyscore(self.key(partition, names.TIMERS), "-inf", "+inf", start=0,
                                num=self.timers_per_batch, withscores=True)
-            pipe.lrange(self.key(partition, "outbox"), 0, -1)
+            pipe.lrange(self.key(partition, names.OUTBOX), 0, -1)
             self._queue_states(pipe, partition, states)
         replies = iter(await self._timed(pipe))
         out: dict[int, PartitionData] = {}
@@ -207,7 +123,8 @@ class RedisState:
             clock = PartitionClock.parse(next(replies))
             due = [(_text(m), float(s)) for m, s in next(replies)]
             outbox = list(next(replies))
-            out[partition] = PartitionData(clock, self._states_of(replies, states), due, outbox)
+            out[partition] = PartitionData(clock, self._states_of(replies, states), due, outbox,
+                                           decode=decode_state)
         return out
 
     def _queue_states(self, pipe: Any, partition: int, states: Sequence[str]) -> None:
@@ -233,7 +150,7 @@ class RedisState:
         """Every timer of each partition due before its bound (the new watermark)."""
         pipe = self.client.pipeline(transaction=False)
         for partition, bound in bounds.items():
-            pipe.zrangebyscore(self.key(partition, "timers"), "-inf", f"({bound!r}",
+            pipe.zrangebyscore(self.key(partition, names.TIMERS), "-inf", f"({bound!r}",
                                withscores=True)
         replies = await self._timed(pipe)
         return {p: [(_text(m), float(s)) for m, s in reply]
@@ -256,14 +173,14 @@ class RedisState:
                                                                      PartitionClock]:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.state_key(partition, state))
-        pipe.hgetall(self.key(partition, "clock"))
+        pipe.hgetall(self.key(partition, names.CLOCK))
         raw, clock = await pipe.execute()
-        return decode_state(raw), PartitionClock.parse(clock)
+        return None if raw is None else decode_state(raw), PartitionClock.parse(clock)
 
     async def read_clocks(self, partitions: int) -> dict[int, PartitionClock]:
         pipe = self.client.pipeline(transaction=False)
         for partition in range(partitions):
-            pipe.hgetall(self.key(partition, "clock"))
+            pipe.hgetall(self.key(partition, names.CLOCK))
         return {p: PartitionClock.parse(raw) for p, raw in enumerate(await pipe.execute())}
 
     async def read_buckets_by_hour(self, partitions: int, hours: Sequence[int]
@@ -331,8 +248,8 @@ class RedisState:
         for partition in order:
             c = commits[partition]
             state_names = list(c.states)
-            keys = [self.key(partition, "clock"), self.key(partition, "timers"),
-                    self.key(partition, "outbox")]
+            keys = [self.key(partition, names.CLOCK), self.key(partition, names.TIMERS),
+                    self.key(partition, names.OUTBOX)]
             keys += [self.state_key(partition, s) for s in state_names]
             hour_index: dict[int, int] = {}
             for hour in c.counters:
@@ -412,7 +329,7 @@ class RedisState:
             pipe.execute_command("UNLINK", self.contact_key(contact_id))  # as on a Cluster
         for partition, n in published.items():
             if n:
-                pipe.ltrim(self.key(partition, "outbox"), n, -1)
+                pipe.ltrim(self.key(partition, names.OUTBOX), n, -1)
         replies = await self._timed_raising(pipe)
         lost = [c for group, reply in zip(groups, replies, strict=False)
                 if isinstance(reply, NoScriptError) for c in group]
@@ -440,24 +357,3 @@ class RedisState:
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
-
-
-def outbox_item(kind: str, key: str | None, version: int, value: bytes) -> bytes:
-    """An outbox entry: a small JSON header line, then the value bytes as they will be sent."""
-    return orjson.dumps([kind, key, version]) + b"\n" + value
-
-
-def parse_outbox_item(item: bytes) -> tuple[str, str | None, int, bytes]:
-    header, _, value = item.partition(b"\n")
-    kind, key, version = orjson.loads(header)
-    return kind, key, version, value
-
-
-def encode_state(state: CustomerState) -> bytes:
-    return orjson.dumps(state.to_dict())
-
-
-def decode_state(raw: bytes | None) -> CustomerState | None:
-    if raw is None:
-        return None
-    return CustomerState.from_dict(orjson.loads(raw))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service.domain.storage_names import counter_field
+
 HOUR = 3600
 
 # Fields of one dimension in one hour bucket.
@@ -66,7 +68,7 @@ def hour_of(t: float) -> int:
 
 
 def field_name(dimension: str, name: str) -> str:
-    return f"{dimension}|{name}"
+    return counter_field(dimension, name)
 
 
 def vector(c: Counted) -> tuple[int, ...]:

@@ -66,6 +66,7 @@ from service.domain.records import (
     TransferRecord,
     basis_of,
 )
+from service.domain.storage_names import customer_state, unidentified_state
 
 REPEAT_CONTACT = "repeat_contact"
 TRANSFERRED = "transferred"
@@ -77,7 +78,8 @@ _STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_RESOLVED: "resolved",
 def state_key(event: ContactEvent) -> str:
     """Where an event's state lives: its customer, or its contact for an unidentified caller."""
     customer = event.header.customer_id
-    return f"c:{customer}" if customer is not None else f"u:{event.header.contact_id}"
+    return (customer_state(customer) if customer is not None
+            else unidentified_state(event.header.contact_id))
 
 
 def new_state(event: ContactEvent) -> CustomerState:
@@ -101,7 +103,8 @@ def held_apart(event: ContactEvent) -> tuple[str, CustomerState]:
     """The state key and a new state for an event of a noisy customer held apart: its
     contact's own, unidentified, remembering the customer_id it carried."""
     header = event.header
-    return f"u:{header.contact_id}", CustomerState(customer_id=None, alias=header.customer_id)
+    return (unidentified_state(header.contact_id),
+            CustomerState(customer_id=None, alias=header.customer_id))
 
 
 # -- applying events ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from service.domain.counters import HOUR
+from service.domain.storage_names import split_counter_field
 
 
 def ratio(numerator: int, denominator: int) -> float | None:
@@ -41,7 +42,7 @@ def sum_by_dimension(buckets: Iterable[Mapping[str, int]]) -> dict[str, dict[str
     out: dict[str, dict[str, int]] = {}
     for bucket in buckets:
         for field, n in bucket.items():
-            dimension, _, name = field.rpartition("|")
+            dimension, name = split_counter_field(field)
             counts = out.setdefault(dimension, {})
             counts[name] = counts.get(name, 0) + n
     return out

@@ -23,15 +23,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from service.adapters.redis_state import PartitionClock
+from service.domain.partition import PartitionClock
 from service.domain.records import CustomerState
+from service.domain.storage_names import UNIDENTIFIED
 
 # Bytes of Python objects per byte of a state's JSON: about 5 for a decoded state (measured on
 # the Anonymous Bank month), more once the fold caches derived values on it.
 PYTHON_BYTES_PER_JSON_BYTE = 8
-# States of unidentified callers (one contact each, engine.state_key) are not kept: few are
-# touched again, and they would push out customers who call again.
-UNIDENTIFIED = "u:"
 # The share of the idle time-to-live after a write during which a cached state is used: the
 # rest covers the time between the clock's check and the next commit.
 _TTL_SHARE = 0.9
@@ -98,7 +96,9 @@ class StateCache:
             if name in held:
                 self._remove(name)
             if state is None or key.startswith(UNIDENTIFIED):
-                continue  # an unidentified caller's contact is rarely touched again
+                # An unidentified caller's one contact is rarely touched again: kept, it
+                # would push out customers who call again.
+                continue
             size = sizes.get(key, 0) * PYTHON_BYTES_PER_JSON_BYTE
             if size > self.max_bytes:
                 continue
@@ -125,10 +125,6 @@ class StateCache:
             del self._seqs[p]
         for name in [name for name in self._held if name[0] in gone]:
             self._remove(name)
-
-    def drop_all_but(self, partitions: Iterable[int]) -> None:
-        keep = set(partitions)
-        self.drop([p for p in self._seqs if p not in keep])
 
     def partitions(self) -> list[int]:
         return sorted(self._seqs)

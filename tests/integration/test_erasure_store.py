@@ -6,15 +6,17 @@ not yet published are withdrawn and followed by tombstones."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import orjson
 import pytest
 
 from service.adapters.erasure_store import ErasureStore
-from service.adapters.redis_state import outbox_item, parse_outbox_item
 from service.domain.erasure import digest, key_fingerprint
 from service.erase import policy_versions
 from service.service_layer.ingest import InputMessage
+from service.service_layer.outbox import outbox_item, parse_outbox_item
+from service.service_layer.ports import OutputRecord
 from service.service_layer.suppression import Suppression
 from tests.integration.test_state_cache import PARTITION, Feed, Rig, cache
 from tests.support.stack import Stack
@@ -130,10 +132,12 @@ def test_unpublished_outputs_are_withdrawn_and_followed_by_tombstones(stack: Sta
             real = processor._sink
 
             class Recording:
-                async def send(self, records: list[tuple[str, bytes | None, bytes | None]]
-                               ) -> None:
+                async def send(self, records: Sequence[OutputRecord]) -> None:
                     published.extend(records)
                     await real.send(records)
+
+                def is_transient(self, exc: BaseException) -> bool:
+                    return real.is_transient(exc)
 
             processor._sink = Recording()
             await processor.process([feed.call("c20", 0, "cust-3")])

@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from service.adapters.http import install_routes, partition_of
 from service.adapters.http_security import HttpGuard
-from service.adapters.redis_state import PartitionCommit, RedisState, connect
+from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.domain.engine import fold, rfc3339, settle
+from service.domain.partition import PartitionCommit
 from service.domain.policy import Policy
 from tests.support.stack import Stack
 from tests.unit.builders import call, ts

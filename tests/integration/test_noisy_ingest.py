@@ -5,7 +5,6 @@ overwritten), with or without states kept in memory."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -16,9 +15,9 @@ from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
 from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
-from service.domain.policy import Policy
-from service.service_layer.ingest import IngestProcessor, InputMessage, Topics
+from service.service_layer.ingest import IngestProcessor, InputMessage
 from service.service_layer.state_cache import StateCache
+from tests.support.ingest import KafkaSink, settings_for
 from tests.support.stack import Stack
 from tests.unit.builders import at
 
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.integration
 PARTITION = 2
 LIMIT = 3
 NOISY = "0000"
-
-
-class KafkaSink:
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        futures = [await self._producer.send(t, value=v, key=k) for t, k, v in records]
-        await asyncio.gather(*futures)
 
 
 def _messages(topic_of: dict[str, str]) -> list[list[InputMessage]]:
@@ -73,11 +63,8 @@ async def _run(stack: Stack, cache: StateCache | None) -> dict[str, Any]:
                        contact_ttl=3600)
     try:
         processor = IngestProcessor(
-            state=store, sink=KafkaSink(producer),
-            topics=Topics(s.topic_dead_letter, s.topic_contact_enriched, s.topic_customer_alerts),
-            metrics=PipelineMetrics(s.input_topics), policy=Policy(), topic_kinds=s.topic_kinds,
-            max_event_bytes=s.max_event_bytes, retry_max_backoff=0.1, input_topics=s.input_topics,
-            cache=cache, max_contacts=LIMIT)
+            store=store, sink=KafkaSink(producer), metrics=PipelineMetrics(s.input_topics),
+            settings=settings_for(s, max_contacts=LIMIT), cache=cache)
         topic_of = {kind: ns.topic(kind) for kind in ("call-ended", "transfer",
                                                       "survey-answered")}
         for batch in _messages(topic_of):

@@ -17,19 +17,16 @@ from typing import Any
 import orjson
 import pytest
 
+from service.adapters.codec import encode_state
 from service.adapters.metrics import PipelineMetrics
-from service.adapters.redis_state import RedisState, connect, encode_state
+from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.domain.events import ContactEvent, Rejection
-from service.domain.policy import Policy
-from service.service_layer.ingest import (
-    IngestProcessor,
-    InputMessage,
-    ProcessingDefect,
-    RecordsTooLarge,
-    Topics,
-)
+from service.service_layer.ingest import IngestProcessor, InputMessage, ProcessingDefect
+from service.service_layer.outbox import Topics
+from service.service_layer.ports import RecordsTooLarge
 from service.service_layer.state_cache import StateCache
+from tests.support.ingest import settings_of
 from tests.support.stack import Stack
 from tests.unit.builders import at
 
@@ -75,6 +72,9 @@ class ListSink:
         if refused:
             raise RecordsTooLarge(refused, self.limit)
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return False
+
     def dead(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for t, _, v in self.records if t == "dead-letter"]
 
@@ -112,11 +112,10 @@ class Rig:
         sink = sink or ListSink()
         metrics = PipelineMetrics(["call-ended", "transfer", "survey-answered"])
         processor = Poisoning(
-            state=self.store(prefix), sink=sink,
-            topics=Topics("dead-letter", "contact-enriched", "customer-alerts"),
-            metrics=metrics, policy=Policy(), topic_kinds={"call-ended": "call-ended"},
-            max_event_bytes=4 * 1024 * 1024, retry_max_backoff=0.1,
-            input_topics=("call-ended",), cache=cache)
+            store=self.store(prefix), sink=sink, metrics=metrics,
+            settings=settings_of(Topics("dead-letter", "contact-enriched", "customer-alerts"),
+                                 {"call-ended": "call-ended"}, input_topics=("call-ended",)),
+            cache=cache)
         return processor, sink, metrics
 
     async def close(self) -> None:
@@ -280,14 +279,14 @@ def test_a_due_state_that_fails_to_settle_is_left_and_the_partition_moves_on(
     """A stored state whose settling raises (as an alert built from a contact stored before
     the door checked its time could): its timer is dropped, the rest of the batch applied,
     and the state neither written nor kept in memory half-settled."""
-    from service.service_layer import ingest
+    from service.service_layer import partition_step
 
     def failing(state: Any, watermark: float, policy: Any, *rest: Any) -> Any:
         if state.customer_id == "cust-2":
             raise ValueError("year 0 is out of range")
         return real(state, watermark, policy, *rest)
 
-    real = ingest.settle
+    real = partition_step.settle
 
     async def scenario() -> None:
         rig = Rig(stack)
@@ -299,7 +298,7 @@ def test_a_due_state_that_fails_to_settle_is_left_and_the_partition_moves_on(
             processor, sink, metrics = rig.processor(prefix, cache=cache)
             await processor.process([feed.call("c1", 0, "cust-1"), feed.call("c2", 0, "cust-2")])
             before = await store.client.get(store.state_key(PARTITION, "c:cust-2"))
-            monkeypatch.setattr(ingest, "settle", failing)
+            monkeypatch.setattr(partition_step, "settle", failing)
             outcome = await processor.process([feed.call("c3", 24 * 30, "cust-3")])
             assert outcome.applied == 1
             assert metrics.state_errors._value.get() == 1  # type: ignore[attr-defined]
@@ -325,7 +324,7 @@ def test_a_failure_no_event_causes_stops_the_worker_and_writes_nothing(stack: St
             async def missing_script(*args: Any, **kwargs: Any) -> set[int]:
                 raise RuntimeError("the commit script is missing")
 
-            processor._state.commit = missing_script  # type: ignore[method-assign]
+            processor._store.commit = missing_script  # type: ignore[method-assign]
             with pytest.raises(ProcessingDefect, match="commit script is missing"):
                 await processor.process([feed.call("c1", 0, "cust-1"),
                                          feed.call("c2", 0, "cust-2", poison="deep")])

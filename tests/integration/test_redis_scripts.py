@@ -10,7 +10,8 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from service.adapters.redis_state import PartitionCommit, RedisState, connect
+from service.adapters.redis_state import RedisState, connect
+from service.domain.partition import PartitionCommit
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,9 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from service.adapters.redis_state import PartitionCommit, RedisState, connect
+from service.adapters.redis_state import RedisState, connect
 from service.domain.engine import apply_event, new_state
+from service.domain.partition import PartitionCommit
 from tests.support.stack import Stack
 from tests.unit.builders import call
 

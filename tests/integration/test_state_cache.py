@@ -15,16 +15,12 @@ from aiokafka import AIOKafkaProducer
 
 from service.adapters.kafka_admin import ensure_layout
 from service.adapters.metrics import PipelineMetrics
-from service.adapters.redis_state import PartitionCommit, PartitionData, RedisState, connect
+from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
-from service.domain.policy import Policy
-from service.service_layer.ingest import (
-    IngestProcessor,
-    InputMessage,
-    ProcessingDefect,
-    Topics,
-)
+from service.domain.partition import PartitionCommit, PartitionData
+from service.service_layer.ingest import IngestProcessor, InputMessage, ProcessingDefect
 from service.service_layer.state_cache import StateCache
+from tests.support.ingest import KafkaSink, settings_for
 from tests.support.stack import Namespace, Stack
 from tests.unit.builders import at
 
@@ -32,17 +28,6 @@ pytestmark = pytest.mark.integration
 
 KINDS = ("call-ended", "transfer", "survey-answered")
 PARTITION = 3
-
-
-class KafkaSink:
-    """Publishes outputs to the namespace's real output topics."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
-        futures = [await self._producer.send(t, value=v, key=k) for t, k, v in records]
-        await asyncio.gather(*futures)
 
 
 class Feed:
@@ -127,12 +112,8 @@ class Rig:
         s = self.settings
         metrics = PipelineMetrics(s.input_topics)
         processor = IngestProcessor(
-            state=state or self.store(prefix), sink=KafkaSink(self.producer),
-            topics=Topics(s.topic_dead_letter, s.topic_contact_enriched,
-                          s.topic_customer_alerts),
-            metrics=metrics, policy=Policy(), topic_kinds=s.topic_kinds,
-            max_event_bytes=s.max_event_bytes, retry_max_backoff=0.1, lagging=lagging,
-            input_topics=s.input_topics, cache=cache)
+            store=state or self.store(prefix), sink=KafkaSink(self.producer), metrics=metrics,
+            settings=settings_for(s, lagging=lagging), cache=cache)
         return processor, metrics
 
 

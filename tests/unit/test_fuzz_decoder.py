@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from service.adapters.codec import decode_event
 from service.domain.events import CallEnded, Rejection, RejectReason, SurveyAnswered, Transfer
-from service.service_layer.ingest import InputMessage, dead_letter_record
+from service.service_layer.dead_letters import InputMessage, dead_letter_record
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = json.loads((ROOT / "schemas/examples/corpus.json").read_text())["cases"]

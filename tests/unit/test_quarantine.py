@@ -14,15 +14,12 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from service.adapters.metrics import PipelineMetrics
 from service.cli import build_parser
 from service.domain.events import ContactEvent
-from service.domain.policy import Policy
 from service.redrive import SEND, Selection, choose, original
-from service.service_layer.ingest import (
-    IngestProcessor,
+from service.service_layer import quarantine
+from service.service_layer.dead_letters import (
     InputMessage,
-    Topics,
     dead_letter_key,
     dead_letter_record,
     output_stub,
@@ -35,23 +32,21 @@ NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 Items = list[tuple[InputMessage, ContactEvent]]
 
 
-class Bisecting(IngestProcessor):
-    """A processor whose trial fails whenever one of the `poison` events is among those tried
-    (no Redis): what the bisection finds, and how many trials it takes."""
+class Poisoned:
+    """A trial that fails whenever one of the `poison` events is among those tried (no
+    store): what the bisection finds, and how many trials it takes."""
 
     def __init__(self, poison: set[int]) -> None:
-        super().__init__(state=None, sink=None, topics=Topics("d", "e", "a"),  # type: ignore[arg-type]
-                         metrics=PipelineMetrics(["t"]), policy=Policy(),
-                         topic_kinds={"t": "call-ended"}, max_event_bytes=65536,
-                         retry_max_backoff=0.1)
         self.poison = poison
         self.trials: list[list[int]] = []
 
-    async def _trial(self, partition: int, items: Items, indexes: list[int]
-                     ) -> BaseException | None:
+    async def __call__(self, indexes: list[int]) -> BaseException | None:
         self.trials.append(indexes)
         hit = sorted(self.poison.intersection(indexes))
         return TypeError(f"poison {hit}") if hit else None
+
+
+KINDS = {"t": "call-ended"}
 
 
 def _items(customers: list[str]) -> Items:
@@ -61,34 +56,32 @@ def _items(customers: list[str]) -> Items:
 
 def test_bisection_finds_exactly_the_failing_customers_and_keeps_every_other() -> None:
     units = [[i] for i in range(64)]
-    processor = Bisecting({5, 40})
+    trial = Poisoned({5, 40})
     kept: list[int] = []
-    bad = asyncio.run(processor._bisect(0, _items(["x"] * 64), kept, units))
+    bad = asyncio.run(quarantine.bisect(kept, units, trial))
     assert [unit for unit, _ in bad] == [[5], [40]]
     assert "poison [5]" in str(bad[0][1])
     assert sorted(kept) == [i for i in range(64) if i not in (5, 40)]
     # two culprits among 64: a few trials per culprit (log2 64 = 6), not one per event
-    assert len(processor.trials) <= 2 * 2 * 6 + 1
+    assert len(trial.trials) <= 2 * 2 * 6 + 1
 
 
 def test_culprits_are_the_failing_events_of_a_failing_customer_only() -> None:
     # customers a, b, c interleaved; the poison is b's second event (index 4)
     customers = ["a", "b", "c", "a", "b", "c", "b"]
-    processor = Bisecting({4})
-    found = asyncio.run(processor._culprits(0, _items(customers)))
+    trial = Poisoned({4})
+    found = asyncio.run(quarantine.culprits(_items(customers), trial, KINDS))
     assert list(found) == [("t", 4)]
     assert found[("t", 4)] == "call-ended: TypeError: poison [4]"
     # every trial keeps the batch order
-    assert all(t == sorted(t) for t in processor.trials)
+    assert all(t == sorted(t) for t in trial.trials)
 
 
 def test_a_batch_that_fails_without_any_of_its_events_has_no_culprit() -> None:
-    class Broken(Bisecting):
-        async def _trial(self, partition: int, items: Items, indexes: list[int]
-                         ) -> BaseException | None:
-            return RuntimeError("the commit script is missing")
+    async def broken(indexes: list[int]) -> BaseException | None:
+        return RuntimeError("the commit script is missing")
 
-    assert asyncio.run(Broken(set())._culprits(0, _items(["a", "b"]))) == {}
+    assert asyncio.run(quarantine.culprits(_items(["a", "b"]), broken, KINDS)) == {}
 
 
 def _message(value: bytes | None, key: bytes | None = b"cust-1") -> InputMessage:

@@ -97,8 +97,8 @@ def test_an_unreachable_cluster_is_a_dependency_failure_the_worker_waits_out() -
 
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    from service.adapters.failures import is_transient
     from service.adapters.redis_state import connect
-    from service.service_layer.ingest import is_transient
 
     async def attempt() -> BaseException:
         client = connect("redis+cluster://127.0.0.1:1")  # nothing listens on port 1

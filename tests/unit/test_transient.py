@@ -7,8 +7,7 @@ from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.adapters.redis_state import Conflict
-from service.service_layer.ingest import is_transient
+from service.adapters.failures import is_transient
 
 
 @pytest.mark.parametrize(
@@ -22,7 +21,6 @@ from service.service_layer.ingest import is_transient
         NotLeaderForPartitionError(),
         ConnectionResetError(),
         TimeoutError(),
-        Conflict("partition written by another worker"),
     ],
 )
 def test_dependency_failures_are_retried(exc: BaseException) -> None:
