@@ -106,9 +106,6 @@ class ErasureStore:
     async def audit(self, line: dict[str, Any]) -> None:
         await self.client.rpush(self.key("audit"), orjson.dumps(line))
 
-    async def audit_lines(self) -> list[dict[str, Any]]:
-        return [orjson.loads(x) for x in await self.client.lrange(self.key("audit"), 0, -1)]
-
     # -- the sweep --------------------------------------------------------------------------
 
     async def sweep(self, state: RedisState, partitions: int, generation: int,

@@ -56,10 +56,6 @@ def _json(body: Any, status: int = 200) -> Response:
     return cast(Response, _web_json(body, status))
 
 
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
-
-
 # Counters are kept per hour of event time since the epoch; the range must also be printable
 # as RFC 3339 (years up to 9999).
 EARLIEST_HOUR = 0
