@@ -27,26 +27,22 @@ import orjson
 
 from service.adapters.codec import decode_event
 from service.adapters.metrics import PipelineMetrics
-from service.config import Settings
-from service.domain.cardinality import LabelCaps
 from service.domain.events import ContactEvent, Rejection, RejectReason
 from service.domain.partition import PartitionData
-from service.domain.policy import Policy
-from service.domain.validation import DoorLimits, check_record
+from service.domain.validation import check_record
 from service.service_layer import batch_metrics, quarantine
 from service.service_layer.batch_reads import BatchReads
 from service.service_layer.dead_letters import (
-    DEAD_LETTER_MAX_COPY,
     InputMessage,
     dead_letter_key,
     dead_letter_record,
     key_text,
     output_stub,
 )
+from service.service_layer.ingest_settings import IngestSettings
 from service.service_layer.outbox import Topics, publication
 from service.service_layer.partition_step import (
     BatchOutcome,
-    Lagging,
     PartitionPlan,
     StepRules,
     fold_partition,
@@ -69,38 +65,6 @@ Valid = dict[int, list[tuple[InputMessage, ContactEvent]]]
 Skip = Mapping[int, Mapping[tuple[str, int], str]]  # partition -> (topic, offset) -> why
 __all__ = ["BatchOutcome", "IngestProcessor", "IngestSettings", "InputMessage",
            "ProcessingDefect", "RecordsTooLarge", "StepRules", "Topics"]
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    """What the ingest loop needs to know besides its ports."""
-
-    topics: Topics
-    rules: StepRules
-    max_event_bytes: int
-    retry_max_backoff: float
-    door: DoorLimits = field(default_factory=DoorLimits)
-    dead_letter_max_copy: int = DEAD_LETTER_MAX_COPY
-
-    @staticmethod
-    def of(settings: Settings, policy: Policy, lagging: Lagging, caps: LabelCaps
-           ) -> IngestSettings:
-        """The worker's (and a rebuild's) ingest settings, from the configuration. `caps`:
-        the queue, segment and agent names with counters of their own (shared with the
-        gauges, whose refresh ranks them)."""
-        return IngestSettings(
-            topics=Topics(settings.topic_dead_letter, settings.topic_contact_enriched,
-                          settings.topic_customer_alerts),
-            rules=StepRules(
-                policy=policy, topic_kinds=settings.topic_kinds,
-                input_topics=tuple(settings.input_topics),
-                max_contacts=settings.max_contacts_per_customer,
-                caps=caps,
-                dead_letter_max_copy=settings.dead_letter_max_copy, lagging=lagging),
-            max_event_bytes=settings.max_event_bytes,
-            retry_max_backoff=settings.retry_max_backoff,
-            door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
-            dead_letter_max_copy=settings.dead_letter_max_copy)
 
 
 @dataclass
