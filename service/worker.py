@@ -27,8 +27,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
-from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, EventT, StreamT
 from redis.exceptions import RedisError
 
@@ -40,6 +38,7 @@ from service.adapters.event_loop import use_event_loop
 from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
+from service.adapters.kafka_publish import KafkaOutputs
 from service.adapters.metrics import PipelineMetrics, watch_loop_lag
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_modes import RedisClient
@@ -54,7 +53,6 @@ from service.service_layer.ingest import (
     IngestProcessor,
     InputMessage,
     ProcessingDefect,
-    RecordsTooLarge,
     Topics,
     is_transient,
 )
@@ -65,84 +63,6 @@ log = logging.getLogger(__name__)
 EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
 EXIT_REDIS_RESTARTED = 75  # EX_TEMPFAIL: restart me, I will resume from what Redis holds
 EXIT_SHUTDOWN_TIMEOUT = 124  # shutdown took longer than CX_SHUTDOWN_TIMEOUT: ended by force
-
-
-class KafkaOutputs:
-    """Publishes records through the Faust app's producer and waits for the broker's acks.
-
-    Records are grouped by topic partition (chosen as the producer's default partitioner
-    would: murmur2 of the key) and handed to the producer as whole record batches: one call
-    per batch, not per record."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-        self._partitioner = DefaultPartitioner()
-
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
-        producer: Any = self._app.producer
-        kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
-        # A record over the producer's limit is refused before anything is sent; one over the
-        # topic's (broker) limit fails its batch, whose records are then sent one by one.
-        limit = int(getattr(kafka, "_max_request_size", 1_048_576))
-        too_large: dict[int, int] = {}
-        partitions: dict[str, list[int]] = {}
-        by_partition: dict[tuple[str, int], list[int]] = {}
-        for index, (topic, key, value) in enumerate(records):
-            size = len(value or b"") + len(key or b"")
-            if size + _RECORD_OVERHEAD > limit:
-                too_large[index] = size
-                continue
-            known = partitions.get(topic)
-            if known is None:
-                known = partitions[topic] = sorted(await kafka.partitions_for(topic))
-            partition = self._partitioner(key, known, known)
-            by_partition.setdefault((topic, partition), []).append(index)
-        pending: list[tuple[Any, list[int], str, int]] = []
-        for (topic, partition), indexes in by_partition.items():
-            batch = kafka.create_batch()
-            in_batch: list[int] = []
-            for index in indexes:
-                _, key, value = records[index]
-                if batch.append(key=key, value=value, timestamp=None) is not None:
-                    in_batch.append(index)
-                    continue
-                if batch.record_count():  # full: send it, start the next one
-                    pending.append((await kafka.send_batch(batch, topic, partition=partition),
-                                    in_batch, topic, partition))
-                    batch, in_batch = kafka.create_batch(), []
-                    if batch.append(key=key, value=value, timestamp=None) is not None:
-                        in_batch.append(index)
-                        continue
-                # larger than a batch: on its own
-                pending.append((await kafka.send(topic, value, key, partition=partition),
-                                [index], topic, partition))
-            if batch.record_count():
-                pending.append((await kafka.send_batch(batch, topic, partition=partition),
-                                in_batch, topic, partition))
-        results = await asyncio.gather(*(f for f, _, _, _ in pending), return_exceptions=True)
-        failure: BaseException | None = None
-        for (_, indexes, topic, partition), result in zip(pending, results, strict=True):
-            if isinstance(result, MessageSizeTooLargeError):
-                # The broker refused the batch: find which records it cannot take.
-                singles = [await kafka.send(topic, records[i][2], records[i][1],
-                                            partition=partition) for i in indexes]
-                for index, single in zip(indexes, await asyncio.gather(
-                        *singles, return_exceptions=True), strict=True):
-                    if isinstance(single, MessageSizeTooLargeError):
-                        too_large[index] = (len(records[index][2] or b"")
-                                            + len(records[index][1] or b""))
-                    elif isinstance(single, BaseException):
-                        failure = single
-            elif isinstance(result, BaseException):
-                failure = result
-        if failure is not None:
-            raise failure
-        if too_large:
-            raise RecordsTooLarge(too_large, limit)
-
-
-# Bytes a record adds to its key and value in a request (headers, lengths, batch header).
-_RECORD_OVERHEAD = 512
 
 
 def _message_of(event: EventT[Any]) -> InputMessage:
