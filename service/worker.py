@@ -24,8 +24,9 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import faust
 from faust.types import TP, EventT, StreamT
@@ -91,9 +92,50 @@ def _redriven(headers: Any) -> bool:
     return any(name == REDRIVE_HEADER for name, _ in items)
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What the pipeline, the HTTP API and the gauges of one worker share."""
+
+    settings: Settings
+    app: faust.App
+    partitions: int
+    metrics: PipelineMetrics
+    policy: Policy
+    state: RedisState
+    versions: PolicyVersions
+    # Queue, segment and agent names with counters of their own: shared by the pipeline and
+    # the gauges, whose refresh ranks them by contacts.
+    caps: LabelCaps
+    # Set once the worker first joined its group: readiness, and the end of the startup heap.
+    group_joined: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def build_app(settings: Settings, partitions: int) -> faust.App:
+    """The worker: a Faust app with the pipeline, the HTTP API and the gauges wired in."""
     guard = HttpGuard(settings)  # API auth, CORS, limits (docs/security.md)
-    app = faust.App(
+    app = faust_app(settings, guard)
+    metrics = PipelineMetrics(settings.input_topics)
+    guard.register(metrics.registry)
+    policy = policy_of(settings)
+    state = _state(settings, redis_state.connect(settings.redis_url, **redis_options(settings)),
+                   settings.state_prefix)
+    # Readers serve the active policy version (docs/rebuild.md); the worker writes its own.
+    versions = PolicyVersions(state.client, settings.key_prefix, policy,
+                              lambda prefix: _state(settings, state.client, prefix),
+                              cache_seconds=settings.policy_cache)
+    guard_redis_restarts(state.client)
+    rewind_to_applied(app, state, settings.input_topics, partitions)
+    parts = _Parts(settings, app, partitions, metrics, policy, state, versions,
+                   LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents))
+    processor = wire_pipeline(parts)
+    business = wire_gauges(parts)
+    wire_http(parts, guard, processor, business)
+    return app
+
+
+def faust_app(settings: Settings, guard: HttpGuard) -> faust.App:
+    """The Faust app: its Kafka consumer and producer, and its web server (the HTTP API)."""
+    return faust.App(
         settings.worker_group_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         store="memory://",
@@ -120,15 +162,46 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         broker_credentials=faust_credentials(settings),
         web_application_options=guard.application_options(),
     )
-    metrics = PipelineMetrics(settings.input_topics)
-    guard.register(metrics.registry)
-    policy = policy_of(settings)
-    state = _state(settings, redis_state.connect(settings.redis_url, **redis_options(settings)),
-                   settings.state_prefix)
-    # Readers serve the active policy version (docs/rebuild.md); the worker writes its own.
-    versions = PolicyVersions(state.client, settings.key_prefix, policy,
-                              lambda prefix: _state(settings, state.client, prefix),
-                              cache_seconds=settings.policy_cache)
+
+
+def wire_pipeline(parts: _Parts) -> IngestProcessor:
+    """The batch processor and the agent that feeds it the input topics' events; the state
+    cache dropped on every rebalance."""
+    settings, app = parts.settings, parts.app
+    # Customer states kept between batches (service_layer/state_cache.py); a rebalance drops
+    # them: another worker may write a partition in between.
+    cache = (StateCache(settings.state_cache_mb * 1024 * 1024, settings.state_idle_ttl)
+             if settings.state_cache_mb else None)
+    processor = _processor(parts, cache)
+    input_topic = app.topic(
+        *settings.input_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+    )
+    app.agent(input_topic, name="contact-events", concurrency=1,
+              sink=None)(_batch_agent(settings, processor))
+
+    @app.on_rebalance_complete.connect
+    async def _joined(*args: Any, **kwargs: Any) -> None:
+        if not parts.group_joined.is_set():
+            freeze_startup_heap()
+        parts.group_joined.set()
+
+    if cache is not None:
+        def _drop(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            """Revoked or assigned (the signals' first argument): forget those partitions."""
+            cache.drop({tp.partition for tp in args[0]})
+
+        app.on_partitions_revoked.connect(_drop)
+        app.on_partitions_assigned.connect(_drop)
+    return processor
+
+
+def _processor(parts: _Parts, cache: StateCache | None) -> IngestProcessor:
+    settings, app, metrics = parts.settings, parts.app, parts.metrics
 
     def lagging(topic: str, partition: int, last_applied: int | None) -> bool:
         """True while the topic-partition has messages this worker has not applied yet."""
@@ -142,23 +215,13 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         metrics.lag.labels(topic, str(partition)).set(max(0, behind))
         return behind > 0
 
-    guard_redis_restarts(state.client)
-    rewind_to_applied(app, state, settings.input_topics, partitions)
-
-    # Customer states kept between batches (service_layer/state_cache.py); a rebalance drops
-    # them: another worker may write a partition in between.
-    cache = (StateCache(settings.state_cache_mb * 1024 * 1024, settings.state_idle_ttl)
-             if settings.state_cache_mb else None)
-    # Queue, segment and agent names with counters of their own: shared by the pipeline and the
-    # gauges, whose refresh ranks them by contacts.
-    caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents)
-    processor = IngestProcessor(
-        state=state,
+    return IngestProcessor(
+        state=parts.state,
         sink=KafkaOutputs(app),
         topics=Topics(settings.topic_dead_letter, settings.topic_contact_enriched,
                       settings.topic_customer_alerts),
         metrics=metrics,
-        policy=policy,
+        policy=parts.policy,
         topic_kinds=settings.topic_kinds,
         max_event_bytes=settings.max_event_bytes,
         retry_max_backoff=settings.retry_max_backoff,
@@ -167,22 +230,17 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         cache=cache,
         dead_letter_max_copy=settings.dead_letter_max_copy,
         door=DoorLimits(settings.max_event_depth, settings.max_clock_skew),
-        caps=caps,
+        caps=parts.caps,
         max_contacts=settings.max_contacts_per_customer,
         # Erased customers' events are dropped (docs/security.md)
-        suppression=Suppression(ErasureStore(state.client, settings.key_prefix),
+        suppression=Suppression(ErasureStore(parts.state.client, settings.key_prefix),
                                 erasure_key(settings)),
     )
-    group_joined = asyncio.Event()
 
-    input_topic = app.topic(
-        *settings.input_topics,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        allow_empty=True,
-    )
+
+def _batch_agent(settings: Settings, processor: IngestProcessor
+                 ) -> Callable[[StreamT[Any]], Awaitable[None]]:
+    """The agent: batches of events applied, and acknowledged only once applied."""
 
     async def contact_events(stream: StreamT[Any]) -> None:
         # noack_take is on faust's Stream but not on its StreamT interface.
@@ -194,16 +252,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             try:
                 await asyncio.shield(task)
             except ProcessingDefect as exc:
-                # Not acknowledged: exit at once, non-zero, so nothing after this batch is
-                # committed and a supervisor restarts the worker (the batch comes again).
-                if isinstance(exc.__cause__, RedisRestarted):
-                    log.critical("stopping: %s", exc.__cause__)
-                    logging.shutdown()
-                    os._exit(EXIT_REDIS_RESTARTED)
-                log.critical("stopping: a batch of %d cannot be applied", len(events),
-                             exc_info=True)
-                logging.shutdown()
-                os._exit(EXIT_DEFECT)
+                _stop_on_defect(exc, len(events))
             except asyncio.CancelledError:
                 # Shutting down: finish the batch in hand, acknowledge it, then stop; leave
                 # time within CX_SHUTDOWN_TIMEOUT for the rest of the shutdown (a retrying
@@ -220,27 +269,54 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             for event in events:
                 await stream.ack(event)
 
-    app.agent(input_topic, name="contact-events", concurrency=1, sink=None)(contact_events)
+    return contact_events
 
-    @app.task  # type: ignore[untyped-decorator]
+
+def _stop_on_defect(exc: ProcessingDefect, events: int) -> NoReturn:
+    """The batch is not acknowledged: exit at once, non-zero, so nothing after it is committed
+    and a supervisor restarts the worker (the batch comes again)."""
+    if isinstance(exc.__cause__, RedisRestarted):
+        log.critical("stopping: %s", exc.__cause__)
+        logging.shutdown()
+        os._exit(EXIT_REDIS_RESTARTED)
+    log.critical("stopping: a batch of %d cannot be applied", events, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_DEFECT)
+
+
+def wire_gauges(parts: _Parts) -> BusinessMetrics:
+    """The event loop's lag, watched, and the business gauges (docs/metrics.md), refreshed on
+    a timer from the policy version being served."""
+    settings = parts.settings
+
+    @parts.app.task  # type: ignore[untyped-decorator]
     async def loop_lag() -> None:
         loop = asyncio.get_running_loop()
         log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
-        await watch_loop_lag(metrics.loop_lag)
+        await watch_loop_lag(parts.metrics.loop_lag)
 
-    @app.on_rebalance_complete.connect
-    async def _joined(*args: Any, **kwargs: Any) -> None:
-        if not group_joined.is_set():
-            freeze_startup_heap()
-        group_joined.set()
+    business = BusinessMetrics(parts.metrics.registry, windows=settings.metrics_windows,
+                               agent_labels=settings.metrics_agent_labels, policy=parts.policy,
+                               fcr_target=settings.fcr_target, caps=parts.caps)
 
-    if cache is not None:
-        def _drop(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            """Revoked or assigned (the signals' first argument): forget those partitions."""
-            cache.drop({tp.partition for tp in args[0]})
+    business.policy_version.labels("writing").set(int(settings.policy_version))
 
-        app.on_partitions_revoked.connect(_drop)
-        app.on_partitions_assigned.connect(_drop)
+    @parts.app.timer(interval=settings.metrics_refresh)  # type: ignore[untyped-decorator]
+    async def refresh_business_metrics() -> None:
+        try:
+            served = await parts.versions.serving()
+            await business.refresh(served.state, lambda: parts.partitions, served.policy)
+        except Exception as exc:  # metrics must never stop the worker
+            log.warning("business metrics not refreshed: %s: %s", type(exc).__name__, exc)
+
+    return business
+
+
+def wire_http(parts: _Parts, guard: HttpGuard, processor: IngestProcessor,
+              business: BusinessMetrics) -> None:
+    """The HTTP API on the app's web server: readiness, metrics, the wallboard and the
+    customer, contact and FCR lookups (docs/api.md)."""
+    app, state, settings = parts.app, parts.state, parts.settings
 
     async def readiness() -> dict[str, bool]:
         try:
@@ -250,32 +326,18 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         return {
             "redis": redis_ok and processor.healthy["redis"],
             "kafka": processor.healthy["kafka"] and await _kafka_reachable(app),
-            "partitions_assigned": group_joined.is_set() and not app.rebalancing,
+            "partitions_assigned": parts.group_joined.is_set() and not app.rebalancing,
             **guard.readiness(),  # with CX_API_TOKENS_FILE: whether it can be read
         }
 
-    business = BusinessMetrics(metrics.registry, windows=settings.metrics_windows,
-                               agent_labels=settings.metrics_agent_labels, policy=policy,
-                               fcr_target=settings.fcr_target, caps=caps)
-
-    business.policy_version.labels("writing").set(int(settings.policy_version))
-
-    @app.timer(interval=settings.metrics_refresh)  # type: ignore[untyped-decorator]
-    async def refresh_business_metrics() -> None:
-        try:
-            served = await versions.serving()
-            await business.refresh(served.state, lambda: partitions, served.policy)
-        except Exception as exc:  # metrics must never stop the worker
-            log.warning("business metrics not refreshed: %s: %s", type(exc).__name__, exc)
-
     async def serving() -> tuple[RedisState, Policy]:
-        served = await versions.serving()
+        served = await parts.versions.serving()
         return served.state, served.policy
 
-    install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions,
-                   wallboard=lambda: business.wallboard, serving=serving,
-                   max_reads=settings.api_max_reads, max_fcr=settings.api_max_fcr)
-    return app
+    install_routes(app, parts.metrics.registry, readiness, state, parts.policy,
+                   lambda: parts.partitions, wallboard=lambda: business.wallboard,
+                   serving=serving, max_reads=settings.api_max_reads,
+                   max_fcr=settings.api_max_fcr)
 
 
 def _state(settings: Settings, client: RedisClient, prefix: str) -> RedisState:
