@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from service.adapters.redis_modes import parse_redis_url
 from service.domain.durations import parse_duration
 from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
+from service.redis_url import parse_redis_url
 
 T = TypeVar("T", int, float)
 

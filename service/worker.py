@@ -11,7 +11,8 @@ acknowledged them, and their offsets may already be committed to Kafka. Two guar
 from losing events (docs/reliability.md): on every partition assignment the worker seeks each
 input partition back to the offset after the last one applied in Redis when Kafka's committed
 offset is ahead of it; and a worker that finds Redis restarted under it (a new run id) stops
-with exit code 75 before writing anything, so that its restart takes that path.
+with exit code 75 before writing anything, so that its restart takes that path
+(adapters/redis_restarts.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import faust
-from aiokafka.errors import MessageSizeTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, EventT, StreamT
 from redis.exceptions import RedisError
 
@@ -37,114 +37,33 @@ from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
 from service.adapters.erasure_store import ErasureKeyError, ErasureStore, erasure_key
 from service.adapters.event_loop import use_event_loop
-from service.adapters.failures import is_transient, kafka_transient
 from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard, api_auth_required
 from service.adapters.kafka_admin import ensure_layout
+from service.adapters.kafka_publish import KafkaOutputs
 from service.adapters.metrics import PipelineMetrics, watch_loop_lag
 from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_modes import RedisClient
+from service.adapters.redis_restarts import (
+    EXIT_DEFECT,
+    EXIT_REDIS_RESTARTED,
+    RedisRestarted,
+    guard_redis_restarts,
+    rewind_to_applied,
+)
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.cardinality import LabelCaps
 from service.domain.policy import Policy
 from service.gc_settings import freeze_startup_heap, tune_garbage_collector
 from service.redrive import REDRIVE_HEADER
-from service.service_layer.ingest import (
-    IngestProcessor,
-    IngestSettings,
-    InputMessage,
-    ProcessingDefect,
-)
-from service.service_layer.ports import OutputRecord, RecordsTooLarge
+from service.service_layer.ingest import IngestProcessor, IngestSettings, InputMessage
+from service.service_layer.ports import ProcessingDefect
 from service.service_layer.state_cache import StateCache
 from service.service_layer.suppression import Suppression
 
 log = logging.getLogger(__name__)
-EXIT_DEFECT = 70  # EX_SOFTWARE: a failure retrying cannot cure
-EXIT_REDIS_RESTARTED = 75  # EX_TEMPFAIL: restart me, I will resume from what Redis holds
 EXIT_SHUTDOWN_TIMEOUT = 124  # shutdown took longer than CX_SHUTDOWN_TIMEOUT: ended by force
-
-
-class KafkaOutputs:
-    """Publishes records through the Faust app's producer and waits for the broker's acks.
-
-    Records are grouped by topic partition (chosen as the producer's default partitioner
-    would: murmur2 of the key) and handed to the producer as whole record batches: one call
-    per batch, not per record."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-        self._partitioner = DefaultPartitioner()
-
-    def is_transient(self, exc: BaseException) -> bool:
-        return kafka_transient(exc)
-
-    async def send(self, records: Sequence[OutputRecord]) -> None:
-        producer: Any = self._app.producer
-        kafka = producer._ensure_producer()  # the aiokafka producer under Faust's
-        # A record over the producer's limit is refused before anything is sent; one over the
-        # topic's (broker) limit fails its batch, whose records are then sent one by one.
-        limit = int(getattr(kafka, "_max_request_size", 1_048_576))
-        too_large: dict[int, int] = {}
-        partitions: dict[str, list[int]] = {}
-        by_partition: dict[tuple[str, int], list[int]] = {}
-        for index, (topic, key, value) in enumerate(records):
-            size = len(value or b"") + len(key or b"")
-            if size + _RECORD_OVERHEAD > limit:
-                too_large[index] = size
-                continue
-            known = partitions.get(topic)
-            if known is None:
-                known = partitions[topic] = sorted(await kafka.partitions_for(topic))
-            partition = self._partitioner(key, known, known)
-            by_partition.setdefault((topic, partition), []).append(index)
-        pending: list[tuple[Any, list[int], str, int]] = []
-        for (topic, partition), indexes in by_partition.items():
-            batch = kafka.create_batch()
-            in_batch: list[int] = []
-            for index in indexes:
-                _, key, value = records[index]
-                if batch.append(key=key, value=value, timestamp=None) is not None:
-                    in_batch.append(index)
-                    continue
-                if batch.record_count():  # full: send it, start the next one
-                    pending.append((await kafka.send_batch(batch, topic, partition=partition),
-                                    in_batch, topic, partition))
-                    batch, in_batch = kafka.create_batch(), []
-                    if batch.append(key=key, value=value, timestamp=None) is not None:
-                        in_batch.append(index)
-                        continue
-                # larger than a batch: on its own
-                pending.append((await kafka.send(topic, value, key, partition=partition),
-                                [index], topic, partition))
-            if batch.record_count():
-                pending.append((await kafka.send_batch(batch, topic, partition=partition),
-                                in_batch, topic, partition))
-        results = await asyncio.gather(*(f for f, _, _, _ in pending), return_exceptions=True)
-        failure: BaseException | None = None
-        for (_, indexes, topic, partition), result in zip(pending, results, strict=True):
-            if isinstance(result, MessageSizeTooLargeError):
-                # The broker refused the batch: find which records it cannot take.
-                singles = [await kafka.send(topic, records[i][2], records[i][1],
-                                            partition=partition) for i in indexes]
-                for index, single in zip(indexes, await asyncio.gather(
-                        *singles, return_exceptions=True), strict=True):
-                    if isinstance(single, MessageSizeTooLargeError):
-                        too_large[index] = (len(records[index][2] or b"")
-                                            + len(records[index][1] or b""))
-                    elif isinstance(single, BaseException):
-                        failure = single
-            elif isinstance(result, BaseException):
-                failure = result
-        if failure is not None:
-            raise failure
-        if too_large:
-            raise RecordsTooLarge(too_large, limit)
-
-
-# Bytes a record adds to its key and value in a request (headers, lengths, batch header).
-_RECORD_OVERHEAD = 512
 
 
 def _message_of(event: EventT[Any]) -> InputMessage:
@@ -168,9 +87,50 @@ def _redriven(headers: Any) -> bool:
     return any(name == REDRIVE_HEADER for name, _ in items)
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What the pipeline, the HTTP API and the gauges of one worker share."""
+
+    settings: Settings
+    app: faust.App
+    partitions: int
+    metrics: PipelineMetrics
+    policy: Policy
+    state: RedisState
+    versions: PolicyVersions
+    # Queue, segment and agent names with counters of their own: shared by the pipeline and
+    # the gauges, whose refresh ranks them by contacts.
+    caps: LabelCaps
+    # Set once the worker first joined its group: readiness, and the end of the startup heap.
+    group_joined: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def build_app(settings: Settings, partitions: int) -> faust.App:
+    """The worker: a Faust app with the pipeline, the HTTP API and the gauges wired in."""
     guard = HttpGuard(settings)  # API auth, CORS, limits (docs/security.md)
-    app = faust.App(
+    app = faust_app(settings, guard)
+    metrics = PipelineMetrics(settings.input_topics)
+    guard.register(metrics.registry)
+    policy = policy_of(settings)
+    state = _state(settings, redis_state.connect(settings.redis_url, **redis_options(settings)),
+                   settings.state_prefix)
+    # Readers serve the active policy version (docs/rebuild.md); the worker writes its own.
+    versions = PolicyVersions(state.client, settings.key_prefix, policy,
+                              lambda prefix: _state(settings, state.client, prefix),
+                              cache_seconds=settings.policy_cache)
+    guard_redis_restarts(state.client)
+    rewind_to_applied(app, state, settings.input_topics, partitions)
+    parts = _Parts(settings, app, partitions, metrics, policy, state, versions,
+                   LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents))
+    processor = wire_pipeline(parts)
+    business = wire_gauges(parts)
+    wire_http(parts, guard, processor, business)
+    return app
+
+
+def faust_app(settings: Settings, guard: HttpGuard) -> faust.App:
+    """The Faust app: its Kafka consumer and producer, and its web server (the HTTP API)."""
+    return faust.App(
         settings.worker_group_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         store="memory://",
@@ -197,15 +157,46 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         broker_credentials=faust_credentials(settings),
         web_application_options=guard.application_options(),
     )
-    metrics = PipelineMetrics(settings.input_topics)
-    guard.register(metrics.registry)
-    policy = policy_of(settings)
-    state = _state(settings, redis_state.connect(settings.redis_url, **redis_options(settings)),
-                   settings.state_prefix)
-    # Readers serve the active policy version (docs/rebuild.md); the worker writes its own.
-    versions = PolicyVersions(state.client, settings.key_prefix, policy,
-                              lambda prefix: _state(settings, state.client, prefix),
-                              cache_seconds=settings.policy_cache)
+
+
+def wire_pipeline(parts: _Parts) -> IngestProcessor:
+    """The batch processor and the agent that feeds it the input topics' events; the state
+    cache dropped on every rebalance."""
+    settings, app = parts.settings, parts.app
+    # Customer states kept between batches (service_layer/state_cache.py); a rebalance drops
+    # them: another worker may write a partition in between.
+    cache = (StateCache(settings.state_cache_mb * 1024 * 1024, settings.state_idle_ttl)
+             if settings.state_cache_mb else None)
+    processor = _processor(parts, cache)
+    input_topic = app.topic(
+        *settings.input_topics,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+    )
+    app.agent(input_topic, name="contact-events", concurrency=1,
+              sink=None)(_batch_agent(settings, processor))
+
+    @app.on_rebalance_complete.connect
+    async def _joined(*args: Any, **kwargs: Any) -> None:
+        if not parts.group_joined.is_set():
+            freeze_startup_heap()
+        parts.group_joined.set()
+
+    if cache is not None:
+        def _drop(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            """Revoked or assigned (the signals' first argument): forget those partitions."""
+            cache.drop({tp.partition for tp in args[0]})
+
+        app.on_partitions_revoked.connect(_drop)
+        app.on_partitions_assigned.connect(_drop)
+    return processor
+
+
+def _processor(parts: _Parts, cache: StateCache | None) -> IngestProcessor:
+    settings, app, metrics = parts.settings, parts.app, parts.metrics
 
     def lagging(topic: str, partition: int, last_applied: int | None) -> bool:
         """True while the topic-partition has messages this worker has not applied yet."""
@@ -219,36 +210,21 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         metrics.lag.labels(topic, str(partition)).set(max(0, behind))
         return behind > 0
 
-    guard_redis_restarts(state.client)
-    rewind_to_applied(app, state, settings.input_topics, partitions)
-
-    # Customer states kept between batches (service_layer/state_cache.py); a rebalance drops
-    # them: another worker may write a partition in between.
-    cache = (StateCache(settings.state_cache_mb * 1024 * 1024, settings.state_idle_ttl)
-             if settings.state_cache_mb else None)
-    # Queue, segment and agent names with counters of their own: shared by the pipeline and the
-    # gauges, whose refresh ranks them by contacts.
-    caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents)
-    processor = IngestProcessor(
-        store=state,
+    return IngestProcessor(
+        store=parts.state,
         sink=KafkaOutputs(app),
         metrics=metrics,
-        settings=IngestSettings.of(settings, policy, lagging, caps),
+        settings=IngestSettings.of(settings, parts.policy, lagging, parts.caps),
         cache=cache,
         # Erased customers' events are dropped (docs/security.md)
-        suppression=Suppression(ErasureStore(state.client, settings.key_prefix),
+        suppression=Suppression(ErasureStore(parts.state.client, settings.key_prefix),
                                 erasure_key(settings)),
     )
-    group_joined = asyncio.Event()
 
-    input_topic = app.topic(
-        *settings.input_topics,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        allow_empty=True,
-    )
+
+def _batch_agent(settings: Settings, processor: IngestProcessor
+                 ) -> Callable[[StreamT[Any]], Awaitable[None]]:
+    """The agent: batches of events applied, and acknowledged only once applied."""
 
     async def contact_events(stream: StreamT[Any]) -> None:
         # noack_take is on faust's Stream but not on its StreamT interface.
@@ -260,16 +236,7 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             try:
                 await asyncio.shield(task)
             except ProcessingDefect as exc:
-                # Not acknowledged: exit at once, non-zero, so nothing after this batch is
-                # committed and a supervisor restarts the worker (the batch comes again).
-                if isinstance(exc.__cause__, RedisRestarted):
-                    log.critical("stopping: %s", exc.__cause__)
-                    logging.shutdown()
-                    os._exit(EXIT_REDIS_RESTARTED)
-                log.critical("stopping: a batch of %d cannot be applied", len(events),
-                             exc_info=True)
-                logging.shutdown()
-                os._exit(EXIT_DEFECT)
+                _stop_on_defect(exc, len(events))
             except asyncio.CancelledError:
                 # Shutting down: finish the batch in hand, acknowledge it, then stop; leave
                 # time within CX_SHUTDOWN_TIMEOUT for the rest of the shutdown (a retrying
@@ -286,27 +253,54 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
             for event in events:
                 await stream.ack(event)
 
-    app.agent(input_topic, name="contact-events", concurrency=1, sink=None)(contact_events)
+    return contact_events
 
-    @app.task  # type: ignore[untyped-decorator]
+
+def _stop_on_defect(exc: ProcessingDefect, events: int) -> NoReturn:
+    """The batch is not acknowledged: exit at once, non-zero, so nothing after it is committed
+    and a supervisor restarts the worker (the batch comes again)."""
+    if isinstance(exc.__cause__, RedisRestarted):
+        log.critical("stopping: %s", exc.__cause__)
+        logging.shutdown()
+        os._exit(EXIT_REDIS_RESTARTED)
+    log.critical("stopping: a batch of %d cannot be applied", events, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_DEFECT)
+
+
+def wire_gauges(parts: _Parts) -> BusinessMetrics:
+    """The event loop's lag, watched, and the business gauges (docs/metrics.md), refreshed on
+    a timer from the policy version being served."""
+    settings = parts.settings
+
+    @parts.app.task  # type: ignore[untyped-decorator]
     async def loop_lag() -> None:
         loop = asyncio.get_running_loop()
         log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
-        await watch_loop_lag(metrics.loop_lag)
+        await watch_loop_lag(parts.metrics.loop_lag)
 
-    @app.on_rebalance_complete.connect
-    async def _joined(*args: Any, **kwargs: Any) -> None:
-        if not group_joined.is_set():
-            freeze_startup_heap()
-        group_joined.set()
+    business = BusinessMetrics(parts.metrics.registry, windows=settings.metrics_windows,
+                               agent_labels=settings.metrics_agent_labels, policy=parts.policy,
+                               fcr_target=settings.fcr_target, caps=parts.caps)
 
-    if cache is not None:
-        def _drop(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            """Revoked or assigned (the signals' first argument): forget those partitions."""
-            cache.drop({tp.partition for tp in args[0]})
+    business.policy_version.labels("writing").set(int(settings.policy_version))
 
-        app.on_partitions_revoked.connect(_drop)
-        app.on_partitions_assigned.connect(_drop)
+    @parts.app.timer(interval=settings.metrics_refresh)  # type: ignore[untyped-decorator]
+    async def refresh_business_metrics() -> None:
+        try:
+            served = await parts.versions.serving()
+            await business.refresh(served.state, lambda: parts.partitions, served.policy)
+        except Exception as exc:  # metrics must never stop the worker
+            log.warning("business metrics not refreshed: %s: %s", type(exc).__name__, exc)
+
+    return business
+
+
+def wire_http(parts: _Parts, guard: HttpGuard, processor: IngestProcessor,
+              business: BusinessMetrics) -> None:
+    """The HTTP API on the app's web server: readiness, metrics, the wallboard and the
+    customer, contact and FCR lookups (docs/api.md)."""
+    app, state, settings = parts.app, parts.state, parts.settings
 
     async def readiness() -> dict[str, bool]:
         try:
@@ -316,32 +310,18 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
         return {
             "redis": redis_ok and processor.healthy["redis"],
             "kafka": processor.healthy["kafka"] and await _kafka_reachable(app),
-            "partitions_assigned": group_joined.is_set() and not app.rebalancing,
+            "partitions_assigned": parts.group_joined.is_set() and not app.rebalancing,
             **guard.readiness(),  # with CX_API_TOKENS_FILE: whether it can be read
         }
 
-    business = BusinessMetrics(metrics.registry, windows=settings.metrics_windows,
-                               agent_labels=settings.metrics_agent_labels, policy=policy,
-                               fcr_target=settings.fcr_target, caps=caps)
-
-    business.policy_version.labels("writing").set(int(settings.policy_version))
-
-    @app.timer(interval=settings.metrics_refresh)  # type: ignore[untyped-decorator]
-    async def refresh_business_metrics() -> None:
-        try:
-            served = await versions.serving()
-            await business.refresh(served.state, lambda: partitions, served.policy)
-        except Exception as exc:  # metrics must never stop the worker
-            log.warning("business metrics not refreshed: %s: %s", type(exc).__name__, exc)
-
     async def serving() -> tuple[RedisState, Policy]:
-        served = await versions.serving()
+        served = await parts.versions.serving()
         return served.state, served.policy
 
-    install_routes(app, metrics.registry, readiness, state, policy, lambda: partitions,
-                   wallboard=lambda: business.wallboard, serving=serving,
-                   max_reads=settings.api_max_reads, max_fcr=settings.api_max_fcr)
-    return app
+    install_routes(app, parts.metrics.registry, readiness, state, parts.policy,
+                   lambda: parts.partitions, wallboard=lambda: business.wallboard,
+                   serving=serving, max_reads=settings.api_max_reads,
+                   max_fcr=settings.api_max_fcr)
 
 
 def _state(settings: Settings, client: RedisClient, prefix: str) -> RedisState:
@@ -381,104 +361,6 @@ async def check_erasure_key(settings: Settings) -> None:
                           erasure_key(settings)).load()
     finally:
         await client.aclose()
-
-
-# -- Redis that lost acknowledged writes --------------------------------------------------------
-
-
-class RedisRestarted(Exception):
-    """Redis is a new process since this worker first connected: it may have lost writes it
-    had acknowledged, which only a restart of the worker (and its rewind) can re-apply."""
-
-
-def guard_redis_restarts(client: Any) -> None:
-    """Check Redis' run id on every new connection; once it changed, refuse every connection,
-    so that nothing is written to the new Redis from positions it may no longer hold.
-
-    One server or Sentinel only: a Redis Cluster client has no single pool to guard, and a
-    cluster node that lost writes is covered by the rewind when the worker next restarts
-    (docs/redis-modes.md)."""
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return
-    first: list[str] = []
-
-    async def on_connect(connection: Any) -> None:
-        await connection.on_connect()
-        await connection.send_command("INFO", "server")
-        info = await connection.read_response()
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        run_id = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                       if line.startswith("run_id:")), "")
-        if not first:
-            first.append(run_id)
-        elif run_id != first[0]:
-            await connection.disconnect()
-            # Stop even when no batch is in hand (an idle worker, or a gauge refresh found it).
-            asyncio.get_running_loop().call_soon(_stop_redis_restarted)
-            raise RedisRestarted(f"Redis restarted (run id {first[0]} is now {run_id}); "
-                                 "restarting from the offsets it holds")
-
-    pool.connection_kwargs["redis_connect_func"] = on_connect
-
-
-def _stop_redis_restarted() -> None:
-    log.critical("stopping: Redis restarted and may have lost acknowledged writes; a restart "
-                 "reads again from the offsets it holds")
-    logging.shutdown()
-    os._exit(EXIT_REDIS_RESTARTED)
-
-
-def rewind_to_applied(app: faust.App, state: RedisState, input_topics: Sequence[str],
-                      partitions: int) -> None:
-    """When Faust seeks newly assigned partitions to Kafka's committed offsets, seek each input
-    partition whose committed offset is ahead of the last offset applied in Redis back to the
-    one after it. Events already applied are recognised by offset and not applied twice."""
-    consumer: Any = app.consumer  # the transport's consumer (seek_to_committed is not on ConsumerT)
-    seek_to_committed: Callable[[], Awaitable[Mapping[TP, int]]] = consumer.seek_to_committed
-
-    async def seek_to_applied() -> Mapping[TP, int]:
-        positions = dict(await seek_to_committed())
-        inputs = [tp for tp, offset in positions.items()
-                  if tp.topic in input_topics and offset is not None and offset > 0]
-        if not inputs:
-            return positions
-        clocks = await _clocks_retrying(state, partitions)
-        for tp in inputs:
-            applied = clocks[tp.partition].offsets.get(tp.topic)
-            target = 0 if applied is None else applied + 1
-            if target < positions[tp]:
-                log.warning("%s[%d]: Kafka's committed offset %d is ahead of Redis (%s); "
-                            "reading again from %d", tp.topic, tp.partition, positions[tp],
-                            "nothing applied" if applied is None else f"applied {applied}",
-                            target)
-                await consumer.seek(tp, target)
-                positions[tp] = target
-        return positions
-
-    consumer.seek_to_committed = seek_to_applied
-
-
-async def _clocks_retrying(state: RedisState, partitions: int) -> dict[int, Any]:
-    delay = 0.1
-    deadline = asyncio.get_running_loop().time() + 60
-    while True:
-        try:
-            return await state.read_clocks(partitions)
-        except Exception as exc:
-            if not isinstance(exc, RedisRestarted) and not is_transient(exc):
-                log.critical("stopping: cannot read the applied offsets from Redis: %s", exc)
-                logging.shutdown()
-                os._exit(EXIT_DEFECT)  # e.g. an ACL without a command: retrying cannot cure it
-            if isinstance(exc, RedisRestarted) or asyncio.get_running_loop().time() > deadline:
-                # Waiting longer inside a rebalance would only make the group evict this
-                # member: a supervisor's restart starts the assignment again.
-                log.critical("stopping: cannot read the applied offsets from Redis: %s", exc)
-                logging.shutdown()
-                os._exit(EXIT_REDIS_RESTARTED)
-            log.warning("applied offsets not read (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def batch_grace(shutdown_timeout: float) -> float:

@@ -13,6 +13,7 @@ import faust
 from faust.types.auth import CredentialsT
 
 from service.config import ConfigError, Settings
+from service.redis_url import parse_redis_url
 
 
 class StartupError(RuntimeError):
@@ -171,8 +172,6 @@ def redis_options(settings: Settings) -> dict[str, Any]:
 
 
 def _redis_tls(url: str) -> bool:
-    from service.adapters.redis_modes import parse_redis_url
-
     if url.startswith("rediss://"):
         return True
     try:

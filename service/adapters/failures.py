@@ -5,6 +5,8 @@ The service layer never names a client library's exception: it asks the port
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from redis.exceptions import RedisError
@@ -30,3 +32,13 @@ def kafka_transient(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Either dependency's transient failure (for code that talks to both)."""
     return redis_transient(exc) or kafka_transient(exc)
+
+
+class RecordsTooLarge(Exception):
+    """Some records are over the size the broker accepts: sending them again cannot succeed.
+    The others of the call were published (OutputSink.send)."""
+
+    def __init__(self, sizes: Mapping[int, int], limit: int) -> None:
+        super().__init__(f"{len(sizes)} record(s) over the limit of {limit} bytes")
+        self.sizes = dict(sizes)  # index in the records sent -> bytes
+        self.limit = limit

@@ -12,11 +12,11 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import faust
 import orjson
 from aiohttp import web
-from aiokafka.partitioner import murmur2
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from service.adapters.kafka_publish import partition_of
 from service.adapters.redis_state import RedisState
 from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
@@ -39,11 +39,6 @@ FCR_QUEUE_PER_SLOT = 4
 _DIMENSIONS = ("queue", "channel", "agent", "segment")
 CUSTOMERS = "/api/v1/customers/"
 CONTACTS = "/api/v1/contacts/"
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a key (murmur2, as the Java client)."""
-    return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
 
 
 def _web_json(body: Any, status: int = 200, headers: dict[str, str] | None = None

@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from service.adapters.failures import RecordsTooLarge
 from service.domain.partition import PartitionCommit, PartitionData
 from service.domain.records import CustomerState
+
+__all__ = ["ContactView", "OutputRecord", "OutputSink", "PartitionStore", "ProcessingDefect",
+           "RecordsTooLarge", "WriteConflict"]
 
 # (topic, key, value) of one output record; a None value is a tombstone.
 OutputRecord = tuple[str, bytes | None, bytes | None]
@@ -62,16 +66,6 @@ class OutputSink(Protocol):
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether waiting and trying again can cure this failure of the broker."""
-
-
-class RecordsTooLarge(Exception):
-    """Some records are over the size the broker accepts: sending them again cannot succeed.
-    The others of the call were published."""
-
-    def __init__(self, sizes: Mapping[int, int], limit: int) -> None:
-        super().__init__(f"{len(sizes)} record(s) over the limit of {limit} bytes")
-        self.sizes = dict(sizes)  # index in the records sent -> bytes
-        self.limit = limit
 
 
 class WriteConflict(Exception):

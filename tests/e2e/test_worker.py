@@ -227,7 +227,7 @@ def test_a_state_it_cannot_read_quarantines_only_its_events(
 ) -> None:
     import redis
 
-    from service.adapters.http import partition_of
+    from service.adapters.kafka_publish import partition_of
 
     ns = stack.namespace()
     _create_topics(ns)

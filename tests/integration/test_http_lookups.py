@@ -13,8 +13,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from service.adapters.http import install_routes, partition_of
+from service.adapters.http import install_routes
 from service.adapters.http_security import HttpGuard
+from service.adapters.kafka_publish import partition_of
 from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.domain.engine import fold, rfc3339, settle

@@ -243,7 +243,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     _, stages = dockerfile()
     sources = [shlex.split(a)[:-1] for a in stages[0].all("COPY") if not a.startswith("--")]
     copied = [s for group in sources for s in group]
-    assert set(copied) == {"pyproject.toml", "README.md", "service"}
+    assert set(copied) == {"pyproject.toml", "README.md", "LICENSE", "NOTICE", "service"}
     for source in copied:
         assert (ROOT / source).exists(), source
         assert not dockerignore_excludes(source), f"{source} is copied but ignored"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.adapters.http import CUSTOMERS, fcr_query, partition_of, path_id, query_pairs
+from service.adapters.http import CUSTOMERS, fcr_query, path_id, query_pairs
 
 Q = {"from": "2026-05-04T10:00:00Z", "to": "2026-05-04T12:00:00+00:00"}
 
@@ -41,15 +41,6 @@ def test_bad_queries_say_why(params: dict[str, str] | list[tuple[str, str]],
     result = fcr_query(params)
     assert isinstance(result, str)
     assert message in result
-
-
-def test_partition_of_matches_kafkas_default_partitioner() -> None:
-    # aiokafka's DefaultPartitioner is the Java client's murmur2 partitioner.
-    from aiokafka.partitioner import DefaultPartitioner
-
-    partitioner = DefaultPartitioner()
-    for key in ("cust-1", "cust-000042", "12345", "ab-990801-AA0204-43678"):
-        assert partition_of(key, 6) == partitioner(key.encode(), list(range(6)), list(range(6)))
 
 
 def test_the_widest_range_and_the_last_hour_are_answered() -> None:

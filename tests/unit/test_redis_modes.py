@@ -7,8 +7,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from service.adapters.redis_modes import RedisTarget, client_for, parse_redis_url
+from service.adapters.redis_modes import client_for
 from service.config import ConfigError, load_settings
+from service.redis_url import RedisTarget, parse_redis_url
 
 
 @pytest.mark.parametrize(
