@@ -13,10 +13,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.domain.engine import _digest, apply_event, new_state, settle
+from service.domain.engine import apply_event, new_state, settle
 from service.domain.perception import CurveState, CurveTrack, Signal, run_curve, start_state
 from service.domain.policy import DAY, PerceptionPolicy, Policy
 from service.domain.records import CustomerState, PerceptionSnapshot
+from service.domain.settle import _digest
 from tests.unit.builders import call, survey, transfer, ts
 
 PP = PerceptionPolicy()
