@@ -123,11 +123,8 @@ class CurveResult:
 def start_state(snapshot: PerceptionSnapshot, baseline: float) -> CurveState:
     if snapshot.t is None or snapshot.score is None:
         return CurveState(None, baseline, False, [], [])
-    state = CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points), [],
-                       snapshot.last_signal)
-    for t, score in snapshot.recent:  # snapshots written before `remember` kept every entry
-        state.remember(t, score)
-    return state
+    return CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points),
+                      list(snapshot.recent), snapshot.last_signal)
 
 
 def run_curve(
