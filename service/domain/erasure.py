@@ -56,18 +56,6 @@ def check_ids(ids: Iterable[str]) -> list[str]:
     return list(out)
 
 
-def contacts_of_state(state: Mapping[str, Any]) -> set[str]:
-    """Every contact id a stored state (CustomerState.to_dict) names: its contacts, transfers,
-    surveys and the contacts it published views of."""
-    found: set[str] = set()
-    for name in ("c", "t", "s"):
-        for row in state.get(name) or ():
-            if row and isinstance(row[0], str):
-                found.add(row[0])
-    found.update(k for k in (state.get("e") or {}) if isinstance(k, str))
-    return found
-
-
 def names_customer(view: Mapping[str, Any], ids: set[str]) -> bool:
     """Whether a contact view (from Redis or the topic) names one of the customers; anything
     else in it is ignored."""

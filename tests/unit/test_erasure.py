@@ -8,24 +8,19 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
 from service.cli import build_parser
-from service.domain.engine import apply_event, new_state, settle
 from service.domain.erasure import (
     ErasureTally,
     check_ids,
-    contacts_of_state,
     digest,
     erased_record,
     key_fingerprint,
     parse_ids,
 )
-from service.domain.policy import Policy
 from service.erase import read_ids
-from tests.unit.builders import call, survey, transfer, ts
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = b"unit-test-erasure-key"
@@ -69,17 +64,6 @@ def test_read_ids_joins_arguments_and_the_file(tmp_path: Path) -> None:
     assert read_ids(args, io.StringIO()) == ["cust-1", "cust-2", "cust-3"]
     stdin = SimpleNamespace(customer_ids=[], from_file="-")
     assert read_ids(stdin, io.StringIO("x\ny\n")) == ["x", "y"]
-
-
-def test_contacts_of_state_names_every_contact_of_the_customer() -> None:
-    events = [call("c1", 0), call("c2", 1), transfer("c2", 1.05), survey("c3", 2.5, csat=1)]
-    state = new_state(events[0])
-    for event in events:
-        apply_event(state, event)
-    settle(state, ts(3), Policy())
-    stored = orjson.loads(orjson.dumps(state.to_dict()))
-    assert contacts_of_state(stored) == {"c1", "c2", "c3"}
-    assert contacts_of_state({}) == set()
 
 
 def test_erased_record_matches_the_schema() -> None:
