@@ -290,7 +290,7 @@ class CustomerState:
     snapshot: PerceptionSnapshot = field(default_factory=PerceptionSnapshot)
     alerted_at_risk: bool = False
     alert_version: int = 0
-    live_from: float | None = None  # contacts before this are context only (see engine)
+    live_from: float | None = None  # contacts before this are context only (see settle)
     band: int | None = None  # perception band (score // 10) last counted for this customer
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)  # surveys joined/held, transfers joined/held
     # More contacts in the window than a customer can have (a shared placeholder id, a test

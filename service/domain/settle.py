@@ -24,7 +24,7 @@ from service.domain.counters import (
 )
 from service.domain.curve import perception_curve
 from service.domain.memo import PRUNE_STEP, Memo, derive_changes, prune_due
-from service.domain.perception import ContactPerception, Signal
+from service.domain.perception import ContactPerception, CurveState, Signal
 from service.domain.policy import Policy
 from service.domain.records import (
     ContactRecord,
@@ -219,27 +219,70 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
     segment and agent names the counts are kept under (none: every name its own).
     """
     out = Settled()
+    memo, curve_now = _derive(state, watermark, policy)
+    _publish_touched(state, memo, policy, out, caps)
+    joined_now = (memo.joined[0], len(state.surveys), memo.joined[1], len(state.transfers))
+    last = state.joins
+    out.joins = (joined_now[0] - last[0], joined_now[1] - last[1], joined_now[2] - last[2],
+                 joined_now[3] - last[3])
+    state.joins = joined_now
+    if curve_now is not None:
+        _judge_customer(state, memo, curve_now, watermark, policy, out)
+    lateness, window = policy.allowed_lateness, policy.max_window
+    new_live_from = watermark - 2 * lateness - window
+    if state.live_from is None or new_live_from > state.live_from:
+        state.live_from = new_live_from
+    if state.superseded and state.superseded[0][1] < watermark - lateness:
+        kept = [x for x in state.superseded if x[1] >= watermark - lateness]
+        for event_id, _ in state.superseded:
+            memo.ids.discard(event_id)
+        memo.ids.update(x[0] for x in kept)
+        state.superseded = kept
+    pruned = prune_due(state, memo, watermark, policy)
+    if pruned:
+        track = memo.track
+        _prune(state, watermark, policy, memo.verdicts,
+               track.signals if track is not None else None)
+        state.memo = None
+        after = derive_verdicts(state, watermark, policy)
+        state.joins = (sum(len(v.surveys) for v in after.values()), len(state.surveys),
+                       sum(v.transfers for v in after.values()), len(state.transfers))
+    if state.is_empty():
+        _emptied(state, watermark, policy, out)
+    else:
+        out.next_due = _next_due(state, memo, pruned, policy)
+    return out
+
+
+def _derive(state: CustomerState, watermark: float, policy: Policy
+            ) -> tuple[Memo, CurveState | None]:
+    """Bring the state's memo up to date: its verdicts, and its curve, to the watermark."""
     memo = state.memo
     if memo is None or memo.policy is not policy:
         memo = state.memo = Memo(state, policy)
     derive_changes(state, memo, watermark, policy)
     track = memo.track
-    curve_now = None
-    if track is not None and not state.is_empty():
-        latest = state.contacts[memo.latest[1]] if memo.latest is not None else None
-        segment = (latest.segment if latest else
-                   state.history.segment if state.history else None)
-        baseline = policy.perception.baseline_for(segment)
-        if baseline != track.baseline:  # the latest contact changed the segment's baseline
-            memo = state.memo = Memo(state, policy)
-            derive_changes(state, memo, watermark, policy)
-            track = memo.track
-            assert track is not None
-        memo.touched.update(track.run())
-        curve_now = track.now(watermark)
+    if track is None or state.is_empty():
+        return memo, None
+    latest = state.contacts[memo.latest[1]] if memo.latest is not None else None
+    segment = (latest.segment if latest else
+               state.history.segment if state.history else None)
+    baseline = policy.perception.baseline_for(segment)
+    if baseline != track.baseline:  # the latest contact changed the segment's baseline
+        memo = state.memo = Memo(state, policy)
+        derive_changes(state, memo, watermark, policy)
+        track = memo.track
+        assert track is not None
+    memo.touched.update(track.run())
+    return memo, track.now(watermark)
+
+
+def _publish_touched(state: CustomerState, memo: Memo, policy: Policy, out: Settled,
+                     caps: LabelCaps | None) -> None:
+    """Publish the contacts whose verdict or perception may have changed, in time order."""
     live_from = state.live_from
     contacts, verdicts = state.contacts, memo.verdicts
-    by_contact = track.by_contact if track is not None else None
+    by_contact = memo.track.by_contact if memo.track is not None else None
     touched = memo.touched
     if len(touched) > 1:
         order = sorted(touched, key=lambda cid: (contacts[cid].t, cid) if cid in contacts
@@ -254,69 +297,59 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
         _publish_contact(state, c, verdicts[cid],
                          by_contact.get(cid) if by_contact is not None else None, policy, out,
                          caps)
-    joined_now = (memo.joined[0], len(state.surveys), memo.joined[1], len(state.transfers))
-    last = state.joins
-    out.joins = (joined_now[0] - last[0], joined_now[1] - last[1], joined_now[2] - last[2],
-                 joined_now[3] - last[3])
-    state.joins = joined_now
-    if curve_now is not None:
-        band = min(9, max(0, int(curve_now.score // 10)))
-        if band != state.band:
-            out.band_change = (state.band, band)
-            state.band = band
-        at_risk = curve_now.at_risk
-        if at_risk != state.alerted_at_risk and state.customer_id is not None:
-            assert track is not None
-            state.alerted_at_risk = at_risk
-            state.alert_version += 1
-            alert = CustomerAlert(
-                state.customer_id, "at_risk_entered" if at_risk else "at_risk_left",
-                state.alert_version, round(curve_now.score, 2),
-                round(curve_now.drop(policy.perception.at_risk_drop_period), 2),
-                tuple(track.causes()), curve_now.t or watermark,
-            )
-            out.alerts.append(alert)
-            _remember_alert(state, alert)
+
+
+def _judge_customer(state: CustomerState, memo: Memo, curve_now: CurveState,
+                    watermark: float, policy: Policy, out: Settled) -> None:
+    """Count the customer's perception band, and alert when at-risk was entered or left."""
+    band = min(9, max(0, int(curve_now.score // 10)))
+    if band != state.band:
+        out.band_change = (state.band, band)
+        state.band = band
+    at_risk = curve_now.at_risk
+    if at_risk != state.alerted_at_risk and state.customer_id is not None:
+        track = memo.track
+        assert track is not None
+        state.alerted_at_risk = at_risk
+        state.alert_version += 1
+        alert = CustomerAlert(
+            state.customer_id, "at_risk_entered" if at_risk else "at_risk_left",
+            state.alert_version, round(curve_now.score, 2),
+            round(curve_now.drop(policy.perception.at_risk_drop_period), 2),
+            tuple(track.causes()), curve_now.t or watermark,
+        )
+        out.alerts.append(alert)
+        _remember_alert(state, alert)
+
+
+def _emptied(state: CustomerState, watermark: float, policy: Policy, out: Settled) -> None:
+    """No record left: an unidentified caller's contact is forgotten; an identified customer
+    is kept as their history and curve snapshot (idle: nothing is due)."""
+    out.forget = state.customer_id is None
+    out.idle = not out.forget
+    if state.band is not None:
+        out.band_change = (state.band if out.band_change is None else out.band_change[1],
+                           None)
+        state.band = None
+    if state.alerted_at_risk and state.customer_id is not None:
+        state.alerted_at_risk = False
+        state.alert_version += 1
+        alert = CustomerAlert(state.customer_id, "at_risk_left", state.alert_version,
+                              policy.perception.baseline, 0.0, ("idle",), watermark)
+        out.alerts.append(alert)
+        _remember_alert(state, alert)
+    # Any next signal comes after a silence longer than W + L and starts the curve again
+    # (run_curve), so the snapshot's drop history and at-risk flag are no longer needed.
+    state.snapshot.at_risk = False
+    state.snapshot.recent = []
+
+
+def _next_due(state: CustomerState, memo: Memo, pruned: bool, policy: Policy) -> float:
+    """When the state must be settled again without a new event: when a pending contact's
+    window closes, or when its oldest records are due to be dropped."""
     lateness, window = policy.allowed_lateness, policy.max_window
-    new_live_from = watermark - 2 * lateness - window
-    if state.live_from is None or new_live_from > state.live_from:
-        state.live_from = new_live_from
-    if state.superseded and state.superseded[0][1] < watermark - lateness:
-        kept = [x for x in state.superseded if x[1] >= watermark - lateness]
-        for event_id, _ in state.superseded:
-            memo.ids.discard(event_id)
-        memo.ids.update(x[0] for x in kept)
-        state.superseded = kept
-    pruned = prune_due(state, memo, watermark, policy)
     if pruned:
-        signals = track.signals if track is not None else None
-        _prune(state, watermark, policy, verdicts, signals)
-        state.memo = None
-        after = derive_verdicts(state, watermark, policy)
-        state.joins = (sum(len(v.surveys) for v in after.values()), len(state.surveys),
-                       sum(v.transfers for v in after.values()), len(state.transfers))
-    if state.is_empty():
-        # No record left: an unidentified caller's contact is forgotten; an identified
-        # customer is kept as their history and curve snapshot (idle: nothing is due).
-        out.forget = state.customer_id is None
-        out.idle = not out.forget
-        if state.band is not None:
-            out.band_change = (state.band if out.band_change is None else out.band_change[1],
-                               None)
-            state.band = None
-        if state.alerted_at_risk and state.customer_id is not None:
-            state.alerted_at_risk = False
-            state.alert_version += 1
-            alert = CustomerAlert(state.customer_id, "at_risk_left", state.alert_version,
-                                  policy.perception.baseline, 0.0, ("idle",), watermark)
-            out.alerts.append(alert)
-            _remember_alert(state, alert)
-        # Any next signal comes after a silence longer than W + L and starts the curve again
-        # (run_curve), so the snapshot's drop history and at-risk flag are no longer needed.
-        state.snapshot.at_risk = False
-        state.snapshot.recent = []
-        return out
-    if pruned:
+        verdicts = memo.verdicts
         next_due: float | None = None
         for c in state.contacts.values():
             v = verdicts.get(c.contact_id)
@@ -330,8 +363,7 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
         next_due = memo.pending_min if memo.pending else None
         earliest = min(memo.earliest_contact, memo.earliest_other)
     prune_at = earliest + 3 * lateness + 2 * window + PRUNE_STEP
-    out.next_due = prune_at if next_due is None else min(next_due, prune_at)
-    return out
+    return prune_at if next_due is None else min(next_due, prune_at)
 
 
 def _remember_alert(state: CustomerState, alert: CustomerAlert) -> None:
