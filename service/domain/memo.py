@@ -155,9 +155,7 @@ class Memo:
             self.dirty.add(hid)
 
 
-
-def derive_changes(state: CustomerState, memo: Memo, watermark: float, policy: Policy
-                    ) -> None:
+def derive_changes(state: CustomerState, memo: Memo, watermark: float, policy: Policy) -> None:
     """Derive again the verdicts the memo marked, and move their signals on the curve."""
     contacts, verdicts, track = state.contacts, memo.verdicts, memo.track
     if memo.pending and watermark > memo.pending_min:
