@@ -6,7 +6,7 @@ stream of made-up names grows all three without bound. A `Cap` keeps at most `li
 one dimension: those get their own counters and series; any other name is counted under
 `OTHER`. Which names are kept: the busiest ones in the counters (`rank`, each time the gauges
 are recomputed), and, while there is room, the first ones seen. A contact's counts remember the
-name they were added under (engine `Counted`), so they are retracted from the same place even
+name they were added under (counters `Counted`), so they are retracted from the same place even
 after the kept names changed.
 
 Channel and outcome are closed enums checked at the door, and need no cap.

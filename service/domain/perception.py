@@ -98,14 +98,6 @@ class CurveState:
                 break
         return max(0.0, peak - self.score)
 
-    def remember(self, t: float, score: float) -> None:
-        """Add (t, score) to `recent`, dropping earlier entries it dominates: an entry at or
-        below a later score can never again be the peak of a period that ends later."""
-        recent = self.recent
-        while recent and recent[-1][1] <= score:
-            recent.pop()
-        recent.append((t, score))
-
 
 @dataclass(frozen=True, slots=True)
 class ContactPerception:
@@ -123,11 +115,71 @@ class CurveResult:
 def start_state(snapshot: PerceptionSnapshot, baseline: float) -> CurveState:
     if snapshot.t is None or snapshot.score is None:
         return CurveState(None, baseline, False, [], [])
-    state = CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points), [],
-                       snapshot.last_signal)
-    for t, score in snapshot.recent:  # snapshots written before `remember` kept every entry
-        state.remember(t, score)
-    return state
+    return CurveState(snapshot.t, snapshot.score, snapshot.at_risk, list(snapshot.points),
+                      list(snapshot.recent), snapshot.last_signal)
+
+
+class CurveRules(NamedTuple):
+    """The numbers one step of the curve needs, read once per run."""
+
+    baseline: float
+    reset_after: float
+    half_life: float
+    period: float  # of the drop rule
+    below: float
+    recover_at: float
+    drop_limit: float
+
+    @staticmethod
+    def of(policy: PerceptionPolicy, baseline: float, reset_after: float) -> CurveRules:
+        return CurveRules(baseline, reset_after, policy.half_life, policy.at_risk_drop_period,
+                          policy.at_risk_below, policy.at_risk_recover_at, policy.at_risk_drop)
+
+
+def judge_at_risk(at_risk: bool, score: float, drop: float, below: float, recover_at: float,
+                  drop_limit: float) -> bool:
+    """At-risk with hysteresis: entered below `below` or on a drop of `drop_limit` within the
+    period, left only at `recover_at` with the drop under half the limit."""
+    if not at_risk:
+        return score < below or drop >= drop_limit
+    return not (score >= recover_at and drop < drop_limit / 2)
+
+
+def curve_step(sig: Signal, t_now: float | None, score: float, at_risk: bool,
+               last: float | None, recent: list[tuple[float, float]], rules: CurveRules
+               ) -> tuple[float, float, bool, float, float, bool]:
+    """One signal on the curve: restart after a long silence, drift to the signal's time, move
+    the score toward its target, keep `recent` (updated in place) to the drop period, judge
+    at-risk. (t_now, score, at_risk, score before the signal, change, whether it restarted)."""
+    st = sig.t
+    restarted = last is not None and st - last > rules.reset_after
+    if restarted:
+        t_now, score, at_risk = None, rules.baseline, False
+        recent.clear()
+    if t_now is None:
+        t_now = st
+    elif st > t_now:
+        baseline = rules.baseline
+        score = baseline + (score - baseline) * 0.5 ** ((st - t_now) / rules.half_life)
+        t_now = st
+    before = score
+    while recent and recent[-1][1] <= before:
+        recent.pop()
+    recent.append((st, before))
+    change = sig.weight * (sig.target - before)
+    score = before + change
+    while recent and recent[-1][1] <= score:
+        recent.pop()
+    recent.append((st, score))
+    horizon = t_now - rules.period
+    if recent[0][0] < horizon:
+        recent[:] = [(t, s) for (t, s) in recent if t >= horizon]
+    # Every entry left is within the period and the scores decrease: the first is the peak.
+    peak = recent[0][1]
+    drop = peak - score if peak > score else 0.0
+    at_risk = judge_at_risk(at_risk, score, drop, rules.below, rules.recover_at,
+                            rules.drop_limit)
+    return t_now, score, at_risk, before, change, restarted
 
 
 def run_curve(
@@ -144,56 +196,23 @@ def run_curve(
     """
     by_contact: dict[str, ContactPerception] = {}
     causes: list[str] = []
-    # The steps of drift_to, remember, _trim and evaluate_at_risk, inlined: this loop runs for
-    # every signal of the customer's recent history at every settle.
-    half_life, period = policy.half_life, policy.at_risk_drop_period
-    below, recover_at, drop_limit = (policy.at_risk_below, policy.at_risk_recover_at,
-                                     policy.at_risk_drop)
+    rules = CurveRules.of(policy, baseline, reset_after)
     keep_points = policy.curve_points
     t_now, score, at_risk, last = state.t, state.score, state.at_risk, state.last_signal
     points, recent = state.points, state.recent
     for sig in signals:
-        st = sig.t
-        if last is not None and st - last > reset_after:
-            t_now, score, at_risk = None, baseline, False
+        t_now, score, at_risk, before, change, reset = curve_step(
+            sig, t_now, score, at_risk, last, recent, rules)
+        last = sig.t
+        if reset:
             points.clear()
-            recent.clear()
             causes.clear()
-        if t_now is None:
-            t_now = st
-        elif st > t_now:
-            score = baseline + (score - baseline) * 0.5 ** ((st - t_now) / half_life)
-            t_now = st
-        last = st
-        before = score
-        while recent and recent[-1][1] <= before:
-            recent.pop()
-        recent.append((st, before))
-        change = sig.weight * (sig.target - before)
-        score = before + change
-        points.append((st, score, sig.cause))
-        while recent and recent[-1][1] <= score:
-            recent.pop()
-        recent.append((st, score))
-        horizon = t_now - period
-        if recent[0][0] < horizon:
-            recent[:] = [(t, s) for (t, s) in recent if t >= horizon]
+        points.append((last, score, sig.cause))
         if len(points) > keep_points:
             del points[: len(points) - keep_points]
         if change < 0:
             causes.append(sig.cause)
             del causes[:-5]
-        peak = score
-        for t, s in recent:
-            if t >= horizon:
-                peak = s
-                break
-        drop = peak - score if peak > score else 0.0
-        if not at_risk:
-            if score < below or drop >= drop_limit:
-                at_risk = True
-        elif score >= recover_at and drop < drop_limit / 2:
-            at_risk = False
         if sig.contact_id is not None:
             seen = by_contact.get(sig.contact_id)
             by_contact[sig.contact_id] = ContactPerception(
@@ -204,21 +223,10 @@ def run_curve(
 
 
 def evaluate_at_risk(state: CurveState, policy: PerceptionPolicy) -> None:
-    drop = state.drop(policy.at_risk_drop_period)
-    if not state.at_risk:
-        if state.score < policy.at_risk_below or drop >= policy.at_risk_drop:
-            state.at_risk = True
-    elif state.score >= policy.at_risk_recover_at and drop < policy.at_risk_drop / 2:
-        state.at_risk = False
-
-
-def _trim(state: CurveState, policy: PerceptionPolicy) -> None:
-    if state.t is not None:
-        horizon = state.t - policy.at_risk_drop_period
-        if state.recent and state.recent[0][0] < horizon:
-            state.recent = [(t, s) for (t, s) in state.recent if t >= horizon]
-    if len(state.points) > policy.curve_points:
-        del state.points[: len(state.points) - policy.curve_points]
+    """Judge at-risk at the state's time (between signals: after a drift)."""
+    state.at_risk = judge_at_risk(state.at_risk, state.score,
+                                  state.drop(policy.at_risk_drop_period), policy.at_risk_below,
+                                  policy.at_risk_recover_at, policy.at_risk_drop)
 
 
 @dataclass(slots=True)
@@ -304,11 +312,7 @@ class CurveTrack:
         del points[i:]
         if i == n and not self.lost:
             return set()
-        policy = self.policy
-        half_life, period = policy.half_life, policy.at_risk_drop_period
-        below, recover_at, drop_limit = (policy.at_risk_below, policy.at_risk_recover_at,
-                                         policy.at_risk_drop)
-        baseline, reset_after = self.baseline, self.reset_after
+        rules = CurveRules.of(self.policy, self.baseline, self.reset_after)
         if i == 0:
             begin = self.start
             t_now: float | None = begin.t
@@ -323,41 +327,12 @@ class CurveTrack:
         # The same steps as run_curve, keeping the curve after every signal.
         for j in range(i, n):
             sig = signals[j]
-            st = sig.t
-            if last is not None and st - last > reset_after:
-                t_now, score, at_risk = None, baseline, False
-                recent.clear()
+            t_now, score, at_risk, before, change, restarted = curve_step(
+                sig, t_now, score, at_risk, last, recent, rules)
+            last = sig.t
+            if restarted:
                 reset = j
-            if t_now is None:
-                t_now = st
-            elif st > t_now:
-                score = baseline + (score - baseline) * 0.5 ** ((st - t_now) / half_life)
-                t_now = st
-            last = st
-            before = score
-            while recent and recent[-1][1] <= before:
-                recent.pop()
-            recent.append((st, before))
-            change = sig.weight * (sig.target - before)
-            score = before + change
-            while recent and recent[-1][1] <= score:
-                recent.pop()
-            recent.append((st, score))
-            horizon = t_now - period
-            if recent[0][0] < horizon:
-                recent[:] = [(t, s) for (t, s) in recent if t >= horizon]
-            peak = score
-            for t, s in recent:
-                if t >= horizon:
-                    peak = s
-                    break
-            drop = peak - score if peak > score else 0.0
-            if not at_risk:
-                if score < below or drop >= drop_limit:
-                    at_risk = True
-            elif score >= recover_at and drop < drop_limit / 2:
-                at_risk = False
-            points.append(_Point(t_now, score, at_risk, st, tuple(recent), before, change < 0,
+            points.append(_Point(t_now, score, at_risk, last, tuple(recent), before, change < 0,
                                  reset))
         changed = set(self.lost)
         self.lost.clear()

@@ -8,7 +8,7 @@ because of c, when c falls within *p's* window and scope, so the two always agre
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 DAY = 86400.0
 
@@ -66,9 +66,3 @@ class Policy:
     def join_horizon(self) -> float:
         """A transfer or survey joins a contact at most this far from it in event time."""
         return self.max_window + self.allowed_lateness
-
-    def with_queue(self, queue: str, **changes: object) -> Policy:
-        base = self.per_queue.get(queue, self.default)
-        per_queue = dict(self.per_queue)
-        per_queue[queue] = replace(base, **changes)  # type: ignore[arg-type]
-        return replace(self, per_queue=per_queue)

@@ -11,10 +11,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.domain.counters import STATUS_UNRESOLVED
 from service.domain.events import CallEnded, SurveyAnswered, Transfer
+
+if TYPE_CHECKING:
+    from service.domain.memo import Memo
 
 # Fields outside the contract are kept in the state up to about this many bytes of JSON per
 # contact: whole fields, in the event's order, each one that still fits; the names of those
@@ -287,7 +290,7 @@ class CustomerState:
     snapshot: PerceptionSnapshot = field(default_factory=PerceptionSnapshot)
     alerted_at_risk: bool = False
     alert_version: int = 0
-    live_from: float | None = None  # contacts before this are context only (see engine)
+    live_from: float | None = None  # contacts before this are context only (see settle)
     band: int | None = None  # perception band (score // 10) last counted for this customer
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)  # surveys joined/held, transfers joined/held
     # More contacts in the window than a customer can have (a shared placeholder id, a test
@@ -297,9 +300,8 @@ class CustomerState:
     # customer (this state is then unidentified: customer_id is None).
     alias: str | None = None
     history: CustomerHistory | None = None  # made when a first record is dropped or alert sent
-    # What the engine derived from this state, kept while the object lives (engine.Memo);
-    # never stored.
-    memo: Any = field(default=None, compare=False, repr=False)
+    # What the engine derived from this state, kept while the object lives; never stored.
+    memo: Memo | None = field(default=None, compare=False, repr=False)
 
     def seen(self, event_id: str) -> bool:
         if any(e == event_id for e, _ in self.superseded):
@@ -316,6 +318,7 @@ class CustomerState:
     def to_dict(self) -> dict[str, Any]:
         snap = self.snapshot
         out: dict[str, Any] = {
+            "v": STATE_FORMAT,
             "cu": self.customer_id,
             "c": [c.to_list() for c in self.contacts.values()],
             "t": [r.to_list() for r in self.transfers],
@@ -339,6 +342,8 @@ class CustomerState:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> CustomerState:
+        if d.get("v") != STATE_FORMAT:
+            d = _upgrade(d)
         t, score, at_risk, points, recent, last_signal = d["p"]
         contacts = [ContactRecord.from_list(v) for v in d["c"]]
         return CustomerState(
@@ -348,18 +353,46 @@ class CustomerState:
             surveys=[SurveyRecord.from_list(v) for v in d["s"]],
             superseded=[(x[0], x[1]) for x in d["x"]],
             emitted={k: Emitted(v[0], v[1], tuple(v[2]),
-                                None if v[3] is None else (v[3][0], v[3][1]),
-                                v[4] if len(v) > 4 else None)
+                                None if v[3] is None else (v[3][0], v[3][1]), v[4])
                      for k, v in d["e"].items()},
             snapshot=PerceptionSnapshot(t, score, at_risk, [(p[0], p[1], p[2]) for p in points],
                                         [(r[0], r[1]) for r in recent], last_signal),
             alerted_at_risk=d["a"][0],
             alert_version=d["a"][1],
-            # Fields added after the first release: states written before lack them.
-            live_from=d.get("l"),
-            band=d.get("b"),
-            joins=tuple(d.get("j", (0, 0, 0, 0))),
-            noisy=d.get("n", False),
-            alias=d.get("k"),
-            history=CustomerHistory.from_list(d["h"]) if "h" in d else None,
+            live_from=d["l"],
+            band=d["b"],
+            joins=tuple(d["j"]),
+            noisy=d.get("n", False),  # written only when true
+            alias=d.get("k"),  # written only when set
+            history=CustomerHistory.from_list(d["h"]) if "h" in d else None,  # once not empty
         )
+
+
+# The format `CustomerState.to_dict` writes. States written before the format carried a
+# version ("v") are read through `_upgrade`.
+STATE_FORMAT = 1
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A state written before format 1 in format 1's shape, with the values it was read as.
+
+    Before format 1: the fields "l" (live_from), "b" (band) and "j" (joins) could be missing;
+    an entry of "e" could lack the checksum of its inputs (such a contact's view is then
+    compared by digest when it is next settled); the snapshot's drop history ("p"[4]) kept
+    every entry, where format 1 keeps only those not dominated by a later, higher score.
+    """
+    d = dict(d)
+    d.setdefault("l", None)
+    d.setdefault("b", None)
+    d.setdefault("j", (0, 0, 0, 0))
+    d["e"] = {k: v if len(v) > 4 else [*v, None] for k, v in d["e"].items()}
+    p = list(d["p"])
+    recent: list[Any] = []
+    for entry in p[4]:  # drop the entries a later, higher or equal score dominates
+        while recent and recent[-1][1] <= entry[1]:
+            recent.pop()
+        recent.append(entry)
+    p[4] = recent
+    d["p"] = p
+    d["v"] = STATE_FORMAT
+    return d

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.domain.counters import STATUS_UNRESOLVED
-from service.domain.engine import Verdict, derive_verdicts, perception_curve, rfc3339
+from service.domain.curve import perception_curve
 from service.domain.policy import Policy
 from service.domain.records import (
     HISTORY_CONTACTS,
@@ -14,6 +14,8 @@ from service.domain.records import (
     CustomerHistory,
     CustomerState,
 )
+from service.domain.settle import rfc3339
+from service.domain.verdicts import Verdict, derive_verdicts
 
 RECENT_CONTACTS = 20
 TREND_PERIOD = 7 * 86400.0

@@ -13,10 +13,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.domain.engine import _digest, apply_event, new_state, settle
+from service.domain.engine import apply_event, new_state, settle
 from service.domain.perception import CurveState, CurveTrack, Signal, run_curve, start_state
 from service.domain.policy import DAY, PerceptionPolicy, Policy
 from service.domain.records import CustomerState, PerceptionSnapshot
+from service.domain.settle import _digest
 from tests.unit.builders import call, survey, transfer, ts
 
 PP = PerceptionPolicy()
@@ -71,7 +72,10 @@ def test_the_drop_rule_finds_the_peak_the_plain_way_does(signals: list[Signal]) 
 
 def test_a_stored_snapshot_with_every_point_is_reduced_to_the_possible_peaks() -> None:
     points = [(0.0, 60.0), (1.0, 80.0), (2.0, 50.0), (3.0, 55.0), (4.0, 40.0)]
-    snapshot = PerceptionSnapshot(4.0, 40.0, True, [], points, 4.0)
+    stored = CustomerState(customer_id="cust-1").to_dict()
+    del stored["v"]  # as written before the state format had a version
+    stored["p"] = [4.0, 40.0, True, [], [list(p) for p in points], 4.0]
+    snapshot = CustomerState.from_dict(stored).snapshot
     state = start_state(snapshot, 70.0)
     assert state.recent == [(1.0, 80.0), (3.0, 55.0), (4.0, 40.0)]
     assert state.drop(PP.at_risk_drop_period) == 40.0
@@ -99,6 +103,7 @@ def test_a_state_stored_without_view_checksums_settles_to_the_same_versions() ->
     views: dict[str, dict[str, Any]] = {}
     state = _history(views)
     stored = state.to_dict()
+    del stored["v"]  # as written before the state format had a version
     for cid, emitted in stored["e"].items():
         # As written before the checksum existed: with the digest of the view it published.
         view = {k: v for k, v in views[cid].items() if k != "version"}
