@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from service.domain.counters import STATUS_PENDING, STATUS_RESOLVED
+from service.domain.counters import STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED
 from service.domain.curve import baseline_of, record_signals, signals_of_contact
 from service.domain.perception import CurveTrack, Signal, start_state
 from service.domain.policy import Policy
 from service.domain.records import ContactRecord, CustomerState, SurveyRecord, TransferRecord
-from service.domain.verdicts import Verdict, contact_verdict
+from service.domain.verdicts import (
+    Verdict,
+    joined_records,
+    participant_verdict,
+    scan_neighbours,
+)
 
 PRUNE_STEP = 86400.0  # records are dropped a day's worth at a time (see Memo)
 
@@ -207,3 +212,19 @@ def prune_due(state: CustomerState, memo: Memo, watermark: float, policy: Policy
     return (memo.earliest_contact < live_from - window - PRUNE_STEP
             or memo.earliest_other < live_from - policy.join_horizon - PRUNE_STEP)
 
+
+def contact_verdict(c: ContactRecord, memo: Memo, watermark: float, policy: Policy) -> Verdict:
+    """One contact's verdict from the memo's indexes: the same as `derive_verdicts` gives it."""
+    cid = c.contact_id
+    horizon = policy.join_horizon
+    n_transfers = len(joined_records(memo.transfers_of.get(cid), c.t, horizon))
+    found = joined_records(memo.surveys_of.get(cid), c.t, horizon)
+    if len(found) > 1:
+        found.sort(key=lambda sv: (sv.t, sv.event_id))
+    joined = tuple(found)
+    if not (memo.identified and c.outcome == "handled"):
+        return Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined)
+    handled = memo.handled
+    repeat_of, repeated = scan_neighbours(c, bisect_left(handled, (c.t, cid)), handled,
+                                          memo.contacts, policy)
+    return participant_verdict(c, repeated, repeat_of, n_transfers, joined, watermark, policy)

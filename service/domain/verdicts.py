@@ -7,15 +7,14 @@ contact in scope repeats it, when it was transferred (if the queue counts transf
 survey said it was not resolved; otherwise pending until its repeat window closes, then
 resolved. Transfers and surveys join their contact within the join horizon.
 
-`derive_verdicts` derives every contact's verdict from the whole state; `contact_verdict`
+`derive_verdicts` derives every contact's verdict from the whole state; `memo.contact_verdict`
 derives one from the memo's indexes. Both find a contact's neighbours with `scan_neighbours`.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from service.domain.counters import (
     STATUS_NONE,
@@ -27,9 +26,6 @@ from service.domain.counters import (
 )
 from service.domain.policy import Policy
 from service.domain.records import ContactRecord, CustomerState, SurveyRecord, TransferRecord
-
-if TYPE_CHECKING:
-    from service.domain.memo import Memo
 
 REPEAT_CONTACT = "repeat_contact"
 TRANSFERRED = "transferred"
@@ -121,34 +117,17 @@ def derive_verdicts(
         if near is None:  # not in the FCR population
             verdicts[cid] = Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined)
         else:
-            verdicts[cid] = _participant_verdict(c, near[1], near[0], n_transfers, joined,
+            verdicts[cid] = participant_verdict(c, near[1], near[0], n_transfers, joined,
                                                  watermark, policy)
     return verdicts
 
 
-def _joined(records: list[_R] | None, t: float, horizon: float) -> list[_R]:
+def joined_records(records: list[_R] | None, t: float, horizon: float) -> list[_R]:
     """The records (of one contact) within the join horizon of its time `t`."""
     return [r for r in records if abs(r.t - t) <= horizon] if records else []
 
 
-def contact_verdict(c: ContactRecord, memo: Memo, watermark: float, policy: Policy) -> Verdict:
-    """One contact's verdict from the memo's indexes: the same as `derive_verdicts` gives it."""
-    cid = c.contact_id
-    horizon = policy.join_horizon
-    n_transfers = len(_joined(memo.transfers_of.get(cid), c.t, horizon))
-    found = _joined(memo.surveys_of.get(cid), c.t, horizon)
-    if len(found) > 1:
-        found.sort(key=lambda sv: (sv.t, sv.event_id))
-    joined = tuple(found)
-    if not (memo.identified and c.outcome == "handled"):
-        return Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined)
-    handled = memo.handled
-    repeat_of, repeated = scan_neighbours(c, bisect_left(handled, (c.t, cid)), handled,
-                                          memo.contacts, policy)
-    return _participant_verdict(c, repeated, repeat_of, n_transfers, joined, watermark, policy)
-
-
-def _participant_verdict(c: ContactRecord, repeated: bool, repeat_of: str | None,
+def participant_verdict(c: ContactRecord, repeated: bool, repeat_of: str | None,
                          n_transfers: int, joined: tuple[SurveyRecord, ...], watermark: float,
                          policy: Policy) -> Verdict:
     """The verdict of a contact in the FCR population, from what was found around it."""
