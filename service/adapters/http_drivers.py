@@ -33,7 +33,9 @@ from service.domain.partition import clock_summary
 from service.domain.policy import Policy
 from service.domain.storage_names import counter_field, split_counter_field
 
-HOURS_PER_BUCKET_READ = 24  # whole hour hashes are read a day at a time (repeat drivers)
+# Repeat drivers are summed inside Redis a day of hours per script call and partition
+# (sum_matching.lua scans each hour's fields), each call through the lookups' read gate.
+HOURS_PER_SCAN = 24
 _DRIVER_NAMES = ("unresolved", "fcr_total", "resolved", "led_cost")
 _COST_NAMES = ("handled", "cost", "repeats", "repeat_cost", "settled_cost", "resolved",
                "unresolved", "fcr_total")
@@ -121,29 +123,23 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
                 prefix += driver_value(queue) + ">"
         elif queue is not None:  # by=queue with a queue: that queue's row only
             prefix += queue
-        origins = kind == "flow"
         sums: dict[str, dict[str, int]] = {}
         hours = list(range(start, end, HOUR))
         n = partitions()
-        for i in range(0, len(hours), HOURS_PER_BUCKET_READ):
-            async with reads:
-                read = await store.read_buckets_by_hour(n, hours[i:i + HOURS_PER_BUCKET_READ])
-            for buckets in read.values():
-                for bucket in buckets:
-                    for field, value in bucket.items():
-                        dimension, name = split_counter_field(field)
-                        if dimension.startswith(prefix) and name in _DRIVER_NAMES:
-                            if kind == "queue" and queue is not None and dimension != prefix:
-                                continue
-                            key = dimension
-                        elif origins and dimension.startswith("queue:") and name in (
-                                "unresolved", "fcr_total"):
-                            key = dimension  # the origin queues' FCR
-                        else:
-                            continue
-                        row = sums.setdefault(key, {})
-                        row[name] = row.get(name, 0) + value
-            await asyncio.sleep(0)
+        scans: list[tuple[str, tuple[str, ...]]] = [(prefix, _DRIVER_NAMES)]
+        if kind == "flow":  # and the origin queues' FCR
+            scans.append(("queue:", ("unresolved", "fcr_total")))
+        for i in range(0, len(hours), HOURS_PER_SCAN):
+            for scan_prefix, names in scans:
+                async with reads:
+                    found = await store.sum_matching(n, hours[i:i + HOURS_PER_SCAN],
+                                                     scan_prefix, names)
+                for field, value in found.items():
+                    dimension, name = split_counter_field(field)
+                    if kind == "queue" and queue is not None and dimension != prefix:
+                        continue  # another queue whose name starts with this one
+                    row = sums.setdefault(dimension, {})
+                    row[name] = row.get(name, 0) + value
         rows: dict[str, DriverCounts] = {}
         flows: dict[str, tuple[str, str]] = {}  # flow row -> (origin queue, what it led to)
         for dimension, row in sums.items():
