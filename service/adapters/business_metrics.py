@@ -103,9 +103,10 @@ class BusinessMetrics:
             registry=registry)
         self.folded = Gauge(
             "cx_label_values_folded",
-            "Distinct queue, segment or agent names (`dimension`) without counters and series "
-            "of their own, counted under `other` (CX_MAX_QUEUES, CX_MAX_SEGMENTS, "
-            "CX_MAX_AGENTS): seen by this worker since it started, or in the gauges' windows.",
+            "Distinct queue, segment, agent or reason names (`dimension`) without counters and "
+            "series of their own, counted under `other` (CX_MAX_QUEUES, CX_MAX_SEGMENTS, "
+            "CX_MAX_AGENTS, CX_MAX_REASONS): seen by this worker since it started, or in the "
+            "gauges' windows.",
             ["dimension"], registry=registry)
         for cap in self.caps.all():
             self.folded.labels(cap.dimension).set(0)
