@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from service.domain.costs import ContactCosts, parse_costs
 from service.domain.durations import parse_duration
 from service.domain.policy import PerceptionPolicy, Policy, QueuePolicy
 from service.redis_url import parse_redis_url
@@ -602,7 +603,8 @@ VARIABLES: tuple[Variable, ...] = (
              "counted under the agent `other`. CX_METRICS_AGENT_LABELS picks the agents among "
              "them that get gauge series.", _int_range(1, 1_000_000), "max_agents"),
     Variable("CX_FCR_TARGET", "0.7",
-             "FCR the centre aims for (0-1): the wallboard colours tiles against it.",
+             "FCR the centre aims for (0-1): the wallboard colours tiles against it, and the "
+             "avoidable cost is computed at it.",
              _ratio, "fcr_target"),
     Variable("CX_METRICS_REFRESH", "15s",
              "How often the worker recomputes the business gauges from Redis.",
@@ -612,6 +614,17 @@ VARIABLES: tuple[Variable, ...] = (
              str, "data_dir"),
     Variable("CX_LOG_LEVEL", "info", "Log level: debug, info, warning or error.",
              _log_level, "log_level"),
+    # Repeat drivers and the cost of contacts
+    Variable("CX_MAX_REASONS", "50",
+             "Most contact reasons (call-ended `reason`) with counters of their own, as "
+             "CX_MAX_QUEUES; the rest are counted under the reason `other`, contacts without a "
+             "reason under `unknown`.", _int_range(1, 100_000), "max_reasons"),
+    Variable("CX_CONTACT_COSTS", "",
+             "Cost of one handled contact per channel and optionally per queue (a queue's "
+             "price overrides its channel's), JSON with an ISO 4217 currency, at most 3 "
+             "decimals, e.g. `{\"currency\": \"USD\", \"channel\": {\"voice\": 6.5}, "
+             "\"queue\": {\"billing\": 7.9}}`; empty: no cost figures.",
+             parse_costs, "contact_costs"),
 )
 
 
@@ -704,6 +717,8 @@ class Settings:
     event_loop: str
     data_dir: str
     log_level: str
+    max_reasons: int = 50
+    contact_costs: ContactCosts | None = None
 
     @property
     def input_topics(self) -> tuple[str, str, str]:

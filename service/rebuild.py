@@ -189,7 +189,8 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
             return bool(high - ((-1 if last is None else last) + 1) > 0)
 
         sink = DiscardedOutputs()
-        caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents)
+        caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents,
+                         settings.max_reasons, settings.contact_costs)
         processor = IngestProcessor(
             store=state, sink=sink, metrics=PipelineMetrics(settings.input_topics),
             settings=IngestSettings.of(settings, versions.own, lagging, caps),

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from service.adapters import redis_state
 from service.adapters.business_metrics import BusinessMetrics
 from service.adapters.connections import faust_credentials, redis_options, redis_startup_failure
+from service.adapters.drivers_gauges import DriverGauges
 from service.adapters.erasure_store import ErasureKeyError, ErasureStore, erasure_key
 from service.adapters.event_loop import use_event_loop
 from service.adapters.http import install_routes
@@ -121,7 +122,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     guard_redis_restarts(state.client)
     rewind_to_applied(app, state, settings.input_topics, partitions)
     parts = _Parts(settings, app, partitions, metrics, policy, state, versions,
-                   LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents))
+                   LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents,
+                             settings.max_reasons, settings.contact_costs))
     processor = wire_pipeline(parts)
     business = wire_gauges(parts)
     wire_http(parts, guard, processor, business)
@@ -281,7 +283,10 @@ def wire_gauges(parts: _Parts) -> BusinessMetrics:
 
     business = BusinessMetrics(parts.metrics.registry, windows=settings.metrics_windows,
                                agent_labels=settings.metrics_agent_labels, policy=parts.policy,
-                               fcr_target=settings.fcr_target, caps=parts.caps)
+                               fcr_target=settings.fcr_target, caps=parts.caps,
+                               drivers=DriverGauges(parts.metrics.registry,
+                                                    settings.contact_costs,
+                                                    settings.fcr_target))
 
     business.policy_version.labels("writing").set(int(settings.policy_version))
 
@@ -321,7 +326,8 @@ def wire_http(parts: _Parts, guard: HttpGuard, processor: IngestProcessor,
     install_routes(app, parts.metrics.registry, readiness, state, parts.policy,
                    lambda: parts.partitions, wallboard=lambda: business.wallboard,
                    serving=serving, max_reads=settings.api_max_reads,
-                   max_fcr=settings.api_max_fcr)
+                   max_fcr=settings.api_max_fcr, costs=settings.contact_costs,
+                   fcr_target=settings.fcr_target)
 
 
 def _state(settings: Settings, client: RedisClient, prefix: str) -> RedisState:

@@ -8,6 +8,9 @@ bin=$repo/.venv/bin
 deploy/local/stack.sh start
 eval "$(deploy/local/stack.sh env | sed 's/^/export /')"
 export CX_HTTP_PORT=${CX_HTTP_PORT:-6066}
+# Example prices per handled contact, so the cost figures show (CX_CONTACT_COSTS in
+# docs/configuration.md); set CX_CONTACT_COSTS= (empty) to run without costs.
+export CX_CONTACT_COSTS=${CX_CONTACT_COSTS-'{"currency": "USD", "channel": {"voice": 6.5, "chat": 3.2, "email": 2.1, "sms": 1.2, "social": 2.4, "video": 7.5}, "queue": {"tech_support": 8.4}}'}
 "$bin/cx-stream" topics
 
 mkdir -p .cx-local
@@ -47,6 +50,8 @@ cx-stream is running on simulated traffic: the last week at one simulated hour p
 minute, then live in real time.
   wallboard    $url/wallboard
   FCR          $url/api/v1/fcr?from=$start&to=$until
+  drivers      $url/api/v1/repeat-drivers?from=$start&to=$until&by=reason
+  cost         $url/api/v1/cost?from=$start&to=$until
   customer     $url/api/v1/customers/cust-000042   contact $url/api/v1/contacts/{contact_id}
   metrics      $url/metrics
   health       $url/healthz   readiness $url/readyz

@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from service.adapters.drivers_gauges import DriverGauges
 from service.adapters.redis_state import RedisState
 from service.domain.cardinality import Cap, LabelCaps, fold_dimensions, totals_by_value
 from service.domain.engine import rfc3339
@@ -41,6 +42,11 @@ _GAUGES = {
 }
 
 
+def _gauged(dimension: str) -> bool:
+    """Whether a counter dimension has series in the gauges above (not reason or drivers)."""
+    return dimension == "all" or dimension.partition(":")[0] in LABELS
+
+
 def _labels(window: str, dimension: str) -> dict[str, str]:
     labels = dict.fromkeys(LABELS, "")
     labels["window"] = window
@@ -53,8 +59,9 @@ def _labels(window: str, dimension: str) -> dict[str, str]:
 class BusinessMetrics:
     def __init__(self, registry: CollectorRegistry, *, windows: tuple[tuple[str, float], ...],
                  agent_labels: int, policy: Policy, fcr_target: float = 0.7,
-                 caps: LabelCaps | None = None) -> None:
+                 caps: LabelCaps | None = None, drivers: DriverGauges | None = None) -> None:
         self._windows = windows
+        self.drivers = drivers  # repeat drivers and costs, from the same counters
         self._fcr_target = fcr_target
         self.wallboard: dict[str, Any] = {"watermark": None, "centre": {}, "queues": [],
                                           "fcr_target": fcr_target, "window": ""}
@@ -96,9 +103,10 @@ class BusinessMetrics:
             registry=registry)
         self.folded = Gauge(
             "cx_label_values_folded",
-            "Distinct queue, segment or agent names (`dimension`) without counters and series "
-            "of their own, counted under `other` (CX_MAX_QUEUES, CX_MAX_SEGMENTS, "
-            "CX_MAX_AGENTS): seen by this worker since it started, or in the gauges' windows.",
+            "Distinct queue, segment, agent or reason names (`dimension`) without counters and "
+            "series of their own, counted under `other` (CX_MAX_QUEUES, CX_MAX_SEGMENTS, "
+            "CX_MAX_AGENTS, CX_MAX_REASONS): seen by this worker since it started, or in the "
+            "gauges' windows.",
             ["dimension"], registry=registry)
         for cap in self.caps.all():
             self.folded.labels(cap.dimension).set(0)
@@ -129,6 +137,7 @@ class BusinessMetrics:
             for i in range(0, len(ordered), HOURS_PER_READ):
                 raw.update(await state.read_buckets_by_hour(n, ordered[i:i + HOURS_PER_READ]))
             kept = self._rank(raw.values())
+            recents: dict[str, dict[str, dict[str, int]]] = {}
             for name, seconds in self._windows:
                 await asyncio.sleep(0)
                 recent = fold_dimensions(
@@ -137,15 +146,22 @@ class BusinessMetrics:
                 closed = fold_dimensions(
                     sum_by_dimension(b for h in trailing_hours(watermark - shift, seconds)
                                      for b in raw.get(h, [])), kept)
+                recents[name] = recent
                 for dimension, counts in recent.items():
+                    if not _gauged(dimension):
+                        continue
                     labels = _labels(name, dimension)
                     for kpi, value in kpis(counts).items():
                         if value is not None:
                             computed.append((kpi, labels, value))
                 for dimension, counts in closed.items():
+                    if not _gauged(dimension):
+                        continue
                     value = kpis(counts)["fcr_provisional"]
                     if value is not None:
                         computed.append(("fcr_final", _labels(name, dimension), value))
+            if self.drivers is not None:
+                self.drivers.update(recents, version)
         self.wallboard = self._wallboard(computed, clocks, watermark)
         self.wallboard["policy_version"] = version
         # No await below: a scrape never sees the gauges half updated.
@@ -219,5 +235,5 @@ class BusinessMetrics:
         for cap in caps.all():
             cap.rank(agents if cap is caps.agent else totals_by_value(read, cap.dimension))
         self._agent_series.rank({a: n for a, n in agents.items() if a in caps.agent.kept})
-        return {"queue": caps.queue, "segment": caps.segment,
+        return {"queue": caps.queue, "segment": caps.segment, "reason": caps.reason,
                 "agent": self._agent_series if self._agent_labels > 0 else None}

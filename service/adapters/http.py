@@ -18,6 +18,7 @@ from prometheus_client.exposition import choose_encoder
 
 from service.adapters.kafka_publish import partition_of
 from service.adapters.redis_state import RedisState
+from service.domain.costs import ContactCosts
 from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
 from service.domain.partition import clock_summary
@@ -193,7 +194,8 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
                    state: RedisState, policy: Policy, partitions: Callable[[], int],
                    wallboard: Callable[[], dict[str, Any]],
                    serving: Serving | None = None, max_reads: int = 32,
-                   max_fcr: int = 2) -> None:
+                   max_fcr: int = 2, costs: ContactCosts | None = None,
+                   fcr_target: float = 0.7) -> None:
     """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
 
     With `serving`, each API request reads the state and rules of the policy version it
@@ -295,5 +297,7 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     router.add_get(CONTACTS + "{contact_id:[^/]+}", contact, allow_head=False)
     router.add_get(CUSTOMERS + "{customer_id:[^/]+}", customer, allow_head=False)
     router.add_get("/api/v1/fcr", fcr, allow_head=False)
+    from service.adapters.http_drivers import install_drivers_routes  # it imports this module
 
-
+    install_drivers_routes(app, served, partitions, reads, costs=costs, fcr_target=fcr_target,
+                           max_fcr=max_fcr)

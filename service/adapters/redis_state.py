@@ -69,6 +69,7 @@ class RedisState:
         self._commit: Script = client.register_script(_lua("commit_partition.lua"))
         self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
         self._sum_counters: Script = client.register_script(_lua("sum_counters.lua"))
+        self._sum_matching: Script = client.register_script(_lua("sum_matching.lua"))
         self._scripts_loaded = False
         self._cluster = isinstance(client, RedisCluster)
         self.round_trips: list[float] = []
@@ -234,6 +235,32 @@ class RedisState:
                 if isinstance(reply, Exception):
                     raise reply
             return [sum(int(reply[i]) for reply in replies) for i in range(len(fields))]
+        raise ConnectionError("Redis keeps losing the counters script")
+
+    async def sum_matching(self, partitions: int, hours: Sequence[int], prefix: str,
+                           names: Sequence[str]) -> dict[str, int]:
+        """Every counter field whose dimension starts with `prefix` and whose name is one of
+        `names`, summed over the partitions and hours inside Redis (sum_matching.lua): one
+        command per partition in one round trip."""
+        pattern = "".join("\\" + ch if ch in "*?[]\\^" else ch for ch in prefix) + "*"
+        for _ in range(3):
+            pipe = self.client.pipeline(transaction=False)
+            for partition in range(partitions):
+                keys = [self.hour_key(partition, hour) for hour in hours]
+                pipe.evalsha(self._sum_matching.sha, len(keys), *keys, pattern, *names)
+            replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                self._sum_matching.sha = await self.client.script_load(
+                    self._sum_matching.script)
+                continue
+            totals: dict[str, int] = {}
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+                for i in range(0, len(reply), 2):
+                    field = _text(reply[i])
+                    totals[field] = totals.get(field, 0) + int(reply[i + 1])
+            return totals
         raise ConnectionError("Redis keeps losing the counters script")
 
     # -- writes ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Bounds on the label values that input controls: queue, segment and agent names.
+"""Bounds on the label values that input controls: queue, segment, agent and reason names.
 
 Any producer can invent a new queue or segment name with every event. Each name would become
 new hash fields in every hour's counters, new Prometheus series and a new wallboard tile, so a
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
+from service.domain.costs import ContactCosts
 from service.domain.counters import Counted
 
 OTHER = "other"
@@ -69,33 +70,55 @@ class Cap:
 
 
 class LabelCaps:
-    """The caps of the three free-text dimensions of the counters."""
+    """The caps of the free-text dimensions of the counters (queue, segment, agent, reason),
+    and the prices a contact is counted at (CX_CONTACT_COSTS; None: no costs)."""
 
-    __slots__ = ("agent", "queue", "segment")
+    __slots__ = ("agent", "costs", "queue", "reason", "segment")
 
-    def __init__(self, queues: int, segments: int, agents: int) -> None:
+    def __init__(self, queues: int, segments: int, agents: int, reasons: int = 50,
+                 costs: ContactCosts | None = None) -> None:
         self.queue = Cap("queue", queues)
         self.segment = Cap("segment", segments)
         self.agent = Cap("agent", agents)
+        self.reason = Cap("reason", reasons)
+        self.costs = costs
 
-    def all(self) -> tuple[Cap, Cap, Cap]:
-        return (self.queue, self.segment, self.agent)
+    def all(self) -> tuple[Cap, ...]:
+        return (self.queue, self.segment, self.agent, self.reason)
 
     def counted(self, c: Counted) -> Counted:
-        """`c` with its queue, segment and agent as they are counted."""
+        """`c` with its names as they are counted, priced at the configured costs."""
         queue = self.queue.label(c.queue)
         segment = None if c.segment is None else self.segment.label(c.segment)
         agent = None if c.agent is None else self.agent.label(c.agent)
-        if queue is c.queue and segment is c.segment and agent is c.agent:
+        reason = None if c.reason is None else self.reason.label(c.reason)
+        led_queue, led_reason = c.led_queue, c.led_reason
+        cost = led_cost = 0
+        costs = self.costs
+        # Led to a repeat contact (led_reason set): led_queue is a queue name, not a transfer.
+        if led_reason is not None:
+            if costs is not None and c.led_channel is not None and led_queue is not None:
+                led_cost = costs.price(led_queue, c.led_channel)
+            led_reason = self.reason.label(led_reason)
+            if led_queue is not None:
+                led_queue = self.queue.label(led_queue)
+        if costs is not None and c.outcome == "handled":
+            cost = costs.price(c.queue, c.channel)
+        if (queue is c.queue and segment is c.segment and agent is c.agent
+                and reason is c.reason and led_queue is c.led_queue
+                and led_reason is c.led_reason and not cost and not led_cost):
             return c
-        return replace(c, queue=queue, segment=segment, agent=agent)
+        return replace(c, queue=queue, segment=segment, agent=agent, reason=reason,
+                       led_queue=led_queue, led_reason=led_reason, cost=cost,
+                       led_cost=led_cost)
 
 
 def fold_dimensions(by_dimension: Mapping[str, dict[str, int]],
                     kept: Mapping[str, Cap | None]) -> dict[str, dict[str, int]]:
     """Counters summed per dimension (`queue:billing`, ...) with the values of each capped
-    kind (`queue`, `segment`, `agent`) that `kept` does not keep summed into `<kind>:other`,
-    and remembered in its cap as folded. A kind mapped to None is left out entirely."""
+    kind (`queue`, `segment`, `agent`, `reason`) that `kept` does not keep summed into
+    `<kind>:other`, and remembered in its cap as folded. A kind mapped to None is left out
+    entirely."""
     out: dict[str, dict[str, int]] = {}
     for dimension, counts in by_dimension.items():
         kind, sep, value = dimension.partition(":")

@@ -2,8 +2,10 @@
 
 Each contact is counted in the hour bucket of its `occurred_at`, under every dimension it has:
 `all`, `queue:<q>`, `channel:<c>`, `agent:<a>` (handled contacts) and `segment:<s>` (when
-known). When a contact's verdict changes, its old contribution is retracted and the new one
-added, so any hour-aligned range sums exactly.
+known), `reason:<r>` (the call-ended's reason, `unknown` without one), and for the FCR
+population the driver dimensions `queue_reason:<q>><r>`, `queue_agent:<q>><a>` and, for an
+unresolved contact, `flow:<q>><what it led to>`. When a contact's verdict changes, its old
+contribution is retracted and the new one added, so any hour-aligned range sums exactly.
 """
 
 from __future__ import annotations
@@ -21,9 +23,20 @@ FIELDS = (
     "fcr_total", "unresolved", "resolved", "repeats", "transferred",
     "surveys", "survey_unresolved", "csat_sum", "csat_count",
     "nps_promoters", "nps_detractors", "nps_count", "ces_sum", "ces_count",
+    # Repeat drivers and costs (docs/metrics-definitions.md): money in thousandths of the
+    # currency of CX_CONTACT_COSTS, priced when the contact is counted.
+    "cost", "repeat_cost", "settled_cost", "led_cost",
 )
 
 STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED = range(4)
+
+# Repeat drivers: what an unresolved contact led to when no repeat contact did; the reason of
+# a contact whose call-ended has none.
+LED_TRANSFER = "transfer"
+LED_SURVEY = "survey_unresolved"
+NO_REASON = "unknown"
+# Driver dimensions (`<kind>:<origin queue>><value>`): only these FIELDS are written there.
+DRIVER_FIELDS = ("fcr_total", "unresolved", "resolved", "led_cost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +63,23 @@ class Counted:
     ces_sum: int
     ces_count: int
     identified: bool = False
+    # Repeat drivers and costs. `reason` None: counted by a version without reasons (nothing
+    # to retract under `reason:`). `led_queue`: for an unresolved contact, the queue of the
+    # contact that repeated it, or TRANSFER / SURVEY_UNRESOLVED when that is why it failed.
+    reason: str | None = None
+    led_queue: str | None = None
+    led_reason: str | None = None
+    led_channel: str | None = None
+    cost: int = 0  # price of this handled contact, thousandths
+    led_cost: int = 0  # price of the contact that repeated it, thousandths
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
                 self.participates, self.status, self.is_repeat, self.transferred, self.surveys,
                 self.survey_unresolved, self.csat_sum, self.csat_count, self.nps_promoters,
                 self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count,
-                self.identified)
+                self.identified, self.reason, self.led_queue, self.led_reason,
+                self.led_channel, self.cost, self.led_cost)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
@@ -78,7 +101,10 @@ def vector(c: Counted) -> tuple[int, ...]:
             int(outcome == "handled"), int(c.participates), int(status == STATUS_UNRESOLVED),
             int(status == STATUS_RESOLVED), int(c.is_repeat), int(c.transferred), c.surveys,
             c.survey_unresolved, c.csat_sum, c.csat_count, c.nps_promoters, c.nps_detractors,
-            c.nps_count, c.ces_sum, c.ces_count)
+            c.nps_count, c.ces_sum, c.ces_count,
+            c.cost, c.cost if c.is_repeat else 0,
+            c.cost if status in (STATUS_RESOLVED, STATUS_UNRESOLVED) else 0,
+            c.led_cost)
 
 
 _FIELD_ROWS: dict[str, tuple[str, ...]] = {}  # dimension -> hash fields in the order of FIELDS
@@ -93,13 +119,27 @@ def _field_row(dimension: str) -> tuple[str, ...]:
     return row
 
 
-# A contact's counts are kept per bucket key (hour, queue, channel, agent, segment) as vectors
-# in the order of FIELDS while settling; they become hash fields per dimension only when read.
-BucketKey = tuple[int, str, str, str | None, str | None]
+# A contact's counts are kept per bucket key (hour, queue, channel, agent, segment, reason,
+# led_queue) as vectors in the order of FIELDS while settling; they become hash fields per
+# dimension only when read.
+BucketKey = tuple[int, str, str, str | None, str | None, str | None, str | None]
+_DRIVER_INDEX = frozenset(FIELDS.index(n) for n in DRIVER_FIELDS)
 
 
 def bucket_key(c: Counted) -> BucketKey:
-    return (c.hour, c.queue, c.channel, c.agent, c.segment)
+    return (c.hour, c.queue, c.channel, c.agent, c.segment, c.reason, c.led_queue)
+
+
+def driver_value(value: str) -> str:
+    """A name inside a driver dimension, with `>` (the separator) and `%` escaped."""
+    if ">" in value or "%" in value:
+        return value.replace("%", "%25").replace(">", "%3E")
+    return value
+
+
+def driver_name(value: str) -> str:
+    """The name `driver_value` escaped."""
+    return value.replace("%3E", ">").replace("%25", "%") if "%" in value else value
 
 
 def add_change(counts: dict[BucketKey, list[int]], old: Counted | None,
@@ -130,7 +170,7 @@ def merge_counts(into: dict[BucketKey, list[int]], more: dict[BucketKey, list[in
 def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
     """Per-hour hash-field deltas (`dimension|count`) of count vectors; zeros left out."""
     out: dict[int, dict[str, int]] = {}
-    for (hour, queue, channel, agent, segment), row in counts.items():
+    for (hour, queue, channel, agent, segment, reason, led_queue), row in counts.items():
         changes = [(i, n) for i, n in enumerate(row) if n]
         if not changes:
             continue
@@ -140,6 +180,29 @@ def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
             dims.append(f"agent:{agent}")
         if segment is not None:
             dims.append(f"segment:{segment}")
+        # Repeat drivers: the reason dimension, and the driver dimensions (a few fields only)
+        # of the FCR population: reason and agent within the origin queue, and the flow from
+        # the origin queue to what an unresolved contact led to.
+        drivers: list[str] = []
+        if reason is not None:
+            dims.append(f"reason:{reason}")
+            if any(i in _DRIVER_INDEX for i, _ in changes):
+                q = driver_value(queue)
+                drivers.append(f"queue_reason:{q}>{driver_value(reason)}")
+                if agent is not None:
+                    drivers.append(f"queue_agent:{q}>{driver_value(agent)}")
+                if led_queue is not None:
+                    drivers.append(f"flow:{q}>{driver_value(led_queue)}")
+        for dim in drivers:
+            names = _field_row(dim)
+            for i, n in changes:
+                if i in _DRIVER_INDEX:
+                    name = names[i]
+                    total = bucket.get(name, 0) + n
+                    if total:
+                        bucket[name] = total
+                    else:
+                        del bucket[name]
         for dim in dims:
             names = _field_row(dim)
             for i, n in changes:

@@ -177,8 +177,11 @@ def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
         perception: tuple[float, float] | None = (round(seen.before, 2), round(seen.after, 2))
     else:  # its signals are folded into the snapshot: keep what was published
         perception = before.perception if before else None
-    inputs = (c.event_id, v.participates, v.is_repeat, v.repeat_of, v.transfers, v.status,
-              v.reasons, [sv.event_id for sv in v.surveys], perception, policy.version)
+    inputs: tuple[Any, ...] = (
+        c.event_id, v.participates, v.is_repeat, v.repeat_of, v.transfers, v.status, v.reasons,
+        [sv.event_id for sv in v.surveys], perception, policy.version)
+    if v.repeated_by is not None:  # what it led to (repeat drivers): only when it has a repeat
+        inputs += (v.repeated_by,)
     if before is not None:
         if before.inputs is not None:
             if before.inputs == inputs:

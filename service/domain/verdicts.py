@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service.domain.counters import (
+    LED_SURVEY,
+    LED_TRANSFER,
+    NO_REASON,
     STATUS_NONE,
     STATUS_PENDING,
     STATUS_RESOLVED,
@@ -44,6 +47,8 @@ class Verdict:
     status: int
     reasons: tuple[str, ...]
     surveys: tuple[SurveyRecord, ...]
+    # Repeat drivers: (queue, reason, channel) of the later contact that repeats this one.
+    repeated_by: tuple[str, str | None, str] | None = None
 
     @property
     def resolution(self) -> str | None:
@@ -61,8 +66,9 @@ def _in_scope(p: ContactRecord, c: ContactRecord, policy: Policy) -> bool:
 
 
 def scan_neighbours(c: ContactRecord, i: int, handled: list[tuple[float, str]],
-                    contacts: dict[str, ContactRecord], policy: Policy) -> tuple[str | None, bool]:
-    """(the contact `c` repeats, whether a later contact repeats `c`): the nearest handled
+                    contacts: dict[str, ContactRecord], policy: Policy
+                    ) -> tuple[str | None, ContactRecord | None]:
+    """(the contact `c` repeats, the later contact that repeats `c`): the nearest handled
     contacts in scope on each side of `c`, which is `handled[i]` (handled contacts as
     (t, contact_id), sorted), looking no further than the longest repeat window."""
     max_window = policy.max_window
@@ -74,13 +80,14 @@ def scan_neighbours(c: ContactRecord, i: int, handled: list[tuple[float, str]],
         if _in_scope(contacts[pid], c, policy):
             repeat_of = pid
             break
-    repeated = False
+    repeated: ContactRecord | None = None
     for j in range(i + 1, len(handled)):
         lt, lid = handled[j]
         if lt - c.t > max_window:
             break
-        if _in_scope(c, contacts[lid], policy):
-            repeated = True
+        later = contacts[lid]
+        if _in_scope(c, later, policy):
+            repeated = later
             break
     return repeat_of, repeated
 
@@ -127,14 +134,16 @@ def joined_records(records: list[_R] | None, t: float, horizon: float) -> list[_
     return [r for r in records if abs(r.t - t) <= horizon] if records else []
 
 
-def participant_verdict(c: ContactRecord, repeated: bool, repeat_of: str | None,
+def participant_verdict(c: ContactRecord, repeated: ContactRecord | None, repeat_of: str | None,
                          n_transfers: int, joined: tuple[SurveyRecord, ...], watermark: float,
                          policy: Policy) -> Verdict:
     """The verdict of a contact in the FCR population, from what was found around it."""
     rules = policy.for_queue(c.queue)
     reasons: list[str] = []
-    if repeated:
+    repeated_by = None
+    if repeated is not None:
         reasons.append(REPEAT_CONTACT)
+        repeated_by = (repeated.queue, repeated.reason, repeated.channel)
     if n_transfers and rules.transfer_breaks_fcr:
         reasons.append(TRANSFERRED)
     if any(sv.resolved is False for sv in joined):
@@ -146,7 +155,7 @@ def participant_verdict(c: ContactRecord, repeated: bool, repeat_of: str | None,
     else:
         status = STATUS_PENDING
     return Verdict(True, repeat_of is not None, repeat_of, n_transfers, status, tuple(reasons),
-                   joined)
+                   joined, repeated_by)
 
 
 def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
@@ -154,6 +163,14 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
     csat = [s.csat for s in v.surveys if s.csat is not None]
     nps = [s.nps for s in v.surveys if s.nps is not None]
     ces = [s.ces for s in v.surveys if s.ces is not None]
+    # What an unresolved contact led to: its repeat, else a transfer, else the survey's "no".
+    led_queue = led_reason = led_channel = None
+    if v.status == STATUS_UNRESOLVED:
+        if v.repeated_by is not None:
+            led_queue, reason, led_channel = v.repeated_by
+            led_reason = reason if reason is not None else NO_REASON
+        else:
+            led_queue = LED_TRANSFER if TRANSFERRED in v.reasons else LED_SURVEY
     return Counted(
         hour=hour_of(c.t), outcome=c.outcome, queue=c.queue, channel=c.channel, agent=c.agent,
         segment=c.segment, participates=v.participates, status=v.status,
@@ -163,4 +180,6 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         nps_promoters=sum(1 for n in nps if n >= 9), nps_detractors=sum(1 for n in nps if n <= 6),
         nps_count=len(nps), ces_sum=sum(ces), ces_count=len(ces),
         identified=identified,
+        reason=c.reason if c.reason is not None else NO_REASON,
+        led_queue=led_queue, led_reason=led_reason, led_channel=led_channel,
     )

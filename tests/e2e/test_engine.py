@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,11 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
 ) -> None:
     events = _bank_events()
     assert len(events) == 41_768
+    week = seconds == 7 * 86400.0
+    costs: dict[str, str] = {}
+    if week:  # repeat drivers by service type (the import's queue) as the contact's reason
+        events = [{**e, "reason": e["queue"]} for e in events]
+        costs = {"CX_CONTACT_COSTS": orjson.dumps(BANK_COSTS).decode()}
     ns = stack.namespace()
     _create_topics(ns)
     started = time.monotonic()
@@ -156,7 +163,7 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
         (ns.topic("call-ended"), (e["customer_id"] or e["contact_id"]).encode(),
          orjson.dumps(e)) for e in events]))
     worker = Worker(ns, tmp_path / "bank.log", CX_REPEAT_WINDOW=window,
-                    CX_BATCH_MAX_EVENTS="1000")
+                    CX_BATCH_MAX_EVENTS="1000", **costs)
     try:
         worker.wait_ready()
         wait_settled(ns, len(events), what="the month applied", worker=worker)
@@ -167,6 +174,14 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
         got = json.loads(body)
         repeats = _counter_total(ns, "all|repeats")
         customers = _every_customer(worker, events)
+        month = "from=1999-07-31T21:00:00Z&to=1999-09-01T00:00:00Z"
+        if week:
+            status, body = worker.get(f"/api/v1/repeat-drivers?{month}&by=reason")
+            assert status == 200, body
+            drivers = json.loads(body)
+            status, body = worker.get(f"/api/v1/cost?{month}")
+            assert status == 200, body
+            cost = json.loads(body)
     finally:
         assert worker.stop() == 0, worker.logs()
     # Every identified customer of the month is known at its end, idle or not, and their
@@ -192,6 +207,96 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
           f"unresolved {got['unresolved']}, resolved {got['resolved']}, pending "
           f"{got['pending']}, provisional FCR {got['fcr']:.4f}, FCR of closed "
           f"{got['resolved'] / (got['resolved'] + got['unresolved']):.4f}")
+    if not week:
+        return
+    # Repeat drivers by service type and the month's costs, against the file.
+    by_reason, money = independent_drivers_and_costs(events, seconds, 0.7)
+    ranked = sorted(by_reason.items(), key=lambda item: (-item[1][1], item[0]))
+    total_unresolved = sum(n for _, (_, n, _) in ranked)
+    assert drivers["unresolved"] == total_unresolved == expected["unresolved"]
+    assert [(r["driver"], r["unresolved"], r["fcr"], r["repeat_cost"])
+            for r in drivers["rows"]] == [
+        (reason, n, round(1 - n / population, 6), _shown(led_cost))
+        for reason, (population, n, led_cost) in ranked if n > 0]
+    running = 0
+    for r, (_, (_, n, _)) in zip(drivers["rows"], ranked, strict=False):
+        running += n
+        assert r["cumulative_share"] == round(running / total_unresolved, 6)
+    assert drivers["currency"] == "USD"
+    assert drivers["final"] is False
+    assert {k: cost[k] for k in money} == money
+    print("Anonymous Bank 1999-08, W=7d: top repeat drivers by service type "
+          "(unresolved, share, cumulative, FCR, cost of the repeats in USD):")
+    for r in drivers["rows"][:5]:
+        print(f"  {r['driver']:>3} {r['unresolved']:6d} {r['share']:7.2%} "
+              f"{r['cumulative_share']:7.2%}  FCR {r['fcr']:.4f}  {r['repeat_cost']:,.2f}")
+    print(f"Anonymous Bank 1999-08, W=7d, at {BANK_COSTS}: contacts {cost['contact_cost']:,.2f}"
+          f", repeats {cost['repeat_cost']:,.2f}, per resolved issue "
+          f"{cost['cost_per_resolution']:,.3f}, avoidable at FCR 0.7 "
+          f"{cost['avoidable_cost']:,.2f} USD")
+
+
+# The month replay's example prices (USD per handled call): stock exchange (NE) and internet
+# (IN) calls priced on their own.
+BANK_COSTS: dict[str, Any] = {"currency": "USD", "channel": {"voice": 6.5},
+                              "queue": {"NE": 8.75, "IN": 5.2}}
+
+
+def _shown(thousandths: int | Fraction) -> float:
+    """Money as the API shows it: currency units to the thousandth, half to even."""
+    exact = Fraction(thousandths) / 1000
+    return float((Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(
+        Decimal("0.001"), rounding=ROUND_HALF_EVEN))
+
+
+def independent_drivers_and_costs(events: list[dict[str, Any]], window: float, target: float
+                                  ) -> tuple[dict[str, tuple[int, int, int]], dict[str, Any]]:
+    """Per reason (the FCR population, unresolved, the price of their repeats in thousandths),
+    and the month's cost figures, computed here from the file without service.domain."""
+    def t(e: dict[str, Any]) -> float:
+        return datetime.fromisoformat(e["occurred_at"]).timestamp()
+
+    def price(e: dict[str, Any]) -> int:  # BANK_COSTS in thousandths of a dollar
+        return {"NE": 8750, "IN": 5200}.get(e["queue"], 6500)
+
+    watermark: dict[int, float] = {}
+    for e in events:
+        p = _partition(e["customer_id"] or e["contact_id"])
+        watermark[p] = max(watermark.get(p, 0.0), t(e))
+    handled = [e for e in events if e["outcome"] == "handled"]
+    calls: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+    for e in handled:
+        if e["customer_id"] is not None:
+            calls.setdefault(e["customer_id"], []).append((t(e), e["contact_id"], e))
+    by_reason: dict[str, list[int]] = {}
+    repeat_cost = settled_cost = resolved = unresolved = repeats = 0
+    for customer, contacts in calls.items():
+        contacts.sort(key=lambda c: (c[0], c[1]))
+        wm = watermark[_partition(customer)]
+        for i, (when, _, e) in enumerate(contacts):
+            row = by_reason.setdefault(e["reason"], [0, 0, 0])
+            row[0] += 1
+            if i > 0 and when - contacts[i - 1][0] <= window:
+                repeats += 1
+                repeat_cost += price(e)
+            if i + 1 < len(contacts) and contacts[i + 1][0] - when <= window:
+                unresolved += 1
+                settled_cost += price(e)
+                row[1] += 1
+                row[2] += price(contacts[i + 1][2])
+            elif wm > when + window:
+                resolved += 1
+                settled_cost += price(e)
+    settled = resolved + unresolved
+    at_target = Fraction(settled_cost * resolved) / (settled * Fraction(str(target)))
+    return {r: (a, b, c) for r, (a, b, c) in by_reason.items()}, {
+        "handled": len(handled),
+        "contact_cost": _shown(sum(price(e) for e in handled)),
+        "repeats": repeats, "repeat_cost": _shown(repeat_cost),
+        "resolved": resolved, "unresolved": unresolved, "settled_cost": _shown(settled_cost),
+        "cost_per_resolution": _shown(Fraction(settled_cost, resolved)),
+        "avoidable_cost": _shown(max(Fraction(0), settled_cost - at_target)),
+    }
 
 
 def independent_history(events: list[dict[str, Any]], window: float

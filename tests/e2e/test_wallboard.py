@@ -58,7 +58,8 @@ def test_wallboard_shows_the_numbers_and_updates_live(stack: Stack, tmp_path: Pa
     # billing: 20 calls by 20 customers (no repeats); sales: 20 calls by 5 customers.
     asyncio.run(produce(stack.kafka_bootstrap, _calls(ns, "billing", 0, 20, 20)
                         + _calls(ns, "sales", 0, 20, 5)))
-    worker = Worker(ns, tmp_path / "worker.log")
+    worker = Worker(ns, tmp_path / "worker.log",
+                    CX_CONTACT_COSTS='{"currency": "USD", "channel": {"voice": 6.5}}')
     browser = Browser()
     try:
         worker.wait_ready()
@@ -69,6 +70,18 @@ def test_wallboard_shows_the_numbers_and_updates_live(stack: Stack, tmp_path: Pa
         wait_until(lambda: len(board()["queues"]) == 2, timeout=60, what="wallboard data")
         first = board()
         assert first["centre"]["contacts_last_hour"] == 40
+        # The same refresh's driver and cost gauges: sales' 5 customers called 4 times each
+        # (15 unresolved, no reason: `unknown`); 40 handled voice calls at 6.50.
+        gauges = worker.metrics()
+        assert gauges[("cx_repeat_driver_unresolved", frozenset({
+            "window": "24h", "by": "queue", "driver": "sales",
+            "policy_version": "1"}.items()))] == 15
+        assert gauges[("cx_repeat_driver_unresolved", frozenset({
+            "window": "24h", "by": "reason", "driver": "unknown",
+            "policy_version": "1"}.items()))] == 15
+        assert gauges[("cx_contact_cost", frozenset({
+            "window": "24h", "queue": "", "channel": "", "segment": "", "agent": "",
+            "currency": "USD", "policy_version": "1"}.items()))] == 260.0
 
         async def drive() -> tuple[str, str, str, str, bytes]:
             async with aiohttp.ClientSession() as session:

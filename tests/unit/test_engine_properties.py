@@ -15,6 +15,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.domain.cardinality import LabelCaps
+from service.domain.costs import ContactCosts
 from service.domain.engine import apply_event, new_state, settle, state_key
 from service.domain.events import CallEnded, ContactEvent, SurveyAnswered, Transfer
 from service.domain.policy import DAY, Policy, QueuePolicy
@@ -49,6 +51,20 @@ def spec_strategy() -> st.SearchStrategy[Spec]:
     )
 
 
+def shape(contact: int) -> tuple[str, str, str | None]:
+    """A contact's queue, channel and reason (varied, so the drivers and costs vary)."""
+    return (("billing", "tech", "sales")[contact % 3], ("voice", "chat")[contact % 2],
+            ("card", "loan", None, "card")[contact % 4])
+
+
+# Prices in thousandths: a queue's price overrides its channel's.
+COSTS = ContactCosts("USD", {"voice": 6500, "chat": 3200}, {"sales": 7900})
+
+
+def price(queue: str, channel: str) -> int:
+    return 7900 if queue == "sales" else {"voice": 6500, "chat": 3200}[channel]
+
+
 def build(specs: list[Spec]) -> list[ContactEvent]:
     """Events from specs: one call-ended per contact id (the first spec for it wins), and
     transfers/surveys of the same customer as their contact."""
@@ -64,7 +80,9 @@ def build(specs: list[Spec]) -> list[ContactEvent]:
         cid = f"ct-{s.contact}"
         if s.kind == "call":
             if contacts[s.contact] is s:
-                events.append(call(cid, s.hours, customer, outcome=s.outcome))
+                queue, channel, reason = shape(s.contact)
+                events.append(call(cid, s.hours, customer, outcome=s.outcome, queue=queue,
+                                   channel=channel, reason=reason))
         elif s.kind == "transfer":
             events.append(transfer(cid, s.hours, customer, event_id=f"tr-{i}"))
         else:
@@ -79,6 +97,7 @@ def run_stream(events: list[ContactEvent]) -> tuple[dict[str, Any], Counter[str]
     views: dict[str, Any] = {}
     counts: Counter[str] = Counter()
     wm = float("-inf")
+    caps = LabelCaps(100, 100, 100, 100, COSTS)  # room for every name: none is capped
 
     def collect(settled: Any) -> None:
         for u in settled.updates:
@@ -91,9 +110,9 @@ def run_stream(events: list[ContactEvent]) -> tuple[dict[str, Any], Counter[str]
         key = state_key(event)
         state = states.setdefault(key, new_state(event))
         apply_event(state, event)
-        collect(settle(state, wm, POLICY))
+        collect(settle(state, wm, POLICY, caps))
     for state in states.values():
-        collect(settle(state, wm, POLICY))
+        collect(settle(state, wm, POLICY, caps))
     scores = {}
     from service.domain.engine import derive_verdicts, perception_curve
 
@@ -118,6 +137,9 @@ def reference(events: list[ContactEvent]) -> tuple[dict[str, tuple[Any, ...]], C
     for c in calls:
         cid, t = c.header.contact_id, c.header.occurred_at.timestamp()
         counts["all|contacts"] += 1
+        reason = c.reason or "unknown"
+        cost = price(c.queue, c.channel) if c.outcome == "handled" else 0
+        counts["all|cost"] += cost
         if c.outcome != "handled" or c.header.customer_id is None:
             verdicts[cid] = (None, False, None)
             continue
@@ -132,6 +154,18 @@ def reference(events: list[ContactEvent]) -> tuple[dict[str, tuple[Any, ...]], C
         counts["all|fcr_total"] += 1
         counts[f"all|{status}"] += status != "pending"
         counts["all|repeats"] += bool(earlier)
+        counts["all|repeat_cost"] += cost if earlier else 0
+        counts["all|settled_cost"] += cost if status != "pending" else 0
+        counts[f"reason:{reason}|fcr_total"] += 1
+        if status == "unresolved":  # what it led to: its repeat, a transfer, a survey's "no"
+            counts[f"reason:{reason}|unresolved"] += 1
+            if later:
+                repeat = next(o for o in calls if o.header.contact_id == later[0][1])
+                led = repeat.queue
+                counts[f"reason:{reason}|led_cost"] += price(repeat.queue, repeat.channel)
+            else:
+                led = "transfer" if cid in transferred else "survey_unresolved"
+            counts[f"flow:{c.queue}>{led}|unresolved"] += 1
     return verdicts, +counts
 
 
@@ -141,7 +175,7 @@ def summary(views: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
 
 def only(counts: Counter[str], names: set[str]) -> Counter[str]:
     return Counter({k: n for k, n in counts.items() if k.startswith("all|")
-                    and k.split("|")[1] in names})
+                    and k.split("|")[1] in names and n})
 
 
 @settings(max_examples=300, deadline=None)
@@ -167,8 +201,17 @@ def test_any_order_and_duplication_gives_the_reference(specs: list[Spec], rnd: A
 
     expected_verdicts, expected_counts = reference(events)
     assert summary(base_views) == expected_verdicts
-    names = {"contacts", "fcr_total", "unresolved", "resolved", "repeats"}
-    assert only(base_counts, names) == expected_counts
+    names = {"contacts", "fcr_total", "unresolved", "resolved", "repeats", "cost",
+             "repeat_cost", "settled_cost"}
+    assert only(base_counts, names) == only(expected_counts, names)
+    # Repeat drivers: by reason (the FCR population, unresolved, the price of the repeats) and
+    # the flows from the origin queue to what an unresolved contact led to.
+    drivers = Counter({k: n for k, n in base_counts.items()
+                       if (k.startswith("reason:") and k.rpartition("|")[2] in
+                           {"fcr_total", "unresolved", "led_cost"})
+                       or (k.startswith("flow:") and k.endswith("|unresolved"))})
+    assert drivers == Counter({k: n for k, n in expected_counts.items()
+                               if k.startswith(("reason:", "flow:"))})
 
 
 def run_outputs(events: list[ContactEvent], policy: Policy, *, keep_memo: bool) -> list[Any]:
