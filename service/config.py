@@ -612,6 +612,10 @@ VARIABLES: tuple[Variable, ...] = (
              str, "data_dir"),
     Variable("CX_LOG_LEVEL", "info", "Log level: debug, info, warning or error.",
              _log_level, "log_level"),
+    Variable("CX_AGENT_MIN_CONTACTS", "30",
+             "Handled contacts an agent needs in a range of /api/v1/agents to be ranked or "
+             "flagged; agents with fewer are listed as not enough contacts.",
+             _int_range(1, 1_000_000), "agent_min_contacts"),
 )
 
 
@@ -704,6 +708,7 @@ class Settings:
     event_loop: str
     data_dir: str
     log_level: str
+    agent_min_contacts: int = 30
 
     @property
     def input_topics(self) -> tuple[str, str, str]:

@@ -1,9 +1,10 @@
 """Hour-bucket counters: what one contact adds to the counts of its hour, per dimension.
 
 Each contact is counted in the hour bucket of its `occurred_at`, under every dimension it has:
-`all`, `queue:<q>`, `channel:<c>`, `agent:<a>` (handled contacts) and `segment:<s>` (when
-known). When a contact's verdict changes, its old contribution is retracted and the new one
-added, so any hour-aligned range sums exactly.
+`all`, `queue:<q>`, `channel:<c>`, `agent:<a>` (handled contacts), `segment:<s>` (when
+known) and `queue_agent:<len(q)>:<q><a>` (contacts with an agent, per queue and agent). When
+a contact's verdict changes, its old contribution is retracted and the new one added, so any
+hour-aligned range sums exactly.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.domain.storage_names import counter_field
+from service.domain.storage_names import counter_field, queue_agent_dimension
 
 HOUR = 3600
 
@@ -21,6 +22,12 @@ FIELDS = (
     "fcr_total", "unresolved", "resolved", "repeats", "transferred",
     "surveys", "survey_unresolved", "csat_sum", "csat_count",
     "nps_promoters", "nps_detractors", "nps_count", "ces_sum", "ces_count",
+    # Agents and containment (issue 15, sections 3 and 4): handled contacts a later contact
+    # repeated; identified self-service contacts and those a handled contact followed within
+    # the window (failed containment); identified abandoned contacts and those any contact
+    # followed within the window (abandon callbacks).
+    "caused_repeat", "self_service_identified", "failed_containment",
+    "abandoned_identified", "abandon_callbacks",
 )
 
 STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED = range(4)
@@ -50,13 +57,17 @@ class Counted:
     ces_sum: int
     ces_count: int
     identified: bool = False
+    # Agents and containment: unresolved because a later contact repeated it; followed by a
+    # contact within the window (a self-service or abandoned contact, see domain/containment).
+    caused_repeat: bool = False
+    followed: bool = False
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
                 self.participates, self.status, self.is_repeat, self.transferred, self.surveys,
                 self.survey_unresolved, self.csat_sum, self.csat_count, self.nps_promoters,
                 self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count,
-                self.identified)
+                self.identified, self.caused_repeat, self.followed)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
@@ -78,7 +89,12 @@ def vector(c: Counted) -> tuple[int, ...]:
             int(outcome == "handled"), int(c.participates), int(status == STATUS_UNRESOLVED),
             int(status == STATUS_RESOLVED), int(c.is_repeat), int(c.transferred), c.surveys,
             c.survey_unresolved, c.csat_sum, c.csat_count, c.nps_promoters, c.nps_detractors,
-            c.nps_count, c.ces_sum, c.ces_count)
+            c.nps_count, c.ces_sum, c.ces_count,
+            # Agents and containment
+            int(c.caused_repeat), int(outcome == "self_service" and c.identified),
+            int(outcome == "self_service" and c.followed),
+            int(outcome == "abandoned" and c.identified),
+            int(outcome == "abandoned" and c.followed))
 
 
 _FIELD_ROWS: dict[str, tuple[str, ...]] = {}  # dimension -> hash fields in the order of FIELDS
@@ -140,6 +156,10 @@ def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
             dims.append(f"agent:{agent}")
         if segment is not None:
             dims.append(f"segment:{segment}")
+        # Agents: per (queue, agent) counts, for the agents table of one queue; both labels
+        # are capped, so this dimension is bounded too.
+        if agent is not None:
+            dims.append(queue_agent_dimension(queue, agent))
         for dim in dims:
             names = _field_row(dim)
             for i, n in changes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from service.domain.containment import is_followed
 from service.domain.counters import (
     STATUS_NONE,
     STATUS_PENDING,
@@ -44,6 +45,8 @@ class Verdict:
     status: int
     reasons: tuple[str, ...]
     surveys: tuple[SurveyRecord, ...]
+    # A self-service or abandoned contact followed within the window (domain/containment).
+    followed: bool = False
 
     @property
     def resolution(self) -> str | None:
@@ -107,6 +110,7 @@ def derive_verdicts(
 
     handled = sorted((c.t, c.contact_id) for c in contacts.values()
                      if identified and c.outcome == "handled")
+    everyone = sorted(c.order() for c in contacts.values()) if identified else []
     around = {cid: scan_neighbours(contacts[cid], i, handled, contacts, policy)
               for i, (_, cid) in enumerate(handled)}
     verdicts: dict[str, Verdict] = {}
@@ -115,7 +119,9 @@ def derive_verdicts(
         n_transfers = transfers.get(cid, 0)
         near = around.get(cid)
         if near is None:  # not in the FCR population
-            verdicts[cid] = Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined)
+            followed = identified and is_followed(c, handled, everyone, policy)
+            verdicts[cid] = Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined,
+                                    followed)
         else:
             verdicts[cid] = participant_verdict(c, near[1], near[0], n_transfers, joined,
                                                  watermark, policy)
@@ -163,4 +169,5 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         nps_promoters=sum(1 for n in nps if n >= 9), nps_detractors=sum(1 for n in nps if n <= 6),
         nps_count=len(nps), ces_sum=sum(ces), ces_count=len(ces),
         identified=identified,
+        caused_repeat=REPEAT_CONTACT in v.reasons, followed=v.followed,
     )

@@ -172,7 +172,7 @@ def test_window_close_emits_resolved_as_a_new_version() -> None:
     assert closed.updates[0].view["resolution"] == "resolved"
     assert closed.counter_deltas[hour_of(ts(0))] == {
         "all|resolved": 1, "queue:billing|resolved": 1, "channel:voice|resolved": 1,
-        "agent:agent-1|resolved": 1,
+        "agent:agent-1|resolved": 1, "queue_agent:7:billingagent-1|resolved": 1,
     }
 
 
