@@ -321,7 +321,8 @@ def wire_http(parts: _Parts, guard: HttpGuard, processor: IngestProcessor,
     install_routes(app, parts.metrics.registry, readiness, state, parts.policy,
                    lambda: parts.partitions, wallboard=lambda: business.wallboard,
                    serving=serving, max_reads=settings.api_max_reads,
-                   max_fcr=settings.api_max_fcr)
+                   max_fcr=settings.api_max_fcr,
+                   agent_min_contacts=settings.agent_min_contacts)
 
 
 def _state(settings: Settings, client: RedisClient, prefix: str) -> RedisState:

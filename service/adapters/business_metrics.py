@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from service.adapters.redis_state import RedisState
 from service.domain.cardinality import Cap, LabelCaps, fold_dimensions, totals_by_value
+from service.domain.containment import containment_kpis
 from service.domain.engine import rfc3339
 from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
 from service.domain.partition import PartitionClock, clock_summary
@@ -38,6 +39,13 @@ _GAUGES = {
     "abandon": ("cx_abandon_ratio", "Abandoned / all contacts."),
     "csat": ("cx_csat_average", "Average CSAT (1-5) of surveys joined to the window's contacts."),
     "nps": ("cx_nps", "NPS (-100 to 100) of surveys joined to the window's contacts."),
+    # Containment (domain/containment)
+    "failed_containment": ("cx_failed_containment_ratio",
+                           "Self-service contacts of identified customers followed by a handled "
+                           "contact within the repeat window / those self-service contacts."),
+    "abandon_callback": ("cx_abandon_callback_ratio",
+                         "Abandoned contacts of identified customers followed by any contact "
+                         "within the repeat window / those abandoned contacts."),
 }
 
 
@@ -139,7 +147,7 @@ class BusinessMetrics:
                                      for b in raw.get(h, [])), kept)
                 for dimension, counts in recent.items():
                     labels = _labels(name, dimension)
-                    for kpi, value in kpis(counts).items():
+                    for kpi, value in {**kpis(counts), **containment_kpis(counts)}.items():
                         if value is not None:
                             computed.append((kpi, labels, value))
                 for dimension, counts in closed.items():
@@ -220,4 +228,5 @@ class BusinessMetrics:
             cap.rank(agents if cap is caps.agent else totals_by_value(read, cap.dimension))
         self._agent_series.rank({a: n for a, n in agents.items() if a in caps.agent.kept})
         return {"queue": caps.queue, "segment": caps.segment,
-                "agent": self._agent_series if self._agent_labels > 0 else None}
+                "agent": self._agent_series if self._agent_labels > 0 else None,
+                "queue_agent": None}  # per (queue, agent): read through /api/v1/agents only

@@ -193,7 +193,7 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
                    state: RedisState, policy: Policy, partitions: Callable[[], int],
                    wallboard: Callable[[], dict[str, Any]],
                    serving: Serving | None = None, max_reads: int = 32,
-                   max_fcr: int = 2) -> None:
+                   max_fcr: int = 2, agent_min_contacts: int = 30) -> None:
     """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
 
     With `serving`, each API request reads the state and rules of the policy version it
@@ -295,5 +295,17 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     router.add_get(CONTACTS + "{contact_id:[^/]+}", contact, allow_head=False)
     router.add_get(CUSTOMERS + "{customer_id:[^/]+}", customer, allow_head=False)
     router.add_get("/api/v1/fcr", fcr, allow_head=False)
+    _install_more(app, served, partitions, reads, max_fcr, agent_min_contacts)
+
+
+def _install_more(app: faust.App, served: Serving, partitions: Callable[[], int],
+                  reads: asyncio.Semaphore, max_fcr: int, agent_min_contacts: int) -> None:
+    """The endpoints of their own modules (imported here: they use this module's parsers)."""
+    from service.adapters.http_agents import install_agents_routes
+    from service.adapters.http_containment import install_containment_routes
+
+    install_agents_routes(app, served, partitions, reads, query_pairs, fcr_query,
+                          min_contacts=agent_min_contacts, max_at_once=max_fcr)
+    install_containment_routes(app, served, partitions, reads, query_pairs, fcr_query)
 
 

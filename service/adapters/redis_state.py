@@ -69,6 +69,7 @@ class RedisState:
         self._commit: Script = client.register_script(_lua("commit_partition.lua"))
         self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
         self._sum_counters: Script = client.register_script(_lua("sum_counters.lua"))
+        self._sum_prefixed: Script = client.register_script(_lua("sum_prefixed.lua"))
         self._scripts_loaded = False
         self._cluster = isinstance(client, RedisCluster)
         self.round_trips: list[float] = []
@@ -234,6 +235,33 @@ class RedisState:
                 if isinstance(reply, Exception):
                     raise reply
             return [sum(int(reply[i]) for reply in replies) for i in range(len(fields))]
+        raise ConnectionError("Redis keeps losing the counters script")
+
+    async def sum_prefixed(self, partitions: int, hours: Sequence[int],
+                           prefixes: Sequence[str], counters: Sequence[str]) -> dict[str, int]:
+        """Every counter field of the given hours whose dimension starts with one of
+        `prefixes` and whose name is in `counters`, summed inside Redis (sum_prefixed.lua, one
+        command per partition in one round trip): for readers that do not know the names in
+        advance (the agents table)."""
+        args = [str(len(prefixes)), *prefixes, *counters]
+        for _ in range(3):
+            pipe = self.client.pipeline(transaction=False)
+            for partition in range(partitions):
+                keys = [self.hour_key(partition, hour) for hour in hours]
+                pipe.evalsha(self._sum_prefixed.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                self._sum_prefixed.sha = await self.client.script_load(
+                    self._sum_prefixed.script)
+                continue
+            totals: dict[str, int] = {}
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+                for i in range(0, len(reply), 2):
+                    field = _text(reply[i])
+                    totals[field] = totals.get(field, 0) + int(reply[i + 1])
+            return totals
         raise ConnectionError("Redis keeps losing the counters script")
 
     # -- writes ---------------------------------------------------------------------------

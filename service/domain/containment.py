@@ -57,3 +57,11 @@ def containment_figures(counts: Mapping[str, int]) -> dict[str, int | float | No
         "abandon_callbacks": callbacks,
         "abandon_callback_ratio": None if ab <= 0 else callbacks / ab,
     }
+
+
+def containment_kpis(counts: Mapping[str, int]) -> dict[str, float | None]:
+    """The two rates as gauge KPIs (business_metrics): None when undefined."""
+    figures = containment_figures(counts)
+    failed, callback = figures["failed_containment_ratio"], figures["abandon_callback_ratio"]
+    return {"failed_containment": None if failed is None else float(failed),
+            "abandon_callback": None if callback is None else float(callback)}
