@@ -227,6 +227,9 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
               f"{a['resolved']:>8} {a['unresolved']:>10} {a['fcr'] or 0:.3f} "
               f"[{a['fcr_low'] or 0:.3f}, {a['fcr_high'] or 0:.3f}]   "
               f"{a['centre_fcr_same_queues'] or 0:.3f}               {a['flagged']}")
+    print("  flagged: " + ", ".join(
+        f"{a['agent']} (rank {a['rank']}, FCR {a['fcr']:.3f}, interval up to {a['fcr_high']:.3f}"
+        f" < {a['centre_fcr_same_queues']:.3f})" for a in agents["agents"] if a["flagged"]))
     print(f"Anonymous Bank 1999-08, W={window}: self-service {containment['self_service']} "
           f"(identified {containment['self_service_identified']}), failed containment "
           f"{containment['failed_containment']} "
@@ -462,6 +465,39 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
             "/api/v1/fcr?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=sales")[1])
         assert other["total"] == 0
         assert other["fcr"] is None
+
+        # The agents table: a1's three contacts (c0 and c1 repeated, c2 pending) are too few
+        # to rank or flag; with a queue, only that queue's contacts.
+        hours = "from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z"
+        table = json.loads(worker.get(f"/api/v1/agents?{hours}")[1])
+        assert table["centre"] == {"handled": 3, "fcr_total": 3, "resolved": 0,
+                                   "unresolved": 2, "fcr": 0.0}
+        (a1,) = table["agents"]
+        assert {k: a1[k] for k in ("agent", "rank", "status", "flagged", "handled",
+                                   "unresolved", "pending", "fcr", "fcr_high",
+                                   "centre_fcr_same_queues", "caused_repeats", "csat_average",
+                                   "csat_count")} == {
+            "agent": "a1", "rank": None, "status": "not_enough_contacts", "flagged": False,
+            "handled": 3, "unresolved": 2, "pending": 1, "fcr": 0.0,
+            "fcr_high": pytest.approx(0.65762, abs=1e-6), "centre_fcr_same_queues": 0.0,
+            "caused_repeats": 2, "csat_average": 1.0, "csat_count": 1}
+        assert json.loads(worker.get(f"/api/v1/agents?{hours}&queue=billing")[1])[
+            "agents"] == [a1]
+        assert json.loads(worker.get(f"/api/v1/agents?{hours}&queue=sales")[1])["agents"] == []
+        assert json.loads(worker.get(f"/api/v1/agents?{hours}&offset=1")[1])["agents"] == []
+        for query in ("limit=0", "limit=1001", "offset=-1", "limit=x", "limit=1&limit=2",
+                      "agent=a1", "channel=voice"):
+            status, body = worker.get(f"/api/v1/agents?{hours}&{query}")
+            assert status == 400, query
+            assert json.loads(body)["error"]
+        contained = json.loads(worker.get(f"/api/v1/containment?{hours}&queue=billing")[1])
+        assert {k: contained[k] for k in ("self_service", "failed_containment",
+                                          "failed_containment_ratio", "abandoned",
+                                          "abandon_callback_ratio", "final")} == {
+            "self_service": 0, "failed_containment": 0, "failed_containment_ratio": None,
+            "abandoned": 0, "abandon_callback_ratio": None, "final": False}
+        assert worker.get(f"/api/v1/containment?{hours}&agent=a1")[0] == 400
+        assert worker.get("/api/v1/containment?from=x")[0] == 400
     finally:
         assert worker.stop() == 0, worker.logs()
 
