@@ -174,6 +174,18 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
         status, body = worker.get(f"/api/v1/containment?{month}")
         assert status == 200, body
         containment = json.loads(body)
+        if seconds == 7 * 86400.0:  # the gauges of the 7d window: its hours, from the file
+            last = int(datetime.fromisoformat(containment["watermark"]).timestamp()) // 3600
+            recent = independent_containment(events, seconds,
+                                             hours={(last - i) * 3600 for i in range(168)})
+            labels = {"window": "7d", "queue": "", "channel": "", "segment": "", "agent": "",
+                      "policy_version": "1"}
+            want = recent["abandon_callbacks"] / recent["abandoned_identified"]
+            wait_until(lambda: worker.metric("cx_abandon_callback_ratio", **labels)
+                       == pytest.approx(want, abs=1e-12), timeout=60,
+                       what=f"cx_abandon_callback_ratio {want}")
+            assert ("cx_failed_containment_ratio", frozenset(labels.items())) in \
+                worker.metrics() or recent["self_service_identified"] == 0
     finally:
         assert worker.stop() == 0, worker.logs()
     # Every identified customer of the month is known at its end, idle or not, and their
@@ -305,15 +317,17 @@ def independent_agents(events: list[dict[str, Any]], window: float, min_contacts
     return [(r[0], i + 1, *r[2:]) for i, r in enumerate(ranked)] + rest
 
 
-def independent_containment(events: list[dict[str, Any]], window: float) -> dict[str, int]:
+def independent_containment(events: list[dict[str, Any]], window: float,
+                            hours: set[int] | None = None) -> dict[str, int]:
     """Failed self-service and abandon callbacks of the month from the file: a self-service
     contact of an identified customer followed within the window by a handled contact of the
-    customer, an abandoned one by any contact (order: time, then contact_id)."""
+    customer, an abandoned one by any contact (order: time, then contact_id); with `hours`,
+    of the contacts in those hour buckets only."""
     by_customer: dict[str, list[tuple[float, str, str]]] = {}
     out = Counter({"self_service": 0, "abandoned": 0, "self_service_identified": 0,
                    "abandoned_identified": 0, "failed_containment": 0, "abandon_callbacks": 0})
     for e in events:
-        if e["outcome"] in ("self_service", "abandoned"):
+        if e["outcome"] in ("self_service", "abandoned") and hours is None:
             out[e["outcome"]] += 1
         if e["customer_id"] is not None:
             by_customer.setdefault(e["customer_id"], []).append(
@@ -322,7 +336,8 @@ def independent_containment(events: list[dict[str, Any]], window: float) -> dict
     for contacts in by_customer.values():
         contacts.sort()
         for i, (when, _, outcome) in enumerate(contacts):
-            if outcome == "handled":
+            if outcome == "handled" or (hours is not None and int(when) // 3600 * 3600
+                                        not in hours):
                 continue
             out[f"{outcome}_identified"] += 1
             later = [c for c in contacts[i + 1:]
