@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -21,16 +21,16 @@ from service.domain.storage_names import QUEUE_AGENT, queue_agent_dimension
 
 Served = Callable[[], Awaitable[tuple[RedisState, Policy]]]
 # Parses a query's (name, value) pairs into (from, to, dimension) or a 400's message.
-QueryParser = Callable[[list[tuple[str, str]]], "tuple[int, int, str] | str"]
-PairsParser = Callable[[str], "list[tuple[str, str]] | str"]
+QueryParser = Callable[[list[tuple[str, str]]], tuple[int, int, str] | str]
+PairsParser = Callable[[str], list[tuple[str, str]] | str]
 # An agents request reads a day of hours per round trip: the script reads whole hour hashes.
 HOURS_PER_READ = 24
 DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET = 100, 1000, 1_000_000
 QUEUE_PER_SLOT = 4
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None
-          ) -> web.Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
                         headers=headers)
 
@@ -66,21 +66,22 @@ def install_agents_routes(app: faust.App, served: Served, partitions: Callable[[
         nonlocal inside
         pairs = parse_pairs(request.rel_url.raw_query_string)
         if isinstance(pairs, str):
-            return _json({"error": pairs}, 400)
+            return json_response({"error": pairs}, 400)
         paged = paging(pairs)
         if isinstance(paged, str):
-            return _json({"error": paged}, 400)
+            return json_response({"error": paged}, 400)
         rest, limit, offset = paged
         query = parse_query(rest)
         if isinstance(query, str):
-            return _json({"error": query}, 400)
+            return json_response({"error": query}, 400)
         start, end, dimension = query
         if dimension != "all" and not dimension.startswith("queue:"):
-            return _json({"error": "the agents table takes only 'queue' as a filter"}, 400)
+            return json_response({"error": "the agents table takes only 'queue' as a filter"}, 400)
         queue = None if dimension == "all" else dimension.partition(":")[2]
         if inside >= max_at_once * (1 + QUEUE_PER_SLOT):
-            return _json({"error": "too many agents requests at once; retry shortly"}, 429,
-                         headers={"Retry-After": "1"})
+            return json_response(
+                {"error": "too many agents requests at once; retry shortly"}, 429,
+                headers={"Retry-After": "1"})
         inside += 1
         try:
             async with slots:
@@ -109,7 +110,7 @@ def install_agents_routes(app: faust.App, served: Served, partitions: Callable[[
         centre = {name: fields.get(f"{prefix}|{name}", 0) for name in
                   ("handled", "fcr_total", "resolved", "unresolved")}
         fcr = closed_fcr(centre)
-        return _json({
+        return json_response({
             "from": rfc3339(start), "to": rfc3339(end), "queue": queue,
             "min_contacts": min_contacts,
             "centre": {**centre, "fcr": None if fcr is None else round(fcr, 6)},
@@ -122,5 +123,5 @@ def install_agents_routes(app: faust.App, served: Served, partitions: Callable[[
             "policy_version": rules.version,
         })
 
-    router = app.web.web_app.router  # type: ignore[attr-defined]
+    router = cast(Any, app.web).web_app.router
     router.add_get("/api/v1/agents", agents, allow_head=False)

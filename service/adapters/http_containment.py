@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any, cast
 
 import faust
 from aiohttp import web
 
-from service.adapters.http_agents import PairsParser, QueryParser, Served, _json
+from service.adapters.http_agents import PairsParser, QueryParser, Served, json_response
 from service.domain.containment import containment_figures
 from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
@@ -31,11 +32,11 @@ def install_containment_routes(app: faust.App, served: Served, partitions: Calla
         pairs = parse_pairs(request.rel_url.raw_query_string)
         query = parse_query(pairs) if isinstance(pairs, list) else pairs
         if isinstance(query, str):
-            return _json({"error": query}, 400)
+            return json_response({"error": query}, 400)
         start, end, dimension = query
         if dimension.split(":", 1)[0] not in ("all", "queue", "channel"):
-            return _json({"error": "containment takes only 'queue' or 'channel' as a filter"},
-                         400)
+            return json_response(
+                {"error": "containment takes only 'queue' or 'channel' as a filter"}, 400)
         store, rules = await served()
         n = partitions()
         hours = list(range(start, end, HOUR))
@@ -48,7 +49,7 @@ def install_containment_routes(app: faust.App, served: Served, partitions: Calla
         async with reads:
             watermark = clock_summary(await store.read_clocks(n))
         figures = containment_figures(dict(zip(NAMES, totals, strict=True)))
-        return _json({
+        return json_response({
             "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()},
             "final": watermark is not None and watermark >= end + rules.max_window,
@@ -56,5 +57,5 @@ def install_containment_routes(app: faust.App, served: Served, partitions: Calla
             "policy_version": rules.version,
         })
 
-    router = app.web.web_app.router  # type: ignore[attr-defined]
+    router = cast(Any, app.web).web_app.router
     router.add_get("/api/v1/containment", containment, allow_head=False)
