@@ -625,6 +625,10 @@ VARIABLES: tuple[Variable, ...] = (
              "decimals, e.g. `{\"currency\": \"USD\", \"channel\": {\"voice\": 6.5}, "
              "\"queue\": {\"billing\": 7.9}}`; empty: no cost figures.",
              parse_costs, "contact_costs"),
+    Variable("CX_AGENT_MIN_CONTACTS", "30",
+             "Handled contacts an agent needs in a range of /api/v1/agents to be ranked or "
+             "flagged; agents with fewer are listed as not enough contacts.",
+             _int_range(1, 1_000_000), "agent_min_contacts"),
 )
 
 
@@ -719,6 +723,7 @@ class Settings:
     log_level: str
     max_reasons: int = 50
     contact_costs: ContactCosts | None = None
+    agent_min_contacts: int = 30
 
     @property
     def input_topics(self) -> tuple[str, str, str]:

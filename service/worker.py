@@ -327,7 +327,8 @@ def wire_http(parts: _Parts, guard: HttpGuard, processor: IngestProcessor,
                    lambda: parts.partitions, wallboard=lambda: business.wallboard,
                    serving=serving, max_reads=settings.api_max_reads,
                    max_fcr=settings.api_max_fcr, costs=settings.contact_costs,
-                   fcr_target=settings.fcr_target)
+                   fcr_target=settings.fcr_target,
+                   agent_min_contacts=settings.agent_min_contacts)
 
 
 def _state(settings: Settings, client: RedisClient, prefix: str) -> RedisState:

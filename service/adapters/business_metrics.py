@@ -17,10 +17,12 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from service.adapters.drivers_gauges import DriverGauges
 from service.adapters.redis_state import RedisState
 from service.domain.cardinality import Cap, LabelCaps, fold_dimensions, totals_by_value
+from service.domain.containment import containment_kpis
 from service.domain.engine import rfc3339
 from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
 from service.domain.partition import PartitionClock, clock_summary
 from service.domain.policy import Policy
+from service.domain.storage_names import QUEUE_AGENT
 
 HOURS_PER_READ = 24
 LABELS = ["window", "queue", "channel", "segment", "agent"]
@@ -39,6 +41,13 @@ _GAUGES = {
     "abandon": ("cx_abandon_ratio", "Abandoned / all contacts."),
     "csat": ("cx_csat_average", "Average CSAT (1-5) of surveys joined to the window's contacts."),
     "nps": ("cx_nps", "NPS (-100 to 100) of surveys joined to the window's contacts."),
+    # Containment (domain/containment)
+    "failed_containment": ("cx_failed_containment_ratio",
+                           "Self-service contacts of identified customers followed by a handled "
+                           "contact within the repeat window / those self-service contacts."),
+    "abandon_callback": ("cx_abandon_callback_ratio",
+                         "Abandoned contacts of identified customers followed by any contact "
+                         "within the repeat window / those abandoned contacts."),
 }
 
 
@@ -151,7 +160,7 @@ class BusinessMetrics:
                     if not _gauged(dimension):
                         continue
                     labels = _labels(name, dimension)
-                    for kpi, value in kpis(counts).items():
+                    for kpi, value in {**kpis(counts), **containment_kpis(counts)}.items():
                         if value is not None:
                             computed.append((kpi, labels, value))
                 for dimension, counts in closed.items():
@@ -236,4 +245,6 @@ class BusinessMetrics:
             cap.rank(agents if cap is caps.agent else totals_by_value(read, cap.dimension))
         self._agent_series.rank({a: n for a, n in agents.items() if a in caps.agent.kept})
         return {"queue": caps.queue, "segment": caps.segment, "reason": caps.reason,
-                "agent": self._agent_series if self._agent_labels > 0 else None}
+                "agent": self._agent_series if self._agent_labels > 0 else None,
+                # every counter per (queue, agent): read through /api/v1/agents only
+                QUEUE_AGENT: None}

@@ -195,7 +195,7 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
                    wallboard: Callable[[], dict[str, Any]],
                    serving: Serving | None = None, max_reads: int = 32,
                    max_fcr: int = 2, costs: ContactCosts | None = None,
-                   fcr_target: float = 0.7) -> None:
+                   fcr_target: float = 0.7, agent_min_contacts: int = 30) -> None:
     """Register /metrics, /healthz, /readyz, /wallboard and /api/v1/* on the web server.
 
     With `serving`, each API request reads the state and rules of the policy version it
@@ -297,7 +297,20 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     router.add_get(CONTACTS + "{contact_id:[^/]+}", contact, allow_head=False)
     router.add_get(CUSTOMERS + "{customer_id:[^/]+}", customer, allow_head=False)
     router.add_get("/api/v1/fcr", fcr, allow_head=False)
-    from service.adapters.http_drivers import install_drivers_routes  # it imports this module
+    _install_more(app, served, partitions, reads, max_fcr=max_fcr, costs=costs,
+                  fcr_target=fcr_target, agent_min_contacts=agent_min_contacts)
+
+
+def _install_more(app: faust.App, served: Serving, partitions: Callable[[], int],
+                  reads: asyncio.Semaphore, *, max_fcr: int, costs: ContactCosts | None,
+                  fcr_target: float, agent_min_contacts: int) -> None:
+    """The endpoints of their own modules (imported here: they use this module's parsers)."""
+    from service.adapters.http_agents import install_agents_routes
+    from service.adapters.http_containment import install_containment_routes
+    from service.adapters.http_drivers import install_drivers_routes
 
     install_drivers_routes(app, served, partitions, reads, costs=costs, fcr_target=fcr_target,
                            max_fcr=max_fcr)
+    install_agents_routes(app, served, partitions, reads, query_pairs, fcr_query,
+                          min_contacts=agent_min_contacts, max_at_once=max_fcr)
+    install_containment_routes(app, served, partitions, reads, query_pairs, fcr_query)

@@ -34,7 +34,7 @@ from service.domain.policy import Policy
 from service.domain.storage_names import counter_field, split_counter_field
 
 # Repeat drivers are summed inside Redis a day of hours per script call and partition
-# (sum_matching.lua scans each hour's fields), each call through the lookups' read gate.
+# (sum_prefixed.lua scans each hour's fields), each call through the lookups' read gate.
 HOURS_PER_SCAN = 24
 _DRIVER_NAMES = ("unresolved", "fcr_total", "resolved", "led_cost")
 _COST_NAMES = ("handled", "cost", "repeats", "repeat_cost", "settled_cost", "resolved",
@@ -132,8 +132,8 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
         for i in range(0, len(hours), HOURS_PER_SCAN):
             for scan_prefix, names in scans:
                 async with reads:
-                    found = await store.sum_matching(n, hours[i:i + HOURS_PER_SCAN],
-                                                     scan_prefix, names)
+                    found = await store.sum_prefixed(n, hours[i:i + HOURS_PER_SCAN],
+                                                     [scan_prefix], names)
                 for field, value in found.items():
                     dimension, name = split_counter_field(field)
                     if kind == "queue" and queue is not None and dimension != prefix:

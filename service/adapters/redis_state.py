@@ -69,7 +69,7 @@ class RedisState:
         self._commit: Script = client.register_script(_lua("commit_partition.lua"))
         self._put_contact: Script = client.register_script(_lua("put_contact.lua"))
         self._sum_counters: Script = client.register_script(_lua("sum_counters.lua"))
-        self._sum_matching: Script = client.register_script(_lua("sum_matching.lua"))
+        self._sum_prefixed: Script = client.register_script(_lua("sum_prefixed.lua"))
         self._scripts_loaded = False
         self._cluster = isinstance(client, RedisCluster)
         self.round_trips: list[float] = []
@@ -237,21 +237,24 @@ class RedisState:
             return [sum(int(reply[i]) for reply in replies) for i in range(len(fields))]
         raise ConnectionError("Redis keeps losing the counters script")
 
-    async def sum_matching(self, partitions: int, hours: Sequence[int], prefix: str,
-                           names: Sequence[str]) -> dict[str, int]:
-        """Every counter field whose dimension starts with `prefix` and whose name is one of
-        `names`, summed over the partitions and hours inside Redis (sum_matching.lua): one
-        command per partition in one round trip."""
-        pattern = "".join("\\" + ch if ch in "*?[]\\^" else ch for ch in prefix) + "*"
+    async def sum_prefixed(self, partitions: int, hours: Sequence[int],
+                           prefixes: Sequence[str], counters: Sequence[str]) -> dict[str, int]:
+        """Every counter field of the given hours whose dimension starts with one of
+        `prefixes` and whose name is in `counters`, summed over the partitions and hours
+        inside Redis (sum_prefixed.lua, one command per partition in one round trip): for
+        readers that do not know the names in advance (repeat drivers, the agents table)."""
+        patterns = ["".join("\\" + ch if ch in "*?[]\\^" else ch for ch in prefix) + "*"
+                    for prefix in prefixes]
+        args = [str(len(patterns)), *patterns, *counters]
         for _ in range(3):
             pipe = self.client.pipeline(transaction=False)
             for partition in range(partitions):
                 keys = [self.hour_key(partition, hour) for hour in hours]
-                pipe.evalsha(self._sum_matching.sha, len(keys), *keys, pattern, *names)
+                pipe.evalsha(self._sum_prefixed.sha, len(keys), *keys, *args)
             replies = await pipe.execute(raise_on_error=False)
             if any(isinstance(reply, NoScriptError) for reply in replies):
-                self._sum_matching.sha = await self.client.script_load(
-                    self._sum_matching.script)
+                self._sum_prefixed.sha = await self.client.script_load(
+                    self._sum_prefixed.script)
                 continue
             totals: dict[str, int] = {}
             for reply in replies:

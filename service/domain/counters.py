@@ -2,10 +2,12 @@
 
 Each contact is counted in the hour bucket of its `occurred_at`, under every dimension it has:
 `all`, `queue:<q>`, `channel:<c>`, `agent:<a>` (handled contacts) and `segment:<s>` (when
-known), `reason:<r>` (the call-ended's reason, `unknown` without one), and for the FCR
-population the driver dimensions `queue_reason:<q>><r>`, `queue_agent:<q>><a>` and, for an
-unresolved contact, `flow:<q>><what it led to>`. When a contact's verdict changes, its old
-contribution is retracted and the new one added, so any hour-aligned range sums exactly.
+known), `reason:<r>` (the call-ended's reason, `unknown` without one), for the FCR population
+the driver dimensions `queue_reason:<q>><r>`, `queue_agent:<q>><a>` and, for an unresolved
+contact, `flow:<q>><what it led to>`, and `agent_in_queue:<len(q)>:<q><a>` (every field of the
+contacts with an agent, per queue and agent: the agents table of one queue). When a contact's
+verdict changes, its old contribution is retracted and the new one added, so any hour-aligned
+range sums exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.domain.storage_names import counter_field
+from service.domain.storage_names import counter_field, queue_agent_dimension
 
 HOUR = 3600
 
@@ -26,6 +28,12 @@ FIELDS = (
     # Repeat drivers and costs (docs/metrics-definitions.md): money in thousandths of the
     # currency of CX_CONTACT_COSTS, priced when the contact is counted.
     "cost", "repeat_cost", "settled_cost", "led_cost",
+    # Agents and containment (issue 15, sections 3 and 4): handled contacts a later contact
+    # repeated; identified self-service contacts and those a handled contact followed within
+    # the window (failed containment); identified abandoned contacts and those any contact
+    # followed within the window (abandon callbacks).
+    "caused_repeat", "self_service_identified", "failed_containment",
+    "abandoned_identified", "abandon_callbacks",
 )
 
 STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED = range(4)
@@ -72,6 +80,10 @@ class Counted:
     led_channel: str | None = None
     cost: int = 0  # price of this handled contact, thousandths
     led_cost: int = 0  # price of the contact that repeated it, thousandths
+    # Agents and containment: unresolved because a later contact repeated it; followed by a
+    # contact within the window (a self-service or abandoned contact, see domain/containment).
+    caused_repeat: bool = False
+    followed: bool = False
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
@@ -79,7 +91,8 @@ class Counted:
                 self.survey_unresolved, self.csat_sum, self.csat_count, self.nps_promoters,
                 self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count,
                 self.identified, self.reason, self.led_queue, self.led_reason,
-                self.led_channel, self.cost, self.led_cost)
+                self.led_channel, self.cost, self.led_cost,
+                self.caused_repeat, self.followed)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
@@ -104,7 +117,12 @@ def vector(c: Counted) -> tuple[int, ...]:
             c.nps_count, c.ces_sum, c.ces_count,
             c.cost, c.cost if c.is_repeat else 0,
             c.cost if status in (STATUS_RESOLVED, STATUS_UNRESOLVED) else 0,
-            c.led_cost)
+            c.led_cost,
+            # Agents and containment
+            int(c.caused_repeat), int(outcome == "self_service" and c.identified),
+            int(outcome == "self_service" and c.followed),
+            int(outcome == "abandoned" and c.identified),
+            int(outcome == "abandoned" and c.followed))
 
 
 _FIELD_ROWS: dict[str, tuple[str, ...]] = {}  # dimension -> hash fields in the order of FIELDS
@@ -203,6 +221,10 @@ def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
                         bucket[name] = total
                     else:
                         del bucket[name]
+        # Agents: per (queue, agent) counts, for the agents table of one queue; both labels
+        # are capped, so this dimension is bounded too.
+        if agent is not None:
+            dims.append(queue_agent_dimension(queue, agent))
         for dim in dims:
             names = _field_row(dim)
             for i, n in changes:

@@ -3,8 +3,9 @@ only what the events since changed (see `Memo`)."""
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 
+from service.domain.containment import FOLLOWED_OUTCOMES, is_followed
 from service.domain.counters import STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED
 from service.domain.curve import baseline_of, record_signals, signals_of_contact
 from service.domain.perception import CurveTrack, Signal, start_state
@@ -39,6 +40,7 @@ class Memo:
         "dirty",
         "earliest_contact",
         "earliest_other",
+        "everyone",
         "handled",
         "identified",
         "ids",
@@ -53,6 +55,7 @@ class Memo:
         "touched",
         "track",
         "transfers_of",
+        "unhandled",
         "uniform",
         "verdicts",
     )
@@ -63,6 +66,10 @@ class Memo:
         self.contacts = state.contacts
         self.ids: set[str] = {x[0] for x in state.superseded}
         self.handled: list[tuple[float, str]] = []
+        # Containment (domain/containment): every contact, and the self-service and abandoned
+        # ones whose `followed` a contact recorded after them may change (identified only).
+        self.everyone: list[tuple[float, str]] = []
+        self.unhandled: list[tuple[float, str]] = []
         self.transfers_of: dict[str, list[TransferRecord]] = {}
         self.surveys_of: dict[str, list[SurveyRecord]] = {}
         self.verdicts: dict[str, Verdict] = {}
@@ -82,10 +89,16 @@ class Memo:
             policy.default.repeat_same_reason or policy.default.repeat_same_channel)
         for c in state.contacts.values():
             self.ids.add(c.event_id)
-            if identified and c.outcome == "handled":
-                self.handled.append((c.t, c.contact_id))
+            if identified:
+                if c.outcome == "handled":
+                    self.handled.append((c.t, c.contact_id))
+                self.everyone.append((c.t, c.contact_id))
+                if c.outcome in FOLLOWED_OUTCOMES:
+                    self.unhandled.append((c.t, c.contact_id))
             self._note_contact(c)
         self.handled.sort()
+        self.everyone.sort()
+        self.unhandled.sort()
         self.track: CurveTrack | None = None
         if identified:
             baseline = baseline_of(state, policy)
@@ -146,7 +159,32 @@ class Memo:
                     self.dirty.add(self.handled[i + 1][1])
             else:
                 self._mark_window(new.t)
+        if participates:
+            self._followers_changed(old, new)
         self._note_contact(new)
+
+    def _followers_changed(self, old: ContactRecord | None, new: ContactRecord) -> None:
+        """Keep the containment indexes, and mark the self-service and abandoned contacts
+        within the longest window before the old and new record: their `followed` may
+        change."""
+        cid = new.contact_id
+        if old is not None:
+            _remove(self.everyone, (old.t, cid))
+            if old.outcome in FOLLOWED_OUTCOMES:
+                _remove(self.unhandled, (old.t, cid))
+        insort(self.everyone, (new.t, cid))
+        if new.outcome in FOLLOWED_OUTCOMES:
+            insort(self.unhandled, (new.t, cid))
+        unhandled = self.unhandled
+        if not unhandled:
+            return
+        window = self.policy.max_window
+        for t in (new.t,) if old is None else (old.t, new.t):
+            for j in range(bisect_left(unhandled, (t - window,)), len(unhandled)):
+                ut, uid = unhandled[j]
+                if ut > t:
+                    break
+                self.dirty.add(uid)
 
     def _mark_window(self, t: float) -> None:
         """Every handled contact within the longest window of `t`: their verdicts may change."""
@@ -158,6 +196,12 @@ class Memo:
             if ht - t > window:
                 break
             self.dirty.add(hid)
+
+
+def _remove(keys: list[tuple[float, str]], key: tuple[float, str]) -> None:
+    i = bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
 
 
 def derive_changes(state: CustomerState, memo: Memo, watermark: float, policy: Policy) -> None:
@@ -223,7 +267,9 @@ def contact_verdict(c: ContactRecord, memo: Memo, watermark: float, policy: Poli
         found.sort(key=lambda sv: (sv.t, sv.event_id))
     joined = tuple(found)
     if not (memo.identified and c.outcome == "handled"):
-        return Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined)
+        followed = memo.identified and is_followed(c, memo.handled, memo.everyone, policy)
+        return Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined,
+                       followed=followed)
     handled = memo.handled
     repeat_of, repeated = scan_neighbours(c, bisect_left(handled, (c.t, cid)), handled,
                                           memo.contacts, policy)

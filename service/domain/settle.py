@@ -182,12 +182,17 @@ def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
         [sv.event_id for sv in v.surveys], perception, policy.version)
     if v.repeated_by is not None:  # what it led to (repeat drivers): only when it has a repeat
         inputs += (v.repeated_by,)
+    same_view = False
     if before is not None:
         if before.inputs is not None:
-            if before.inputs == inputs:
-                return  # nothing its view or counts derive from changed
+            same_view = before.inputs == inputs
         elif before.basis == basis_of(inputs):
             before.inputs = inputs
+            same_view = True
+        # Nothing its view or counts derive from changed. Whether a self-service or abandoned
+        # contact was followed (containment) is in its counts only, not in its view.
+        if same_view and (c.outcome == "handled"
+                          or Counted.from_tuple(before.counted).followed == v.followed):
             return
     identified = state.customer_id is not None
     counted = counted_of(c, v, identified)
@@ -196,6 +201,10 @@ def _publish_contact(state: CustomerState, c: ContactRecord, v: Verdict,
     old = Counted.from_tuple(before.counted) if before else None
     if old != counted:
         add_change(out.counts, old, counted)
+    if same_view and before is not None:  # only its counts changed: no new version
+        emitted[c.contact_id] = Emitted(before.version, before.digest, counted.to_tuple(),
+                                        before.perception, before.basis, before.inputs)
+        return
     view = enriched_view(c, v, state.customer_id if state.alias is None else state.alias,
                          perception, policy)
     version = before.version if before else 0

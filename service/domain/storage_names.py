@@ -36,6 +36,26 @@ def split_counter_field(field: str) -> tuple[str, str]:
     return dimension, name
 
 
+# Every counter of one agent's contacts in one queue (the agents table of a queue). Not to be
+# confused with the repeat drivers' `queue_agent:<q>><a>`, which holds a few fields only.
+QUEUE_AGENT = "agent_in_queue"
+
+
+def queue_agent_dimension(queue: str, agent: str) -> str:
+    """`agent_in_queue:<len(queue)>:<queue><agent>`: one agent's contacts in one queue (both
+    names may hold any character, so the queue's length says where the agent starts)."""
+    return f"{QUEUE_AGENT}:{len(queue)}:{queue}{agent}"
+
+
+def split_queue_agent(value: str) -> tuple[str, str] | None:
+    """(queue, agent) of an `agent_in_queue` dimension's value (after `agent_in_queue:`)."""
+    size, sep, rest = value.partition(":")
+    if not sep or not size.isdigit() or int(size) > len(rest):
+        return None
+    n = int(size)
+    return rest[:n], rest[n:]
+
+
 # -- the partition clock's hash fields ------------------------------------------------------
 CLOCK_SEQ = "seq"  # write guard: bumped by every commit (commit_partition.lua)
 CLOCK_WRITER = "w"  # token of the worker that wrote `seq` ('' when it holds no states)

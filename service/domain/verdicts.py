@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from service.domain.containment import is_followed
 from service.domain.counters import (
     LED_SURVEY,
     LED_TRANSFER,
@@ -49,6 +50,8 @@ class Verdict:
     surveys: tuple[SurveyRecord, ...]
     # Repeat drivers: (queue, reason, channel) of the later contact that repeats this one.
     repeated_by: tuple[str, str | None, str] | None = None
+    # A self-service or abandoned contact followed within the window (domain/containment).
+    followed: bool = False
 
     @property
     def resolution(self) -> str | None:
@@ -114,6 +117,7 @@ def derive_verdicts(
 
     handled = sorted((c.t, c.contact_id) for c in contacts.values()
                      if identified and c.outcome == "handled")
+    everyone = sorted(c.order() for c in contacts.values()) if identified else []
     around = {cid: scan_neighbours(contacts[cid], i, handled, contacts, policy)
               for i, (_, cid) in enumerate(handled)}
     verdicts: dict[str, Verdict] = {}
@@ -122,7 +126,9 @@ def derive_verdicts(
         n_transfers = transfers.get(cid, 0)
         near = around.get(cid)
         if near is None:  # not in the FCR population
-            verdicts[cid] = Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined)
+            followed = identified and is_followed(c, handled, everyone, policy)
+            verdicts[cid] = Verdict(False, False, None, n_transfers, STATUS_NONE, (), joined,
+                                    followed=followed)
         else:
             verdicts[cid] = participant_verdict(c, near[1], near[0], n_transfers, joined,
                                                  watermark, policy)
@@ -155,7 +161,7 @@ def participant_verdict(c: ContactRecord, repeated: ContactRecord | None, repeat
     else:
         status = STATUS_PENDING
     return Verdict(True, repeat_of is not None, repeat_of, n_transfers, status, tuple(reasons),
-                   joined, repeated_by)
+                   joined, repeated_by=repeated_by)
 
 
 def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
@@ -182,4 +188,5 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         identified=identified,
         reason=c.reason if c.reason is not None else NO_REASON,
         led_queue=led_queue, led_reason=led_reason, led_channel=led_channel,
+        caused_repeat=REPEAT_CONTACT in v.reasons, followed=v.followed,
     )

@@ -246,6 +246,11 @@ class TrafficModel:
         )) or (outcome == "abandoned" and customer is not None and rng.random() < 0.5):
             back = ended + rng.lognormvariate(math.log(6 * 3600), 1.3)
             heapq.heappush(self._callbacks, (back, self._next_seq(), customer, queue))
+        elif outcome == "self_service" and customer is not None and rng.random() < 0.35:
+            # The IVR or bot did not settle it: the customer comes back, mostly to an agent,
+            # soon after (a failed containment when that contact is handled).
+            back = ended + rng.lognormvariate(math.log(1800), 1.0)
+            heapq.heappush(self._callbacks, (back, self._next_seq(), customer, queue))
 
     def _next_seq(self) -> int:
         self._seq += 1

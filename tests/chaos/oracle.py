@@ -146,7 +146,15 @@ def _customer(out: Expected, identified: bool, events: list[tuple[str, dict[str,
         )
         verdicts[cid] = truth
         out.contacts[cid] = truth
-        _count(out.counters, t, e, truth, [s for _, s in sv])
+        # Failed self-service / abandon callback: followed within W by a handled contact / by
+        # any contact of the same identified customer (docs/metrics-definitions.md).
+        followed = False
+        if identified and e["outcome"] in ("self_service", "abandoned"):
+            later = sorted((lt, lid) for lid, (lt, le) in contacts.items()
+                           if (lt, lid) > (t, cid)
+                           and (e["outcome"] == "abandoned" or le["outcome"] == "handled"))
+            followed = bool(later) and later[0][0] - t <= W
+        _count(out.counters, t, e, truth, [s for _, s in sv], followed)
     if identified and contacts:
         customer = next(iter(contacts.values()))[1]["customer_id"]
         out.perception[customer] = round(
@@ -158,13 +166,16 @@ def _customer(out: Expected, identified: bool, events: list[tuple[str, dict[str,
 
 
 def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: ContactTruth,
-           surveys: list[dict[str, Any]]) -> None:
+           surveys: list[dict[str, Any]], followed: bool) -> None:
     hour = int(t // 3600) * 3600
     dims = ["all", f"queue:{e['queue']}", f"channel:{e['channel']}"]
     if e.get("agent_id") is not None:
         dims.append(f"agent:{e['agent_id']}")
     if e.get("segment") is not None:
         dims.append(f"segment:{e['segment']}")
+    if e.get("agent_id") is not None:  # per queue and agent: the queue's length, then both
+        dims.append(f"agent_in_queue:{len(e['queue'])}:{e['queue']}{e['agent_id']}")
+    identified = e["customer_id"] is not None
     csat = [s["csat"] for s in surveys if s.get("csat") is not None]
     nps = [s["nps"] for s in surveys if s.get("nps") is not None]
     ces = [s["ces"] for s in surveys if s.get("ces") is not None]
@@ -183,6 +194,11 @@ def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: C
         "nps_promoters": sum(1 for n in nps if n >= 9),
         "nps_detractors": sum(1 for n in nps if n <= 6), "nps_count": len(nps),
         "ces_sum": sum(ces), "ces_count": len(ces),
+        "caused_repeat": int("repeat_contact" in v.resolution_reasons),
+        "self_service_identified": int(e["outcome"] == "self_service" and identified),
+        "failed_containment": int(e["outcome"] == "self_service" and followed),
+        "abandoned_identified": int(e["outcome"] == "abandoned" and identified),
+        "abandon_callbacks": int(e["outcome"] == "abandoned" and followed),
     }
     for dim in dims:
         for name, n in values.items():

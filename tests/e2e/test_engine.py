@@ -182,6 +182,24 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
             status, body = worker.get(f"/api/v1/cost?{month}")
             assert status == 200, body
             cost = json.loads(body)
+        status, body = worker.get(f"/api/v1/agents?{month}&limit=1000")
+        assert status == 200, body
+        agents = json.loads(body)
+        status, body = worker.get(f"/api/v1/containment?{month}")
+        assert status == 200, body
+        containment = json.loads(body)
+        if seconds == 7 * 86400.0:  # the gauges of the 7d window: its hours, from the file
+            last = int(datetime.fromisoformat(containment["watermark"]).timestamp()) // 3600
+            recent = independent_containment(events, seconds,
+                                             hours={(last - i) * 3600 for i in range(168)})
+            labels = {"window": "7d", "queue": "", "channel": "", "segment": "", "agent": "",
+                      "policy_version": "1"}
+            want = recent["abandon_callbacks"] / recent["abandoned_identified"]
+            wait_until(lambda: worker.metric("cx_abandon_callback_ratio", **labels)
+                       == pytest.approx(want, abs=1e-12), timeout=60,
+                       what=f"cx_abandon_callback_ratio {want}")
+            assert ("cx_failed_containment_ratio", frozenset(labels.items())) in \
+                worker.metrics() or recent["self_service_identified"] == 0
     finally:
         assert worker.stop() == 0, worker.logs()
     # Every identified customer of the month is known at its end, idle or not, and their
@@ -234,6 +252,139 @@ def test_anonymous_bank_month_replayed_matches_an_independent_computation(
           f", repeats {cost['repeat_cost']:,.2f}, per resolved issue "
           f"{cost['cost_per_resolution']:,.3f}, avoidable at FCR 0.7 "
           f"{cost['avoidable_cost']:,.2f} USD")
+    # The agents table and containment, against the same computation from the file.
+    table = independent_agents(events, seconds, min_contacts=30)
+    shown = [(a["agent"], a["rank"], a["status"], a["flagged"], a["handled"], a["resolved"],
+              a["unresolved"], a["caused_repeats"], a["fcr_low"], a["fcr_high"],
+              a["centre_fcr_same_queues"]) for a in agents["agents"]]
+    assert agents["agents_total"] == len(table)
+    assert [row[:8] for row in shown] == [row[:8] for row in table]
+    for row, wanted in zip(shown, table, strict=True):
+        for got_value, want_value in zip(row[8:], wanted[8:], strict=True):
+            assert got_value == pytest.approx(want_value, abs=1e-6), (row, wanted)
+    assert sum(1 for row in table if row[2] == "ranked") > 5
+    assert agents["final"] is False
+    expected_containment = independent_containment(events, seconds)
+    assert {k: containment[k] for k in expected_containment} == expected_containment
+    assert containment["failed_containment"] > 0
+    assert containment["abandon_callbacks"] > 0
+    print(f"Anonymous Bank 1999-08, W={window}: agents {agents['agents_total']} (ranked "
+          f"{sum(1 for r in table if r[2] == 'ranked')}, flagged {agents['flagged_total']}), "
+          f"centre FCR of closed {agents['centre']['fcr']:.4f}; top of the agents table:")
+    print("  rank agent        status               handled resolved unresolved  FCR   "
+          "95% interval     centre(same queues) flagged")
+    for a in agents["agents"][:10]:
+        print(f"  {a['rank'] or '-':>4} {a['agent']:<13} {a['status']:<20} {a['handled']:>7} "
+              f"{a['resolved']:>8} {a['unresolved']:>10} {a['fcr'] or 0:.3f} "
+              f"[{a['fcr_low'] or 0:.3f}, {a['fcr_high'] or 0:.3f}]   "
+              f"{a['centre_fcr_same_queues'] or 0:.3f}               {a['flagged']}")
+    print("  flagged: " + ", ".join(
+        f"{a['agent']} (rank {a['rank']}, FCR {a['fcr']:.3f}, interval up to {a['fcr_high']:.3f}"
+        f" < {a['centre_fcr_same_queues']:.3f})" for a in agents["agents"] if a["flagged"]))
+    print(f"Anonymous Bank 1999-08, W={window}: self-service {containment['self_service']} "
+          f"(identified {containment['self_service_identified']}), failed containment "
+          f"{containment['failed_containment']} "
+          f"({containment['failed_containment_ratio']:.4f}); abandoned "
+          f"{containment['abandoned']} (identified {containment['abandoned_identified']}), "
+          f"callbacks {containment['abandon_callbacks']} "
+          f"({containment['abandon_callback_ratio']:.4f})")
+
+
+def _wilson(successes: int, n: int) -> tuple[float, float]:
+    z = 1.959963984540054
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def independent_agents(events: list[dict[str, Any]], window: float, min_contacts: int
+                       ) -> list[tuple[Any, ...]]:
+    """The agents table of the month from the file, without service.domain: per agent its
+    handled contacts, resolved and unresolved (closed at its partition's watermark), with the
+    Wilson interval, the centre's FCR of its queues weighted by its closed contacts, rank and
+    flag (docs/metrics-definitions.md#agents). The bank has no transfers nor surveys: every
+    unresolved contact is one a repeat followed."""
+    def t(e: dict[str, Any]) -> float:
+        return datetime.fromisoformat(e["occurred_at"]).timestamp()
+
+    watermark: dict[int, float] = {}
+    for e in events:
+        p = _partition(e["customer_id"] or e["contact_id"])
+        watermark[p] = max(watermark.get(p, 0.0), t(e))
+    by_customer: dict[str, list[tuple[float, str, str, str]]] = {}
+    handled: Counter[str] = Counter()
+    for e in events:
+        if e["outcome"] != "handled":
+            continue
+        handled[e["agent_id"]] += 1
+        if e["customer_id"] is not None:
+            by_customer.setdefault(e["customer_id"], []).append(
+                (t(e), e["contact_id"], e["agent_id"], e["queue"]))
+    closed: dict[tuple[str, str], list[int]] = {}  # (agent, queue) -> [resolved, unresolved]
+    for customer, contacts in by_customer.items():
+        contacts.sort()
+        wm = watermark[_partition(customer)]
+        for i, (when, _, agent, queue) in enumerate(contacts):
+            row = closed.setdefault((agent, queue), [0, 0])
+            if i + 1 < len(contacts) and contacts[i + 1][0] - when <= window:
+                row[1] += 1
+            elif wm > when + window:
+                row[0] += 1
+    queue_fcr: dict[str, list[int]] = {}
+    for (_, queue), (res, unres) in closed.items():
+        q = queue_fcr.setdefault(queue, [0, 0])
+        q[0] += res
+        q[1] += unres
+    rows = []
+    for agent, n in handled.items():
+        mine = {q: v for (a, q), v in closed.items() if a == agent}
+        res = sum(v[0] for v in mine.values())
+        unres = sum(v[1] for v in mine.values())
+        weights = {q: v[0] + v[1] for q, v in mine.items()
+                   if v[0] + v[1] and sum(queue_fcr[q])}
+        bench = (sum(w * queue_fcr[q][0] / sum(queue_fcr[q]) for q, w in weights.items())
+                 / sum(weights.values())) if weights else None
+        low, high = _wilson(res, res + unres) if res + unres else (None, None)
+        status = ("not_enough_contacts" if n < min_contacts else
+                  "no_closed_contacts" if res + unres == 0 else "ranked")
+        flagged = status == "ranked" and bench is not None and high is not None and high < bench
+        rows.append((agent, None, status, flagged, n, res, unres, unres, low, high, bench))
+    ranked = sorted((r for r in rows if r[2] == "ranked"),
+                    key=lambda r: (-r[5] / (r[5] + r[6]), -(r[5] + r[6]), r[0]))
+    rest = sorted((r for r in rows if r[2] != "ranked"), key=lambda r: (-r[4], r[0]))
+    return [(r[0], i + 1, *r[2:]) for i, r in enumerate(ranked)] + rest
+
+
+def independent_containment(events: list[dict[str, Any]], window: float,
+                            hours: set[int] | None = None) -> dict[str, int]:
+    """Failed self-service and abandon callbacks of the month from the file: a self-service
+    contact of an identified customer followed within the window by a handled contact of the
+    customer, an abandoned one by any contact (order: time, then contact_id); with `hours`,
+    of the contacts in those hour buckets only."""
+    by_customer: dict[str, list[tuple[float, str, str]]] = {}
+    out = Counter({"self_service": 0, "abandoned": 0, "self_service_identified": 0,
+                   "abandoned_identified": 0, "failed_containment": 0, "abandon_callbacks": 0})
+    for e in events:
+        if e["outcome"] in ("self_service", "abandoned") and hours is None:
+            out[e["outcome"]] += 1
+        if e["customer_id"] is not None:
+            by_customer.setdefault(e["customer_id"], []).append(
+                (datetime.fromisoformat(e["occurred_at"]).timestamp(), e["contact_id"],
+                 e["outcome"]))
+    for contacts in by_customer.values():
+        contacts.sort()
+        for i, (when, _, outcome) in enumerate(contacts):
+            if outcome == "handled" or (hours is not None and int(when) // 3600 * 3600
+                                        not in hours):
+                continue
+            out[f"{outcome}_identified"] += 1
+            later = [c for c in contacts[i + 1:]
+                     if outcome == "abandoned" or c[2] == "handled"]
+            if later and later[0][0] - when <= window:
+                out["failed_containment" if outcome == "self_service"
+                    else "abandon_callbacks"] += 1
+    return dict(out)
 
 
 # The month replay's example prices (USD per handled call): stock exchange (NE) and internet
@@ -431,6 +582,39 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
             "/api/v1/fcr?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=sales")[1])
         assert other["total"] == 0
         assert other["fcr"] is None
+
+        # The agents table: a1's three contacts (c0 and c1 repeated, c2 pending) are too few
+        # to rank or flag; with a queue, only that queue's contacts.
+        hours = "from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z"
+        table = json.loads(worker.get(f"/api/v1/agents?{hours}")[1])
+        assert table["centre"] == {"handled": 3, "fcr_total": 3, "resolved": 0,
+                                   "unresolved": 2, "fcr": 0.0}
+        (a1,) = table["agents"]
+        assert {k: a1[k] for k in ("agent", "rank", "status", "flagged", "handled",
+                                   "unresolved", "pending", "fcr", "fcr_high",
+                                   "centre_fcr_same_queues", "caused_repeats", "csat_average",
+                                   "csat_count")} == {
+            "agent": "a1", "rank": None, "status": "not_enough_contacts", "flagged": False,
+            "handled": 3, "unresolved": 2, "pending": 1, "fcr": 0.0,
+            "fcr_high": pytest.approx(0.65762, abs=1e-6), "centre_fcr_same_queues": 0.0,
+            "caused_repeats": 2, "csat_average": 1.0, "csat_count": 1}
+        assert json.loads(worker.get(f"/api/v1/agents?{hours}&queue=billing")[1])[
+            "agents"] == [a1]
+        assert json.loads(worker.get(f"/api/v1/agents?{hours}&queue=sales")[1])["agents"] == []
+        assert json.loads(worker.get(f"/api/v1/agents?{hours}&offset=1")[1])["agents"] == []
+        for query in ("limit=0", "limit=1001", "offset=-1", "limit=x", "limit=1&limit=2",
+                      "agent=a1", "channel=voice"):
+            status, body = worker.get(f"/api/v1/agents?{hours}&{query}")
+            assert status == 400, query
+            assert json.loads(body)["error"]
+        contained = json.loads(worker.get(f"/api/v1/containment?{hours}&queue=billing")[1])
+        assert {k: contained[k] for k in ("self_service", "failed_containment",
+                                          "failed_containment_ratio", "abandoned",
+                                          "abandon_callback_ratio", "final")} == {
+            "self_service": 0, "failed_containment": 0, "failed_containment_ratio": None,
+            "abandoned": 0, "abandon_callback_ratio": None, "final": False}
+        assert worker.get(f"/api/v1/containment?{hours}&agent=a1")[0] == 400
+        assert worker.get("/api/v1/containment?from=x")[0] == 400
     finally:
         assert worker.stop() == 0, worker.logs()
 

@@ -45,6 +45,32 @@ def test_scripts_the_server_forgot_are_loaded_again(stack: Stack) -> None:
     asyncio.run(scenario())
 
 
+def test_prefixed_counters_are_summed_inside_redis(stack: Stack) -> None:
+    """sum_prefixed.lua: the agents table's read of counters whose names it does not know,
+    summed over hours and partitions, only the dimensions and counters asked for, again after
+    the server forgot the script."""
+    async def scenario() -> None:
+        store = _store(stack)
+        client = store.client
+        try:
+            hour = {"agent:a|handled": 2, "agent:a|csat_sum": 9, "agent:b|handled": 1,
+                    "agent:b|x|y|handled": 4, "queue:q|handled": 3, "channel:voice|handled": 3,
+                    "agent_in_queue:1:qa|resolved": 1}
+            batches = {p: PartitionCommit("", {}, {3600: hour, 7200: {"agent:a|handled": 1}},
+                                          {}, [], {"wm": "7.5"}, []) for p in range(3)}
+            assert await store.commit(batches) == set()
+            await client.script_flush()
+            got = await store.sum_prefixed(3, [3600, 7200, 10800], ["agent:", "agent_in_queue:"],
+                                           ["handled", "resolved"])
+            assert got == {"agent:a|handled": 9, "agent:b|handled": 3,
+                           "agent:b|x|y|handled": 12, "agent_in_queue:1:qa|resolved": 3}
+            assert await store.sum_prefixed(3, [10800], ["agent:"], ["handled"]) == {}
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_cluster_refuses_a_script_over_two_partitions(stack: Stack) -> None:
     async def scenario() -> None:
         store = _store(stack)

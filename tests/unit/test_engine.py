@@ -175,6 +175,8 @@ def test_window_close_emits_resolved_as_a_new_version() -> None:
         "agent:agent-1|resolved": 1, "reason:unknown|resolved": 1,
         # the repeat drivers' dimensions of the FCR population (without a reason: `unknown`)
         "queue_reason:billing>unknown|resolved": 1, "queue_agent:billing>agent-1|resolved": 1,
+        # every counter per (queue, agent), for the agents table of one queue
+        "agent_in_queue:7:billingagent-1|resolved": 1,
     }
 
 

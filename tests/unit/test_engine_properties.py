@@ -42,7 +42,8 @@ def spec_strategy() -> st.SearchStrategy[Spec]:
     hours = st.integers(min_value=0, max_value=26).map(lambda h: h * 6.0)
     contact = st.integers(0, 11)
     calls = st.builds(Spec, st.just("call"), contact, st.sampled_from([0, 0, 0, 1, 1, None]),
-                      hours, st.sampled_from(["handled", "handled", "handled", "abandoned"]))
+                      hours, st.sampled_from(["handled", "handled", "handled", "abandoned",
+                                                 "self_service"]))
     return st.one_of(
         calls, calls, calls,
         st.builds(Spec, st.just("transfer"), contact, st.just(0), hours),
@@ -142,6 +143,18 @@ def reference(events: list[ContactEvent]) -> tuple[dict[str, tuple[Any, ...]], C
         counts["all|cost"] += cost
         if c.outcome != "handled" or c.header.customer_id is None:
             verdicts[cid] = (None, False, None)
+            if c.header.customer_id is not None and c.outcome != "handled":
+                # Containment: followed within the window by a handled contact (self-service)
+                # or by any contact (abandoned) of the same customer.
+                followers = [o for o in calls if o.header.customer_id == c.header.customer_id
+                             and (o.outcome == "handled" or c.outcome == "abandoned")
+                             and (o.header.occurred_at.timestamp(), o.header.contact_id)
+                             > (t, cid)
+                             and o.header.occurred_at.timestamp() - t <= WINDOW]
+                kind = ("failed_containment" if c.outcome == "self_service"
+                        else "abandon_callbacks")
+                counts[f"all|{c.outcome}_identified"] += 1
+                counts[f"all|{kind}"] += bool(followers)
             continue
         same = sorted((o.header.occurred_at.timestamp(), o.header.contact_id) for o in calls
                       if o.header.customer_id == c.header.customer_id and o.outcome == "handled")
@@ -166,6 +179,7 @@ def reference(events: list[ContactEvent]) -> tuple[dict[str, tuple[Any, ...]], C
             else:
                 led = "transfer" if cid in transferred else "survey_unresolved"
             counts[f"flow:{c.queue}>{led}|unresolved"] += 1
+        counts["all|caused_repeat"] += bool(later)
     return verdicts, +counts
 
 
@@ -202,7 +216,8 @@ def test_any_order_and_duplication_gives_the_reference(specs: list[Spec], rnd: A
     expected_verdicts, expected_counts = reference(events)
     assert summary(base_views) == expected_verdicts
     names = {"contacts", "fcr_total", "unresolved", "resolved", "repeats", "cost",
-             "repeat_cost", "settled_cost"}
+             "repeat_cost", "settled_cost", "caused_repeat", "self_service_identified",
+             "failed_containment", "abandoned_identified", "abandon_callbacks"}
     assert only(base_counts, names) == only(expected_counts, names)
     # Repeat drivers: by reason (the FCR population, unresolved, the price of the repeats) and
     # the flows from the origin queue to what an unresolved contact led to.
