@@ -154,7 +154,14 @@ def _customer(out: Expected, identified: bool, events: list[tuple[str, dict[str,
                            if (lt, lid) > (t, cid)
                            and (e["outcome"] == "abandoned" or le["outcome"] == "handled"))
             followed = bool(later) and later[0][0] - t <= W
-        _count(out.counters, t, e, truth, [s for _, s in sv], followed)
+        led = None  # what an unresolved contact led to (repeat drivers)
+        if resolution == "unresolved":
+            i = handled.index((t, cid))
+            if "repeat_contact" in reasons:
+                led = contacts[handled[i + 1][1]][1]["queue"]
+            else:
+                led = "transfer" if "transferred" in reasons else "survey_unresolved"
+        _count(out.counters, t, e, truth, [s for _, s in sv], followed, led)
     if identified and contacts:
         customer = next(iter(contacts.values()))[1]["customer_id"]
         out.perception[customer] = round(
@@ -165,8 +172,13 @@ def _customer(out: Expected, identified: bool, events: list[tuple[str, dict[str,
             _perception(contacts, transfers, surveys, verdicts, watermark), 2)
 
 
+def _driver(value: str) -> str:
+    """A name inside a repeat-driver dimension: `>` and `%` escaped."""
+    return value.replace("%", "%25").replace(">", "%3E")
+
+
 def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: ContactTruth,
-           surveys: list[dict[str, Any]], followed: bool) -> None:
+           surveys: list[dict[str, Any]], followed: bool, led: str | None) -> None:
     hour = int(t // 3600) * 3600
     dims = ["all", f"queue:{e['queue']}", f"channel:{e['channel']}"]
     if e.get("agent_id") is not None:
@@ -200,10 +212,25 @@ def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: C
         "abandoned_identified": int(e["outcome"] == "abandoned" and identified),
         "abandon_callbacks": int(e["outcome"] == "abandoned" and followed),
     }
+    reason = e.get("reason") or "unknown"
+    dims.append(f"reason:{reason}")
     for dim in dims:
         for name, n in values.items():
             if n:
                 counters[(hour, f"{dim}|{name}")] += n
+    # Repeat drivers: the FCR population by reason and by agent within its queue, and the flow
+    # from its queue to what an unresolved contact led to; these fields only.
+    if v.resolution is not None:
+        q = _driver(e["queue"])
+        drivers = [f"queue_reason:{q}>{_driver(reason)}"]
+        if e.get("agent_id") is not None:
+            drivers.append(f"queue_agent:{q}>{_driver(e['agent_id'])}")
+        if led is not None:
+            drivers.append(f"flow:{q}>{_driver(led)}")
+        for dim in drivers:
+            for name in ("fcr_total", "unresolved", "resolved"):
+                if values[name]:
+                    counters[(hour, f"{dim}|{name}")] += values[name]
 
 
 def contact_target(outcome: str, wait: float, hold: float) -> tuple[float, float]:
