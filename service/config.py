@@ -160,6 +160,11 @@ def _segment_baselines(text: str) -> dict[str, float]:
     return {segment: _score(str(v)) for segment, v in _json_object(text).items()}
 
 
+def _segment_values(text: str) -> dict[str, float]:
+    parse = _bounded(float, "a number", 0.0, 1e12)
+    return {segment: parse(str(v)) for segment, v in _json_object(text).items()}
+
+
 def _windows(text: str) -> tuple[tuple[str, float], ...]:
     names = [w.strip() for w in text.split(",") if w.strip()]
     if not names:
@@ -612,6 +617,12 @@ VARIABLES: tuple[Variable, ...] = (
              str, "data_dir"),
     Variable("CX_LOG_LEVEL", "info", "Log level: debug, info, warning or error.",
              _log_level, "log_level"),
+    # customer value (docs/metrics-definitions.md, Customer value)
+    Variable("CX_SEGMENT_VALUES", "{}",
+             "JSON object: a customer's value per month by segment (e.g. "
+             "`{\"gold\": 900, \"standard\": 60, \"*\": 30}`, `*` for any other segment), "
+             "for customers none of whose contacts carried `customer_value`; else 0. Sums the "
+             "value at risk.", _segment_values, "segment_values"),
 )
 
 
@@ -704,6 +715,7 @@ class Settings:
     event_loop: str
     data_dir: str
     log_level: str
+    segment_values: dict[str, float]
 
     @property
     def input_topics(self) -> tuple[str, str, str]:
@@ -765,6 +777,7 @@ def policy_of(settings: Settings) -> Policy:
             at_risk_recover_at=settings.at_risk_recover_at,
             at_risk_drop=settings.at_risk_drop,
             at_risk_drop_period=settings.at_risk_drop_period,
+            segment_values=settings.segment_values,
         ),
         version=settings.policy_version,
     )

@@ -8,6 +8,8 @@ bin=$repo/.venv/bin
 deploy/local/stack.sh start
 eval "$(deploy/local/stack.sh env | sed 's/^/export /')"
 export CX_HTTP_PORT=${CX_HTTP_PORT:-6066}
+# The simulator attaches a value to most contacts; the rest are valued by segment.
+export CX_SEGMENT_VALUES=${CX_SEGMENT_VALUES:-'{"standard": 45, "gold": 180, "platinum": 650}'}
 "$bin/cx-stream" topics
 
 mkdir -p .cx-local
@@ -48,6 +50,7 @@ minute, then live in real time.
   wallboard    $url/wallboard
   FCR          $url/api/v1/fcr?from=$start&to=$until
   customer     $url/api/v1/customers/cust-000042   contact $url/api/v1/contacts/{contact_id}
+  at risk      $url/api/v1/customers/at-risk?order=value&limit=20
   metrics      $url/metrics
   health       $url/healthz   readiness $url/readyz
   worker log   $worker_log

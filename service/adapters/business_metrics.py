@@ -102,6 +102,12 @@ class BusinessMetrics:
             ["dimension"], registry=registry)
         for cap in self.caps.all():
             self.folded.labels(cap.dimension).set(0)
+        # Customer value (domain/value.py)
+        self.value_at_risk = Gauge(
+            "cx_value_at_risk",
+            "Summed value per month of the customers currently at risk, per segment (`none`: "
+            "no segment known), in the centre's currency.", ["segment", VERSION],
+            registry=registry)
         self.refresh_seconds = Histogram(
             "cx_metrics_refresh_seconds", "Time to recompute the business gauges from Redis.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
@@ -167,6 +173,7 @@ class BusinessMetrics:
             if held > 0:
                 joined = sum(c.joins.get(f"{what}_joined", 0) for c in clocks.values())
                 self.quality.labels(f"{what}_joined", "", version).set(joined / held)
+        self._value_at_risk(clocks, version)
         self.perception.clear()
         for band in range(10):
             self.perception.labels(f"{band * 10}-{band * 10 + 10}", version).set(
@@ -204,7 +211,9 @@ class BusinessMetrics:
             "watermark": None if watermark is None else rfc3339(watermark),
             "window": wide,
             "fcr_target": self._fcr_target,
-            "centre": {**centre, "customers_at_risk": sum(c.at_risk for c in clocks.values())},
+            "centre": {**centre, "customers_at_risk": sum(c.at_risk for c in clocks.values()),
+                       "value_at_risk": sum(sum(c.value_at_risk.values())
+                                            for c in clocks.values()) / 100},
             "queues": [{"queue": q, **tiles} for q, tiles in sorted(queues.items())],
         }
 
@@ -221,3 +230,15 @@ class BusinessMetrics:
         self._agent_series.rank({a: n for a, n in agents.items() if a in caps.agent.kept})
         return {"queue": caps.queue, "segment": caps.segment,
                 "agent": self._agent_series if self._agent_labels > 0 else None}
+
+    # -- customer value ----------------------------------------------------------------------
+
+    def _value_at_risk(self, clocks: dict[int, PartitionClock], version: str) -> None:
+        """cx_value_at_risk per segment: the partitions' counts in cents, summed."""
+        cents: dict[str, int] = {}
+        for clock in clocks.values():
+            for segment, n in clock.value_at_risk.items():
+                cents[segment] = cents.get(segment, 0) + n
+        self.value_at_risk.clear()
+        for segment, n in sorted(cents.items()):
+            self.value_at_risk.labels(segment, version).set(n / 100)

@@ -16,6 +16,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from service.adapters.http_value import install_value_routes
 from service.adapters.kafka_publish import partition_of
 from service.adapters.redis_state import RedisState
 from service.domain.counters import HOUR
@@ -290,6 +291,7 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
             "policy_version": rules.version,
         })
 
+    install_value_routes(app, served, partitions, reads, query_pairs)  # before customers/{id}
     router = cast(Any, app.web).web_app.router
     # Any one path segment: the handlers decode the id from the raw path themselves.
     router.add_get(CONTACTS + "{contact_id:[^/]+}", contact, allow_head=False)

@@ -74,6 +74,8 @@ class CallEnded:
     hold_seconds: float
     talk_seconds: float
     fields: Mapping[str, Any]
+    # The customer's value per month (e.g. ARPU), when the event carries it.
+    customer_value: float | None = None
 
     kind = EventKind.CALL_ENDED
 

@@ -300,6 +300,13 @@ class CustomerState:
     # customer (this state is then unidentified: customer_id is None).
     alias: str | None = None
     history: CustomerHistory | None = None  # made when a first record is dropped or alert sent
+    # Customer value (domain/value.py): the latest `customer_value` a contact carried, as
+    # (t, contact_id, event_id, value) of that contact; and, while the customer is at risk,
+    # (segment label, value in cents) it is counted under in the partition's value at risk.
+    value: tuple[float, str, str, float] | None = None
+    risk: tuple[str, int] | None = None
+    # A checksum of the work-list entry last written for this customer; never stored.
+    risk_digest: int | None = field(default=None, compare=False, repr=False)
     # What the engine derived from this state, kept while the object lives; never stored.
     memo: Memo | None = field(default=None, compare=False, repr=False)
 
@@ -338,6 +345,10 @@ class CustomerState:
         }
         if self.history is not None and not self.history.is_empty():
             out["h"] = self.history.to_list()  # nothing dropped yet: no bytes spent on it
+        if self.value is not None:
+            out["cv"] = list(self.value)
+        if self.risk is not None:
+            out["rv"] = list(self.risk)  # read by erase_partition.lua
         return out
 
     @staticmethod
@@ -365,7 +376,13 @@ class CustomerState:
             noisy=d.get("n", False),  # written only when true
             alias=d.get("k"),  # written only when set
             history=CustomerHistory.from_list(d["h"]) if "h" in d else None,  # once not empty
+            value=_value_of(d.get("cv")),
+            risk=None if d.get("rv") is None else (d["rv"][0], d["rv"][1]),
         )
+
+
+def _value_of(v: list[Any] | None) -> tuple[float, str, str, float] | None:
+    return None if v is None else (v[0], v[1], v[2], v[3])
 
 
 # The format `CustomerState.to_dict` writes. States written before the format carried a

@@ -43,6 +43,10 @@ QUEUES = {
 CHANNEL_WEIGHTS = {"voice": 0.55, "chat": 0.25, "email": 0.10, "sms": 0.04, "social": 0.03,
                    "video": 0.03}
 SEGMENTS = (("standard", 0.70), ("gold", 0.20), ("platinum", 0.10))
+# A customer's value per month: the median of their segment, spread lognormally; the CRM
+# attaches it to this share of their contacts.
+SEGMENT_VALUE = {"standard": 45.0, "gold": 180.0, "platinum": 650.0}
+VALUE_SHARE = 0.6
 AGENTS_PER_QUEUE = 8
 
 
@@ -86,6 +90,10 @@ class TrafficModel:
         degraded_queues: tuple[str, ...] = (),
     ) -> None:
         self._rng = random.Random(seed)
+        # Draws of the fields added later (customer value) come from a generator of their
+        # own, so the rest of the traffic of a seed stays what it was.
+        self._extra_rng = random.Random(None if seed is None else seed * 7919 + 17)
+        self._values: dict[str, float] = {}
         self._rate = contacts_per_second
         self._customers = customers
         self._dup = duplicate_share
@@ -152,6 +160,15 @@ class TrafficModel:
                 self._segments[customer] = SEGMENTS[-1][0]
         return self._segments[customer]
 
+    def _value(self, customer: str) -> float:
+        """The customer's value per month; now and then it changes (a new plan)."""
+        rng = self._extra_rng
+        value = self._values.get(customer)
+        if value is None or rng.random() < 0.05:
+            median = SEGMENT_VALUE[self._segment(customer)]
+            value = self._values[customer] = round(rng.lognormvariate(math.log(median), 0.5), 2)
+        return value
+
     # -- one contact and what follows from it --------------------------------------------
 
     def _contact(self, started: float, customer: str | None, *, callback: bool,
@@ -201,6 +218,8 @@ class TrafficModel:
         }
         if callback:
             event["callback"] = True
+        if customer is not None and self._extra_rng.random() < VALUE_SHARE:
+            event["customer_value"] = self._value(customer)
         publish_end = ended + rng.uniform(0.5, 5.0)
         self._emit("call-ended", event, publish_end)
 
