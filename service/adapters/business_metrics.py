@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from service.adapters.redis_state import RedisState
+from service.adapters.survey_gauges import SurveyTruthGauges
 from service.domain.cardinality import Cap, LabelCaps, fold_dimensions, totals_by_value
 from service.domain.engine import rfc3339
 from service.domain.kpis import kpis, sum_by_dimension, trailing_hours
@@ -108,6 +109,7 @@ class BusinessMetrics:
             "Summed value per month of the customers currently at risk, per segment (`none`: "
             "no segment known), in the centre's currency.", ["segment", VERSION],
             registry=registry)
+        self.survey_truth = SurveyTruthGauges(registry, LABELS, VERSION)
         self.refresh_seconds = Histogram(
             "cx_metrics_refresh_seconds", "Time to recompute the business gauges from Redis.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
@@ -148,6 +150,7 @@ class BusinessMetrics:
                     for kpi, value in kpis(counts).items():
                         if value is not None:
                             computed.append((kpi, labels, value))
+                self.survey_truth.add(name, recent, closed, _labels, version)
                 for dimension, counts in closed.items():
                     value = kpis(counts)["fcr_provisional"]
                     if value is not None:
@@ -174,6 +177,7 @@ class BusinessMetrics:
                 joined = sum(c.joins.get(f"{what}_joined", 0) for c in clocks.values())
                 self.quality.labels(f"{what}_joined", "", version).set(joined / held)
         self._value_at_risk(clocks, version)
+        self.survey_truth.publish()
         self.perception.clear()
         for band in range(10):
             self.perception.labels(f"{band * 10}-{band * 10 + 10}", version).set(

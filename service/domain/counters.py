@@ -21,9 +21,16 @@ FIELDS = (
     "fcr_total", "unresolved", "resolved", "repeats", "transferred",
     "surveys", "survey_unresolved", "csat_sum", "csat_count",
     "nps_promoters", "nps_detractors", "nps_count", "ces_sum", "ces_count",
+    # survey truth (domain/survey_truth.py): what the latest survey answer about resolution
+    # said, against whether a repeat followed; CSAT and NPS by the contact's resolution
+    "said_resolved", "said_resolved_repeated", "said_unresolved", "said_unresolved_repeated",
+    "csat_sum_resolved", "csat_count_resolved", "csat_sum_unresolved", "csat_count_unresolved",
+    "nps_promoters_resolved", "nps_detractors_resolved", "nps_count_resolved",
+    "nps_promoters_unresolved", "nps_detractors_unresolved", "nps_count_unresolved",
 )
 
 STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED = range(4)
+SAID_NOTHING, SAID_RESOLVED, SAID_UNRESOLVED = range(3)  # Counted.said
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +57,17 @@ class Counted:
     ces_sum: int
     ces_count: int
     identified: bool = False
+    # survey truth: what the latest survey answer about resolution said (SAID_*), and
+    # whether a later contact repeated this one
+    said: int = 0
+    repeated: bool = False
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
                 self.participates, self.status, self.is_repeat, self.transferred, self.surveys,
                 self.survey_unresolved, self.csat_sum, self.csat_count, self.nps_promoters,
                 self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count,
-                self.identified)
+                self.identified, self.said, self.repeated)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
@@ -74,11 +85,24 @@ def field_name(dimension: str, name: str) -> str:
 def vector(c: Counted) -> tuple[int, ...]:
     """The counts of one contact, in the order of FIELDS."""
     outcome, status = c.outcome, c.status
-    return (1, int(c.identified), int(outcome == "abandoned"), int(outcome == "self_service"),
+    base = (1, int(c.identified), int(outcome == "abandoned"), int(outcome == "self_service"),
             int(outcome == "handled"), int(c.participates), int(status == STATUS_UNRESOLVED),
             int(status == STATUS_RESOLVED), int(c.is_repeat), int(c.transferred), c.surveys,
             c.survey_unresolved, c.csat_sum, c.csat_count, c.nps_promoters, c.nps_detractors,
             c.nps_count, c.ces_sum, c.ces_count)
+    # survey truth
+    said = c.said if c.participates else SAID_NOTHING
+    yes, no = int(said == SAID_RESOLVED), int(said == SAID_UNRESOLVED)
+    rep = int(c.repeated)
+    res, unres = status == STATUS_RESOLVED, status == STATUS_UNRESOLVED
+    return (
+        *base, yes, yes * rep, no, no * rep,
+        c.csat_sum if res else 0, c.csat_count if res else 0,
+        c.csat_sum if unres else 0, c.csat_count if unres else 0,
+        c.nps_promoters if res else 0, c.nps_detractors if res else 0,
+        c.nps_count if res else 0,
+        c.nps_promoters if unres else 0, c.nps_detractors if unres else 0,
+        c.nps_count if unres else 0)
 
 
 _FIELD_ROWS: dict[str, tuple[str, ...]] = {}  # dimension -> hash fields in the order of FIELDS

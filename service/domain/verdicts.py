@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service.domain.counters import (
+    SAID_NOTHING,
+    SAID_RESOLVED,
+    SAID_UNRESOLVED,
     STATUS_NONE,
     STATUS_PENDING,
     STATUS_RESOLVED,
@@ -154,6 +157,8 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
     csat = [s.csat for s in v.surveys if s.csat is not None]
     nps = [s.nps for s in v.surveys if s.nps is not None]
     ces = [s.ces for s in v.surveys if s.ces is not None]
+    answers = [s.resolved for s in v.surveys if s.resolved is not None]  # in time order
+    said = SAID_NOTHING if not answers else SAID_RESOLVED if answers[-1] else SAID_UNRESOLVED
     return Counted(
         hour=hour_of(c.t), outcome=c.outcome, queue=c.queue, channel=c.channel, agent=c.agent,
         segment=c.segment, participates=v.participates, status=v.status,
@@ -162,5 +167,5 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         csat_sum=sum(csat), csat_count=len(csat),
         nps_promoters=sum(1 for n in nps if n >= 9), nps_detractors=sum(1 for n in nps if n <= 6),
         nps_count=len(nps), ces_sum=sum(ces), ces_count=len(ces),
-        identified=identified,
+        identified=identified, said=said, repeated=REPEAT_CONTACT in v.reasons,
     )

@@ -184,6 +184,23 @@ def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: C
         "nps_detractors": sum(1 for n in nps if n <= 6), "nps_count": len(nps),
         "ces_sum": sum(ces), "ces_count": len(ces),
     }
+    # survey truth: the latest answer about resolution, against a later repeat
+    answers = [s["resolved"] for s in surveys if s.get("resolved") is not None]
+    said = None if v.resolution is None or not answers else answers[-1]
+    repeated = int("repeat_contact" in v.resolution_reasons)
+    values.update({
+        "said_resolved": int(said is True), "said_resolved_repeated": int(said is True) * repeated,
+        "said_unresolved": int(said is False),
+        "said_unresolved_repeated": int(said is False) * repeated,
+    })
+    for r in ("resolved", "unresolved"):
+        mine = v.resolution == r
+        values.update({
+            f"csat_sum_{r}": sum(csat) if mine else 0, f"csat_count_{r}": len(csat) if mine else 0,
+            f"nps_promoters_{r}": sum(1 for n in nps if n >= 9) if mine else 0,
+            f"nps_detractors_{r}": sum(1 for n in nps if n <= 6) if mine else 0,
+            f"nps_count_{r}": len(nps) if mine else 0,
+        })
     for dim in dims:
         for name, n in values.items():
             if n:
