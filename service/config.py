@@ -623,6 +623,11 @@ VARIABLES: tuple[Variable, ...] = (
              "`{\"gold\": 900, \"standard\": 60, \"*\": 30}`, `*` for any other segment), "
              "for customers none of whose contacts carried `customer_value`; else 0. Sums the "
              "value at risk.", _segment_values, "segment_values"),
+    # early warning from speech and text analytics (docs/perception.md)
+    Variable("CX_AT_RISK_ON_COMPLAINT", "true",
+             "Whether a contact whose speech or text analytics heard a complaint "
+             "(`complaint: true`) puts its customer at risk by itself, whatever the score.",
+             _boolean, "at_risk_on_complaint"),
 )
 
 
@@ -716,6 +721,7 @@ class Settings:
     data_dir: str
     log_level: str
     segment_values: dict[str, float]
+    at_risk_on_complaint: bool
 
     @property
     def input_topics(self) -> tuple[str, str, str]:
@@ -778,6 +784,7 @@ def policy_of(settings: Settings) -> Policy:
             at_risk_drop=settings.at_risk_drop,
             at_risk_drop_period=settings.at_risk_drop_period,
             segment_values=settings.segment_values,
+            at_risk_on_complaint=settings.at_risk_on_complaint,
         ),
         version=settings.policy_version,
     )

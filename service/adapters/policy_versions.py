@@ -50,6 +50,8 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
     perception["segment_values"] = dict(policy.perception.segment_values)
     if not perception["segment_values"]:
         del perception["segment_values"]
+    if perception["at_risk_on_complaint"]:
+        del perception["at_risk_on_complaint"]
     return {
         "default": dataclasses.asdict(policy.default),
         "per_queue": {q: dataclasses.asdict(r) for q, r in sorted(policy.per_queue.items())},

@@ -37,6 +37,8 @@ class PerceptionPolicy:
     # Customer value: the value per month of a customer none of whose contacts carried
     # `customer_value`, per segment (CX_SEGMENT_VALUES; "*" for any other), else 0.
     segment_values: Mapping[str, float] = field(default_factory=dict)
+    # A complaint heard by speech or text analytics puts the customer at risk by itself.
+    at_risk_on_complaint: bool = True
 
     def value_for(self, segment: str | None) -> float:
         values = self.segment_values

@@ -29,6 +29,7 @@ EXTRA_DROPPED = "extra_fields_dropped"
 _STANDARD_CALL_FIELDS = frozenset({
     "event_id", "occurred_at", "contact_id", "customer_id", "started_at", "channel", "queue",
     "outcome", "agent_id", "reason", "segment", "wait_seconds", "hold_seconds", "talk_seconds",
+    "sentiment", "complaint", "topics",  # kept as the record's own (speech analytics)
 })
 
 
@@ -49,6 +50,10 @@ class ContactRecord:
     hold: float
     talk: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # Speech and text analytics of the contact, when its event carried them
+    sentiment: float | None = None
+    complaint: bool | None = None
+    topics: tuple[str, ...] | None = None
 
     @staticmethod
     def of(event: CallEnded) -> ContactRecord:
@@ -69,6 +74,9 @@ class ContactRecord:
             hold=event.hold_seconds,
             talk=event.talk_seconds,
             extra=_bounded_extra(f),
+            sentiment=event.sentiment,
+            complaint=event.complaint,
+            topics=event.topics,
         )
 
     def order(self) -> tuple[float, str]:
@@ -76,14 +84,20 @@ class ContactRecord:
         return (self.t, self.contact_id)
 
     def to_list(self) -> list[Any]:
-        return [self.contact_id, self.event_id, self.t, self.occurred_at, self.started_at,
-                self.channel, self.queue, self.outcome, self.agent, self.reason, self.segment,
-                self.wait, self.hold, self.talk, self.extra or None]
+        out = [self.contact_id, self.event_id, self.t, self.occurred_at, self.started_at,
+               self.channel, self.queue, self.outcome, self.agent, self.reason, self.segment,
+               self.wait, self.hold, self.talk, self.extra or None]
+        if self.sentiment is not None or self.complaint is not None or self.topics is not None:
+            out += [self.sentiment, self.complaint,
+                    None if self.topics is None else list(self.topics)]
+        return out
 
     @staticmethod
     def from_list(v: list[Any]) -> ContactRecord:
+        voice = v[15:18] if len(v) > 15 else (None, None, None)  # written only when any is set
         return ContactRecord(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
-                             v[11], v[12], v[13], v[14] or {})
+                             v[11], v[12], v[13], v[14] or {}, voice[0], voice[1],
+                             None if voice[2] is None else tuple(voice[2]))
 
 
 def _bounded_extra(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -130,6 +130,13 @@ def enriched_view(
             "before": perception[0], "after": perception[1]},
         "policy_version": policy.version,
     })
+    # speech and text analytics, only when the event carried them
+    if c.sentiment is not None:
+        view["sentiment"] = c.sentiment
+    if c.complaint is not None:
+        view["complaint"] = c.complaint
+    if c.topics is not None:
+        view["topics"] = list(c.topics)
     return view
 
 

@@ -49,6 +49,16 @@ def spec_strategy() -> st.SearchStrategy[Spec]:
     )
 
 
+# What speech and text analytics heard, by contact number: nothing, a complaint, a sentiment.
+VOICES: tuple[dict[str, Any], ...] = (
+    {}, {"sentiment": -0.8, "complaint": True, "topics": ["billing"]}, {},
+    {"sentiment": 0.6}, {"complaint": False, "sentiment": -0.3}, {"complaint": True})
+
+
+def voice(contact: int) -> dict[str, Any]:
+    return VOICES[contact % len(VOICES)]
+
+
 def build(specs: list[Spec]) -> list[ContactEvent]:
     """Events from specs: one call-ended per contact id (the first spec for it wins), and
     transfers/surveys of the same customer as their contact."""
@@ -64,7 +74,8 @@ def build(specs: list[Spec]) -> list[ContactEvent]:
         cid = f"ct-{s.contact}"
         if s.kind == "call":
             if contacts[s.contact] is s:
-                events.append(call(cid, s.hours, customer, outcome=s.outcome))
+                events.append(call(cid, s.hours, customer, outcome=s.outcome,
+                                   **voice(s.contact)))
         elif s.kind == "transfer":
             events.append(transfer(cid, s.hours, customer, event_id=f"tr-{i}"))
         else:
@@ -210,7 +221,7 @@ def test_the_memo_gives_what_deriving_everything_again_gives(specs: list[Spec], 
         if s.kind == "call" and first is not s and first.kind == "call":
             customer = None if first.customer is None else f"cust-{first.customer}"
             events.append(call(f"ct-{s.contact}", s.hours, customer, outcome=s.outcome,
-                               event_id=f"fix-{i}", wait=400.0))
+                               event_id=f"fix-{i}", wait=400.0, **voice(s.contact + 1)))
     rnd.shuffle(events)
     with_memo = run_outputs(events, policy, keep_memo=True)
     assert with_memo == run_outputs(events, policy, keep_memo=False)

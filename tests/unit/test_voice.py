@@ -1,0 +1,147 @@
+"""Early warning from speech and text analytics: sentiment, complaint and topics on call-ended,
+as perception signals and as an at-risk rule of their own, table by table."""
+
+from __future__ import annotations
+
+from statistics import mean
+from typing import Any
+
+import orjson
+import pytest
+
+from service.adapters.policy_versions import policy_from_dict, policy_to_dict
+from service.config import load_settings, policy_of
+from service.domain.engine import fold
+from service.domain.events import CallEnded, Rejection, RejectReason
+from service.domain.perception import voice_signals
+from service.domain.policy import PerceptionPolicy, Policy
+from service.domain.records import ContactRecord, CustomerState
+from service.domain.validation import validate_event
+from service.tools.traffic import TrafficModel
+from tests.unit.builders import at, call, ts
+
+POLICY = Policy()
+
+
+@pytest.mark.parametrize(("sentiment", "complaint", "expected"), [
+    (None, None, []),
+    (0.0, False, []),  # neutral and no complaint: no signal
+    (None, True, [(0.0, 0.3, "complaint")]),  # as a survey saying not resolved
+    (-1.0, None, [(0.0, 0.2, "negative_sentiment")]),
+    (-0.5, None, [(0.0, 0.1, "negative_sentiment")]),  # in proportion
+    (0.25, None, [(100.0, 0.05, "positive_sentiment")]),
+    (-0.5, True, [(0.0, 0.3, "complaint"), (0.0, 0.1, "negative_sentiment")]),
+])
+def test_voice_signals(sentiment: float | None, complaint: bool | None,
+                       expected: list[tuple[float, float, str]]) -> None:
+    assert voice_signals(sentiment, complaint) == expected
+
+
+def test_a_complaint_alone_puts_the_customer_at_risk() -> None:
+    # 70, then the complaint (0.3 of the way to 0): 49, then the handled contact's own
+    # experience (0.15 of the way to 85): 54.4, above the at-risk line of 40.
+    _, out, _ = fold(None, call("a", 0, complaint=True), ts(0), POLICY)
+    assert [(a.alert, a.score, a.causes) for a in out.alerts] == [
+        ("at_risk_entered", 54.4, ("complaint",))]
+    assert out.updates[0].view["perception"] == {"before": 70.0, "after": 54.4}
+
+
+def test_without_the_complaint_rule_the_score_alone_decides() -> None:
+    policy = Policy(perception=PerceptionPolicy(at_risk_on_complaint=False))
+    _, out, _ = fold(None, call("a", 0, complaint=True), ts(0), policy)
+    assert out.alerts == []
+    assert out.updates[0].view["perception"] == {"before": 70.0, "after": 54.4}
+
+
+@pytest.mark.parametrize(("sentiment", "after"), [
+    (None, 72.25), (0.0, 72.25), (-1.0, 57.8), (1.0, 77.8), (-0.4, 66.47)])
+def test_sentiment_shifts_the_score_in_proportion(sentiment: float | None, after: float
+                                                   ) -> None:
+    extra: dict[str, Any] = {} if sentiment is None else {"sentiment": sentiment}
+    _, out, _ = fold(None, call("a", 0, **extra), ts(0), POLICY)
+    assert out.updates[0].view["perception"]["after"] == after
+
+
+def test_the_fields_are_kept_and_shown_only_when_given() -> None:
+    state, out, _ = fold(None, call("a", 0, sentiment=-0.4, complaint=False,
+                                    topics=["refund", "long_wait"]), ts(0), POLICY)
+    view = out.updates[0].view
+    assert (view["sentiment"], view["complaint"], view["topics"]) == (
+        -0.4, False, ["refund", "long_wait"])
+    again = CustomerState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert again.contacts["a"] == state.contacts["a"]
+    assert again.contacts["a"].topics == ("refund", "long_wait")
+    _, plain, _ = fold(None, call("b", 0), ts(0), POLICY)
+    assert not {"sentiment", "complaint", "topics"} & set(plain.updates[0].view)
+    stored = ContactRecord.of(call("b", 0)).to_list()
+    assert len(stored) == 15  # as before the fields existed
+
+
+def _event(**fields: Any) -> dict[str, Any]:
+    return {"event_id": "e1", "occurred_at": at(1), "contact_id": "c1", "customer_id": "x",
+            "started_at": at(0.9), "channel": "voice", "queue": "billing",
+            "outcome": "handled", "agent_id": "a1", **fields}
+
+
+@pytest.mark.parametrize(("fields", "reason", "names"), [
+    ({"topics": [f"t{i}" for i in range(11)]}, RejectReason.INVALID_VALUE, "topics"),
+    ({"topics": ["x" * 65]}, RejectReason.INVALID_VALUE, "topics[0]"),
+    ({"topics": ["ok", ""]}, RejectReason.INVALID_VALUE, "topics[1]"),
+    ({"topics": ["ok", 7]}, RejectReason.WRONG_TYPE, "topics[1]"),
+    ({"topics": {"a": 1}}, RejectReason.WRONG_TYPE, "topics"),
+    ({"sentiment": 1.01}, RejectReason.INVALID_VALUE, "sentiment"),
+    ({"sentiment": True}, RejectReason.WRONG_TYPE, "sentiment"),
+    ({"complaint": 1}, RejectReason.WRONG_TYPE, "complaint"),
+])
+def test_bad_analytics_are_dead_lettered_with_their_reason(
+        fields: dict[str, Any], reason: RejectReason, names: str) -> None:
+    result = validate_event("call-ended", _event(**fields))
+    assert isinstance(result, Rejection)
+    assert result.reason == reason
+    assert result.message.startswith(f"call-ended.{names}:")
+
+
+def test_bounds_are_accepted() -> None:
+    result = validate_event("call-ended", _event(
+        topics=["y" * 64] * 10, sentiment=-1, complaint=True))
+    assert isinstance(result, CallEnded)
+    assert (result.sentiment, result.complaint, result.topics) == (-1.0, True, ("y" * 64,) * 10)
+
+
+def test_the_complaint_rule_setting() -> None:
+    assert policy_of(load_settings({})).perception.at_risk_on_complaint is True
+    off = load_settings({"CX_AT_RISK_ON_COMPLAINT": "false"})
+    assert policy_of(off).perception.at_risk_on_complaint is False
+
+
+def test_the_simulator_hears_worse_on_callbacks_long_waits_and_transfers() -> None:
+    start = 1_780_000_000.0
+    model = TrafficModel(start=start, contacts_per_second=0.2, customers=300, seed=3,
+                         duplicate_share=0.0, malformed_share=0.0)
+    calls = [orjson.loads(m.value) for m in model.advance(start + 2 * 86400)
+             if m.kind == "call-ended"]
+    heard = [c for c in calls if "sentiment" in c]
+    assert {c["outcome"] for c in heard} == {"handled"}
+    assert len(heard) > 0.8 * sum(1 for c in calls
+                                  if c["outcome"] == "handled" and c["channel"] != "sms")
+    for c in heard:
+        assert -1 <= c["sentiment"] <= 1
+        assert len(c["topics"]) <= 10
+    callbacks = [c for c in heard if c.get("callback")]
+    first = [c for c in heard if not c.get("callback")]
+    long_waits = [c for c in heard if c["wait_seconds"] > 300]
+    assert mean(c["sentiment"] for c in callbacks) < mean(c["sentiment"] for c in first) - 0.2
+    assert mean(c["sentiment"] for c in long_waits) < mean(c["sentiment"] for c in heard)
+    assert mean(c["complaint"] for c in callbacks) > mean(c["complaint"] for c in first)
+    assert all("repeat_issue" in c["topics"] for c in callbacks)
+
+
+def test_rules_at_their_defaults_leave_a_stored_policy_version_as_it_was() -> None:
+    """A version stored before these rules existed still matches the default rules; rules
+    set otherwise are stored and read back."""
+    plain = policy_to_dict(Policy())["perception"]
+    assert "at_risk_on_complaint" not in plain
+    assert "segment_values" not in plain
+    rules = Policy(perception=PerceptionPolicy(at_risk_on_complaint=False,
+                                               segment_values={"gold": 900.0}))
+    assert policy_from_dict(policy_to_dict(rules), "2").perception == rules.perception
