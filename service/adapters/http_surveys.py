@@ -1,4 +1,5 @@
-"""GET /api/v1/surveys: what surveys say against what customers do, over an hour range.
+"""GET /api/v1/surveys: what surveys say against what customers do, over an hour range, and
+what speech and text analytics heard (complaint rate, average sentiment).
 
 The range and dimension are those of /api/v1/fcr; the counters are summed inside Redis a week
 at a time, each week through the lookups' read gate, as /api/v1/fcr does.
@@ -15,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from service.adapters.redis_state import RedisState
-from service.domain import survey_truth
+from service.domain import survey_truth, voice
 from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
 from service.domain.partition import clock_summary
@@ -48,7 +49,8 @@ def install_surveys_routes(
         store, rules = await served()
         n = partitions()
         hours = list(range(start, end, HOUR))
-        fields = [counter_field(dimension, name) for name in survey_truth.FIELDS]
+        names = survey_truth.FIELDS + voice.FIELDS
+        fields = [counter_field(dimension, name) for name in names]
         totals = [0] * len(fields)
         for i in range(0, len(hours), HOURS_PER_READ):
             async with reads:
@@ -56,10 +58,10 @@ def install_surveys_routes(
             totals = [a + b for a, b in zip(totals, part, strict=True)]
         async with reads:
             watermark = clock_summary(await store.read_clocks(n))
-        counts = dict(zip(survey_truth.FIELDS, totals, strict=True))
+        counts = dict(zip(names, totals, strict=True))
         return reply({
             "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
-            **survey_truth.answer(counts),
+            **survey_truth.answer(counts), "speech_analytics": voice.answer(counts),
             "final": watermark is not None and watermark >= end + rules.max_window,
             "watermark": None if watermark is None else rfc3339(watermark),
             "policy_version": rules.version,

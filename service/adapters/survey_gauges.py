@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from service.domain import survey_truth
+from service.domain import survey_truth, voice
 
 # The business gauges' labels (window, queue, channel, segment, agent) of a window and dimension
 LabelsOf = Callable[[str, str], dict[str, str]]
@@ -39,6 +39,15 @@ class SurveyTruthGauges:
             "NPS of the resolved or unresolved contacts (`resolution`), of the window ending "
             "one repeat window before the watermark.",
             ["resolution", "window", "queue", version], registry=registry)
+        # speech and text analytics (domain/voice.py)
+        self.complaints = Gauge(
+            "cx_complaint_ratio",
+            "Contacts in which speech or text analytics heard a complaint / contacts analysed "
+            "for complaints, in the trailing window.", [*labels, version], registry=registry)
+        self.sentiment = Gauge(
+            "cx_sentiment_average",
+            "Average sentiment (-1 to 1) heard by speech or text analytics in the window's "
+            "contacts.", [*labels, version], registry=registry)
         self._rows: list[tuple[Gauge, tuple[str, ...], float]] = []
 
     def add(self, window: str, recent: Mapping[str, Mapping[str, int]],
@@ -46,10 +55,12 @@ class SurveyTruthGauges:
             version: str) -> None:
         """Compute one window's figures (set by `publish`)."""
         for dimension, counts in recent.items():
-            value = survey_truth.ces(counts)
-            if value is not None:
-                self._rows.append((self.ces, (*labels_of(window, dimension).values(), version),
-                                   value))
+            labels = (*labels_of(window, dimension).values(), version)
+            for gauge, value in ((self.ces, survey_truth.ces(counts)),
+                                 (self.complaints, voice.complaint_rate(counts)),
+                                 (self.sentiment, voice.sentiment_average(counts))):
+                if value is not None:
+                    self._rows.append((gauge, labels, value))
         for dimension, counts in closed.items():
             if dimension == "all":
                 queue = ""
@@ -67,7 +78,7 @@ class SurveyTruthGauges:
 
     def publish(self) -> None:
         """Replace every series by those computed since the last publish (no await)."""
-        for gauge in (self.ces, self.gap, self.csat, self.nps):
+        for gauge in (self.ces, self.gap, self.csat, self.nps, self.complaints, self.sentiment):
             gauge.clear()
         for gauge, labels, value in self._rows:
             gauge.labels(*labels).set(value)

@@ -27,6 +27,9 @@ FIELDS = (
     "csat_sum_resolved", "csat_count_resolved", "csat_sum_unresolved", "csat_count_unresolved",
     "nps_promoters_resolved", "nps_detractors_resolved", "nps_count_resolved",
     "nps_promoters_unresolved", "nps_detractors_unresolved", "nps_count_unresolved",
+    # speech and text analytics: contacts analysed for complaints and those with one; contacts
+    # with a sentiment and its sum in thousandths
+    "voice_complaint_known", "voice_complaints", "voice_sentiment_count", "voice_sentiment_milli",
 )
 
 STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED = range(4)
@@ -61,13 +64,18 @@ class Counted:
     # whether a later contact repeated this one
     said: int = 0
     repeated: bool = False
+    # speech and text analytics: whether a complaint was heard (None: not analysed), and the
+    # sentiment in thousandths
+    complaint: bool | None = None
+    sentiment_milli: int | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
                 self.participates, self.status, self.is_repeat, self.transferred, self.surveys,
                 self.survey_unresolved, self.csat_sum, self.csat_count, self.nps_promoters,
                 self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count,
-                self.identified, self.said, self.repeated)
+                self.identified, self.said, self.repeated, self.complaint,
+                self.sentiment_milli)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
@@ -102,7 +110,10 @@ def vector(c: Counted) -> tuple[int, ...]:
         c.nps_promoters if res else 0, c.nps_detractors if res else 0,
         c.nps_count if res else 0,
         c.nps_promoters if unres else 0, c.nps_detractors if unres else 0,
-        c.nps_count if unres else 0)
+        c.nps_count if unres else 0,
+        # speech and text analytics
+        int(c.complaint is not None), int(c.complaint is True),
+        int(c.sentiment_milli is not None), c.sentiment_milli or 0)
 
 
 _FIELD_ROWS: dict[str, tuple[str, ...]] = {}  # dimension -> hash fields in the order of FIELDS

@@ -168,4 +168,6 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         nps_promoters=sum(1 for n in nps if n >= 9), nps_detractors=sum(1 for n in nps if n <= 6),
         nps_count=len(nps), ces_sum=sum(ces), ces_count=len(ces),
         identified=identified, said=said, repeated=REPEAT_CONTACT in v.reasons,
+        complaint=c.complaint,
+        sentiment_milli=None if c.sentiment is None else round(c.sentiment * 1000),
     )

@@ -193,6 +193,13 @@ def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: C
         "said_unresolved": int(said is False),
         "said_unresolved_repeated": int(said is False) * repeated,
     })
+    sentiment = e.get("sentiment")
+    values.update({  # speech and text analytics
+        "voice_complaint_known": int(e.get("complaint") is not None),
+        "voice_complaints": int(e.get("complaint") is True),
+        "voice_sentiment_count": int(sentiment is not None),
+        "voice_sentiment_milli": 0 if sentiment is None else round(sentiment * 1000),
+    })
     for r in ("resolved", "unresolved"):
         mine = v.resolution == r
         values.update({

@@ -248,6 +248,7 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
          "crm_case": "X-1"}
         for i in range(3)
     ]
+    calls[1].update({"complaint": True, "sentiment": -0.5, "topics": ["invoice"]})  # analytics
     survey = {"event_id": "s0", "occurred_at": "2026-05-04T10:30:00Z", "contact_id": "c0",
               "customer_id": "cust-api", "source": "sms", "csat": 1, "ces": 6,
               "resolved": False}
@@ -337,6 +338,13 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         assert truth["by_resolution"]["unresolved"] == {
             "csat": 1.0, "nps": None, "csat_answers": 1, "nps_answers": 0}
         assert truth["final"] is False
+        assert truth["speech_analytics"] == {
+            "complaint_rate": 1.0, "complaints": 1, "analysed_for_complaints": 1,
+            "sentiment": -0.5, "sentiment_answers": 1}
+        assert worker.metric("cx_complaint_ratio", **labels) == 1.0
+        assert worker.metric("cx_sentiment_average", **labels) == -0.5
+        c1 = json.loads(worker.get("/api/v1/contacts/c1")[1])
+        assert (c1["complaint"], c1["sentiment"], c1["topics"]) == (True, -0.5, ["invoice"])
         assert worker.get("/api/v1/surveys?from=2026-05-04T10:00:00Z")[0] == 400
         # At risk: the work list holds the customer, worth 0 (no value, no segment defaults).
         risk = json.loads(worker.get("/api/v1/customers/at-risk")[1])

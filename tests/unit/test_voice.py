@@ -11,6 +11,7 @@ import pytest
 
 from service.adapters.policy_versions import policy_from_dict, policy_to_dict
 from service.config import load_settings, policy_of
+from service.domain import voice
 from service.domain.engine import fold
 from service.domain.events import CallEnded, Rejection, RejectReason
 from service.domain.perception import voice_signals
@@ -145,3 +146,60 @@ def test_rules_at_their_defaults_leave_a_stored_policy_version_as_it_was() -> No
     rules = Policy(perception=PerceptionPolicy(at_risk_on_complaint=False,
                                                segment_values={"gold": 900.0}))
     assert policy_from_dict(policy_to_dict(rules), "2").perception == rules.perception
+
+
+def _voice_totals(events: list[CallEnded]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for event in events:
+        _, out, _ = fold(None, event, event.header.occurred_at.timestamp(), POLICY)
+        for bucket in out.counter_deltas.values():
+            for field, n in bucket.items():
+                dimension, name = field.split("|")
+                if dimension == "queue:billing" and name in voice.FIELDS:
+                    totals[name] = totals.get(name, 0) + n
+    return totals
+
+
+def test_the_worked_example_of_the_definitions() -> None:
+    """docs/metrics-definitions.md, Speech analytics: the worked example."""
+    events = [call("a", 0.1, "A", complaint=True, sentiment=-0.8),
+              call("b", 0.2, "B", complaint=False, sentiment=0.4),
+              call("c", 0.3, "C", sentiment=-0.2, outcome="abandoned"),
+              call("d", 0.4, "D", complaint=False), call("e", 0.5, "E")]
+    totals = _voice_totals(events)
+    assert totals == {"voice_complaint_known": 3, "voice_complaints": 1,
+                      "voice_sentiment_count": 3, "voice_sentiment_milli": -600}
+    assert voice.complaint_rate(totals) == 1 / 3
+    assert voice.sentiment_average(totals) == pytest.approx(-0.2)
+    assert voice.answer(totals) == {
+        "complaint_rate": 1 / 3, "complaints": 1, "analysed_for_complaints": 3,
+        "sentiment": voice.sentiment_average(totals), "sentiment_answers": 3}
+
+
+@pytest.mark.parametrize(("counts", "rate", "sentiment"), [
+    ({}, None, None),
+    ({"voice_complaint_known": 4, "voice_sentiment_count": 2, "voice_sentiment_milli": 0},
+     0.0, 0.0),
+    ({"voice_complaint_known": 4, "voice_complaints": 4, "voice_sentiment_count": 1,
+      "voice_sentiment_milli": -1000}, 1.0, -1.0),
+])
+def test_rates(counts: dict[str, int], rate: float | None, sentiment: float | None) -> None:
+    assert voice.complaint_rate(counts) == rate
+    assert voice.sentiment_average(counts) == sentiment
+
+
+def test_a_corrected_contact_moves_its_counts() -> None:
+    state, out, _ = fold(None, call("a", 0, complaint=True), ts(0), POLICY)
+    deltas = [out.counter_deltas]
+    state, out, _ = fold(state, call("a", 0.5, complaint=False, sentiment=0.5,
+                                     event_id="a-fixed"), ts(0.5), POLICY)
+    deltas.append(out.counter_deltas)
+    totals: dict[str, int] = {}
+    for d in deltas:
+        for bucket in d.values():
+            for field, n in bucket.items():
+                if field.startswith("all|voice_"):
+                    totals[field] = totals.get(field, 0) + n
+    assert {k: n for k, n in totals.items() if n} == {
+        "all|voice_complaint_known": 1, "all|voice_sentiment_count": 1,
+        "all|voice_sentiment_milli": 500}
