@@ -3,11 +3,14 @@ as perception signals and as an at-risk rule of their own, table by table."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from service.adapters.policy_versions import policy_from_dict, policy_to_dict
 from service.config import load_settings, policy_of
@@ -22,6 +25,7 @@ from service.tools.traffic import TrafficModel
 from tests.unit.builders import at, call, ts
 
 POLICY = Policy()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("sentiment", "complaint", "expected"), [
@@ -203,3 +207,14 @@ def test_a_corrected_contact_moves_its_counts() -> None:
     assert {k: n for k, n in totals.items() if n} == {
         "all|voice_complaint_known": 1, "all|voice_sentiment_count": 1,
         "all|voice_sentiment_milli": 500}
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"customer_value": None}, {"customer_value": 12.5, "sentiment": -1, "complaint": True,
+                                   "topics": ["refund"]}])
+def test_the_enriched_view_matches_its_schema(extra: dict[str, Any]) -> None:
+    schema = json.loads((ROOT / "schemas/contact-enriched.schema.json").read_text())
+    _, out, _ = fold(None, call("a", 0, **extra), ts(0), POLICY)
+    view = orjson.loads(orjson.dumps(out.updates[0].view))
+    assert list(Draft202012Validator(schema).iter_errors(view)) == []
+    assert {k: view[k] for k in extra} == extra
