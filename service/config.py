@@ -161,6 +161,11 @@ def _segment_baselines(text: str) -> dict[str, float]:
     return {segment: _score(str(v)) for segment, v in _json_object(text).items()}
 
 
+def _segment_values(text: str) -> dict[str, float]:
+    parse = _bounded(float, "a number", 0.0, 1e12)
+    return {segment: parse(str(v)) for segment, v in _json_object(text).items()}
+
+
 def _windows(text: str) -> tuple[tuple[str, float], ...]:
     names = [w.strip() for w in text.split(",") if w.strip()]
     if not names:
@@ -629,6 +634,17 @@ VARIABLES: tuple[Variable, ...] = (
              "Handled contacts an agent needs in a range of /api/v1/agents to be ranked or "
              "flagged; agents with fewer are listed as not enough contacts.",
              _int_range(1, 1_000_000), "agent_min_contacts"),
+    # customer value (docs/metrics-definitions.md, Customer value)
+    Variable("CX_SEGMENT_VALUES", "{}",
+             "JSON object: a customer's value per month by segment (e.g. "
+             "`{\"gold\": 900, \"standard\": 60, \"*\": 30}`, `*` for any other segment), "
+             "for customers none of whose contacts carried `customer_value`; else 0. Sums the "
+             "value at risk.", _segment_values, "segment_values"),
+    # early warning from speech and text analytics (docs/perception.md)
+    Variable("CX_AT_RISK_ON_COMPLAINT", "true",
+             "Whether a contact whose speech or text analytics heard a complaint "
+             "(`complaint: true`) puts its customer at risk by itself, whatever the score.",
+             _boolean, "at_risk_on_complaint"),
 )
 
 
@@ -721,6 +737,8 @@ class Settings:
     event_loop: str
     data_dir: str
     log_level: str
+    segment_values: dict[str, float]
+    at_risk_on_complaint: bool
     max_reasons: int = 50
     contact_costs: ContactCosts | None = None
     agent_min_contacts: int = 30
@@ -785,6 +803,8 @@ def policy_of(settings: Settings) -> Policy:
             at_risk_recover_at=settings.at_risk_recover_at,
             at_risk_drop=settings.at_risk_drop,
             at_risk_drop_period=settings.at_risk_drop_period,
+            segment_values=settings.segment_values,
+            at_risk_on_complaint=settings.at_risk_on_complaint,
         ),
         version=settings.policy_version,
     )

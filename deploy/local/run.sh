@@ -11,6 +11,8 @@ export CX_HTTP_PORT=${CX_HTTP_PORT:-6066}
 # Example prices per handled contact, so the cost figures show (CX_CONTACT_COSTS in
 # docs/configuration.md); set CX_CONTACT_COSTS= (empty) to run without costs.
 export CX_CONTACT_COSTS=${CX_CONTACT_COSTS-'{"currency": "USD", "channel": {"voice": 6.5, "chat": 3.2, "email": 2.1, "sms": 1.2, "social": 2.4, "video": 7.5}, "queue": {"tech_support": 8.4}}'}
+# The simulator attaches a value to most contacts; the rest are valued by segment.
+export CX_SEGMENT_VALUES=${CX_SEGMENT_VALUES:-'{"standard": 45, "gold": 180, "platinum": 650}'}
 "$bin/cx-stream" topics
 
 mkdir -p .cx-local
@@ -53,6 +55,7 @@ minute, then live in real time.
   drivers      $url/api/v1/repeat-drivers?from=$start&to=$until&by=reason
   cost         $url/api/v1/cost?from=$start&to=$until
   customer     $url/api/v1/customers/cust-000042   contact $url/api/v1/contacts/{contact_id}
+  at risk      $url/api/v1/customers/at-risk?order=value&limit=20
   metrics      $url/metrics
   health       $url/healthz   readiness $url/readyz
   worker log   $worker_log

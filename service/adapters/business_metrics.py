@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from service.adapters.drivers_gauges import DriverGauges
 from service.adapters.redis_state import RedisState
+from service.adapters.survey_gauges import SurveyTruthGauges
 from service.domain.cardinality import Cap, LabelCaps, fold_dimensions, totals_by_value
 from service.domain.containment import containment_kpis
 from service.domain.engine import rfc3339
@@ -119,6 +120,13 @@ class BusinessMetrics:
             ["dimension"], registry=registry)
         for cap in self.caps.all():
             self.folded.labels(cap.dimension).set(0)
+        # Customer value (domain/value.py)
+        self.value_at_risk = Gauge(
+            "cx_value_at_risk",
+            "Summed value per month of the customers currently at risk, per segment (`none`: "
+            "no segment known), in the centre's currency.", ["segment", VERSION],
+            registry=registry)
+        self.survey_truth = SurveyTruthGauges(registry, LABELS, VERSION)
         self.refresh_seconds = Histogram(
             "cx_metrics_refresh_seconds", "Time to recompute the business gauges from Redis.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
@@ -163,6 +171,7 @@ class BusinessMetrics:
                     for kpi, value in {**kpis(counts), **containment_kpis(counts)}.items():
                         if value is not None:
                             computed.append((kpi, labels, value))
+                self.survey_truth.add(name, recent, closed, _labels, version)
                 for dimension, counts in closed.items():
                     if not _gauged(dimension):
                         continue
@@ -192,6 +201,8 @@ class BusinessMetrics:
             if held > 0:
                 joined = sum(c.joins.get(f"{what}_joined", 0) for c in clocks.values())
                 self.quality.labels(f"{what}_joined", "", version).set(joined / held)
+        self._value_at_risk(clocks, version)
+        self.survey_truth.publish()
         self.perception.clear()
         for band in range(10):
             self.perception.labels(f"{band * 10}-{band * 10 + 10}", version).set(
@@ -229,7 +240,9 @@ class BusinessMetrics:
             "watermark": None if watermark is None else rfc3339(watermark),
             "window": wide,
             "fcr_target": self._fcr_target,
-            "centre": {**centre, "customers_at_risk": sum(c.at_risk for c in clocks.values())},
+            "centre": {**centre, "customers_at_risk": sum(c.at_risk for c in clocks.values()),
+                       "value_at_risk": sum(sum(c.value_at_risk.values())
+                                            for c in clocks.values()) / 100},
             "queues": [{"queue": q, **tiles} for q, tiles in sorted(queues.items())],
         }
 
@@ -248,3 +261,15 @@ class BusinessMetrics:
                 "agent": self._agent_series if self._agent_labels > 0 else None,
                 # every counter per (queue, agent): read through /api/v1/agents only
                 QUEUE_AGENT: None}
+
+    # -- customer value ----------------------------------------------------------------------
+
+    def _value_at_risk(self, clocks: dict[int, PartitionClock], version: str) -> None:
+        """cx_value_at_risk per segment: the partitions' counts in cents, summed."""
+        cents: dict[str, int] = {}
+        for clock in clocks.values():
+            for segment, n in clock.value_at_risk.items():
+                cents[segment] = cents.get(segment, 0) + n
+        self.value_at_risk.clear()
+        for segment, n in sorted(cents.items()):
+            self.value_at_risk.labels(segment, version).set(n / 100)

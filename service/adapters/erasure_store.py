@@ -120,6 +120,7 @@ class ErasureStore:
             keys = [state.key(partition, names.CLOCK), state.key(partition, names.TIMERS),
                     state.key(partition, names.OUTBOX)]
             keys += [state.state_key(partition, names.customer_state(c)) for c in ids]
+            keys += state.risk_keys(partition)
             pipe.evalsha(self._sweep.sha, len(keys), *keys, generation, len(ids), *ids, *known)
         try:
             replies = await pipe.execute()

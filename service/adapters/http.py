@@ -16,6 +16,8 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from service.adapters.http_surveys import install_surveys_routes
+from service.adapters.http_value import install_value_routes
 from service.adapters.kafka_publish import partition_of
 from service.adapters.redis_state import RedisState
 from service.domain.costs import ContactCosts
@@ -292,6 +294,8 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
             "policy_version": rules.version,
         })
 
+    install_value_routes(app, served, partitions, reads, query_pairs)  # before customers/{id}
+    install_surveys_routes(app, served, partitions, reads, query_pairs, fcr_query)
     router = cast(Any, app.web).web_app.router
     # Any one path segment: the handlers decode the id from the raw path themselves.
     router.add_get(CONTACTS + "{contact_id:[^/]+}", contact, allow_head=False)

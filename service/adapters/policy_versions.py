@@ -45,6 +45,13 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
     """The rules of a policy as plain JSON values (the version number is not part of it)."""
     perception = dataclasses.asdict(policy.perception)
     perception["segment_baselines"] = dict(policy.perception.segment_baselines)
+    # Rules added later are left out at their defaults, so that a version stored before they
+    # existed still matches the same rules.
+    perception["segment_values"] = dict(policy.perception.segment_values)
+    if not perception["segment_values"]:
+        del perception["segment_values"]
+    if perception["at_risk_on_complaint"]:
+        del perception["at_risk_on_complaint"]
     return {
         "default": dataclasses.asdict(policy.default),
         "per_queue": {q: dataclasses.asdict(r) for q, r in sorted(policy.per_queue.items())},

@@ -12,6 +12,8 @@ partition's Redis Cluster hash tag):
 - `P:{pN}:outbox` list: outputs committed but not yet published to Kafka;
 - `P:{pN}:h:<hour>` hash: counters of the hour starting at epoch second `<hour>`, fields
   `<dimension>|<name>`;
+- `P:{pN}:risk` hash: the at-risk work list, customer_id -> entry JSON; `P:{pN}:risk:v`,
+  `risk:s`, `risk:t` sorted sets of its customer_ids by value (minus cents), score, since;
 - `P:contact:<contact_id>` hash: latest enriched view of a contact (`v` version, `j` JSON),
   stored by put_contact.lua, many per call (on a Redis Cluster, those of one slot).
 """
@@ -88,6 +90,11 @@ class RedisState:
 
     def contact_key(self, contact_id: str) -> str:
         return names.contact_view_key(self.prefix, contact_id)
+
+    def risk_keys(self, partition: int) -> list[str]:
+        """The at-risk work list's hash, then its sorted sets by value, score and since."""
+        return [self.key(partition, names.RISK),
+                *(self.key(partition, name) for name in names.RISK_ORDERS.values())]
 
     # -- what the ingest use case asks of its store (service_layer/ports.PartitionStore) ----
 
@@ -183,6 +190,35 @@ class RedisState:
         for partition in range(partitions):
             pipe.hgetall(self.key(partition, names.CLOCK))
         return {p: PartitionClock.parse(raw) for p, raw in enumerate(await pipe.execute())}
+
+    async def read_at_risk(self, ranges: Mapping[int, tuple[int, int]], order: str
+                           ) -> dict[int, tuple[list[tuple[str, float]], int]]:
+        """Per partition: the work list's customers from rank `start` to `stop` (inclusive)
+        in `order` (names.RISK_ORDERS), with their scores, and how many it holds."""
+        pipe = self.client.pipeline(transaction=False)
+        key = names.RISK_ORDERS[order]
+        for partition, (start, stop) in ranges.items():
+            pipe.zrange(self.key(partition, key), start, stop, withscores=True)
+            pipe.zcard(self.key(partition, key))
+        replies = iter(await pipe.execute())
+        out: dict[int, tuple[list[tuple[str, float]], int]] = {}
+        for partition in ranges:
+            members = [(_text(m), float(s)) for m, s in next(replies)]
+            out[partition] = (members, int(next(replies)))
+        return out
+
+    async def read_risk_entries(self, wanted: Mapping[int, Sequence[str]]
+                                ) -> dict[int, list[bytes | None]]:
+        """The work-list entries of the given customers, per partition."""
+        pipe = self.client.pipeline(transaction=False)
+        order = [(p, ids) for p, ids in wanted.items() if ids]
+        for partition, ids in order:
+            pipe.hmget(self.key(partition, names.RISK), list(ids))
+        replies = await pipe.execute() if order else []
+        out: dict[int, list[bytes | None]] = {p: [] for p in wanted}
+        for (partition, _), reply in zip(order, replies, strict=True):
+            out[partition] = list(reply)
+        return out
 
     async def read_buckets_by_hour(self, partitions: int, hours: Sequence[int]
                                    ) -> dict[int, list[dict[str, int]]]:
@@ -285,7 +321,7 @@ class RedisState:
             for hour in c.counters:
                 keys.append(self.hour_key(partition, hour))
                 hour_index[hour] = len(keys)  # Lua indexes KEYS from 1
-            ops = {
+            ops: dict[str, Any] = {
                 "c": [[hour_index[h], name, n] for h, deltas in c.counters.items()
                       for name, n in deltas.items()],
                 "ta": [[m, repr(s)] for m, s in c.timers_add.items()],  # "-inf" is valid
@@ -294,6 +330,12 @@ class RedisState:
                 "ci": [[name, n] for name, n in c.clock_increments.items() if n],
                 "w": c.writer,
             }
+            if c.risk_put or c.risk_remove:
+                ops["ri"] = len(keys) + 1
+                keys += self.risk_keys(partition)
+                ops["rd"] = c.risk_remove
+                ops["rp"] = [[cid, entry.decode(), *map(repr, scores)]
+                             for cid, (entry, scores) in c.risk_put.items()]
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
                                self._counter_ttl_ms, orjson.dumps(ops)]
             sizes = c.sizes

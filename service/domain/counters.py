@@ -34,9 +34,19 @@ FIELDS = (
     # followed within the window (abandon callbacks).
     "caused_repeat", "self_service_identified", "failed_containment",
     "abandoned_identified", "abandon_callbacks",
+    # survey truth (domain/survey_truth.py): what the latest survey answer about resolution
+    # said, against whether a repeat followed; CSAT and NPS by the contact's resolution
+    "said_resolved", "said_resolved_repeated", "said_unresolved", "said_unresolved_repeated",
+    "csat_sum_resolved", "csat_count_resolved", "csat_sum_unresolved", "csat_count_unresolved",
+    "nps_promoters_resolved", "nps_detractors_resolved", "nps_count_resolved",
+    "nps_promoters_unresolved", "nps_detractors_unresolved", "nps_count_unresolved",
+    # speech and text analytics: contacts analysed for complaints and those with one; contacts
+    # with a sentiment and its sum in thousandths
+    "voice_complaint_known", "voice_complaints", "voice_sentiment_count", "voice_sentiment_milli",
 )
 
 STATUS_NONE, STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED = range(4)
+SAID_NOTHING, SAID_RESOLVED, SAID_UNRESOLVED = range(3)  # Counted.said
 
 # Repeat drivers: what an unresolved contact led to when no repeat contact did; the reason of
 # a contact whose call-ended has none.
@@ -84,6 +94,13 @@ class Counted:
     # contact within the window (a self-service or abandoned contact, see domain/containment).
     caused_repeat: bool = False
     followed: bool = False
+    # survey truth: what the latest survey answer about resolution said (SAID_*); whether a
+    # later contact repeated this one is `caused_repeat`
+    said: int = 0
+    # speech and text analytics: whether a complaint was heard (None: not analysed), and the
+    # sentiment in thousandths
+    complaint: bool | None = None
+    sentiment_milli: int | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
@@ -92,7 +109,8 @@ class Counted:
                 self.nps_detractors, self.nps_count, self.ces_sum, self.ces_count,
                 self.identified, self.reason, self.led_queue, self.led_reason,
                 self.led_channel, self.cost, self.led_cost,
-                self.caused_repeat, self.followed)
+                self.caused_repeat, self.followed, self.said, self.complaint,
+                self.sentiment_milli)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
@@ -110,7 +128,7 @@ def field_name(dimension: str, name: str) -> str:
 def vector(c: Counted) -> tuple[int, ...]:
     """The counts of one contact, in the order of FIELDS."""
     outcome, status = c.outcome, c.status
-    return (1, int(c.identified), int(outcome == "abandoned"), int(outcome == "self_service"),
+    base = (1, int(c.identified), int(outcome == "abandoned"), int(outcome == "self_service"),
             int(outcome == "handled"), int(c.participates), int(status == STATUS_UNRESOLVED),
             int(status == STATUS_RESOLVED), int(c.is_repeat), int(c.transferred), c.surveys,
             c.survey_unresolved, c.csat_sum, c.csat_count, c.nps_promoters, c.nps_detractors,
@@ -123,6 +141,22 @@ def vector(c: Counted) -> tuple[int, ...]:
             int(outcome == "self_service" and c.followed),
             int(outcome == "abandoned" and c.identified),
             int(outcome == "abandoned" and c.followed))
+    # survey truth
+    said = c.said if c.participates else SAID_NOTHING
+    yes, no = int(said == SAID_RESOLVED), int(said == SAID_UNRESOLVED)
+    rep = int(c.caused_repeat)
+    res, unres = status == STATUS_RESOLVED, status == STATUS_UNRESOLVED
+    return (
+        *base, yes, yes * rep, no, no * rep,
+        c.csat_sum if res else 0, c.csat_count if res else 0,
+        c.csat_sum if unres else 0, c.csat_count if unres else 0,
+        c.nps_promoters if res else 0, c.nps_detractors if res else 0,
+        c.nps_count if res else 0,
+        c.nps_promoters if unres else 0, c.nps_detractors if unres else 0,
+        c.nps_count if unres else 0,
+        # speech and text analytics
+        int(c.complaint is not None), int(c.complaint is True),
+        int(c.sentiment_milli is not None), c.sentiment_milli or 0)
 
 
 _FIELD_ROWS: dict[str, tuple[str, ...]] = {}  # dimension -> hash fields in the order of FIELDS

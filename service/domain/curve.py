@@ -22,6 +22,7 @@ from service.domain.perception import (
     run_curve,
     start_state,
     survey_signals,
+    voice_signals,
 )
 from service.domain.policy import Policy
 from service.domain.records import ContactRecord, CustomerState, SurveyRecord, TransferRecord
@@ -33,6 +34,9 @@ def signals_of_contact(c: ContactRecord, v: Verdict, policy: Policy) -> tuple[Si
     cid = c.contact_id
     target, weight, cause = contact_signal(policy.perception, c.outcome, c.wait, c.hold)
     out = [Signal(c.t, RANK_CONTACT, cid, target, weight, cause, cid)]
+    if c.complaint or c.sentiment:  # what speech and text analytics heard
+        out.extend(Signal(c.t, RANK_CONTACT, cid, *spec, cid)
+                   for spec in voice_signals(c.sentiment, c.complaint))
     if v.is_repeat:
         out.append(Signal(c.t, RANK_REPEAT, cid, REPEAT[0], REPEAT[1], REPEAT[2], cid))
     if v.status == STATUS_RESOLVED:

@@ -29,6 +29,7 @@ from service.domain.settle import (
     settle,
 )
 from service.domain.storage_names import customer_state, unidentified_state
+from service.domain.value import remember_value
 from service.domain.verdicts import Verdict, derive_verdicts
 
 __all__ = [
@@ -99,6 +100,8 @@ def apply_event(state: CustomerState, event: ContactEvent) -> bool:
         return False
     if isinstance(event, CallEnded):
         record = ContactRecord.of(event)
+        if event.customer_value is not None:
+            remember_value(state, record, event.customer_value)
         current = state.contacts.get(record.contact_id)
         if current is None:
             state.contacts[record.contact_id] = record

@@ -74,6 +74,13 @@ class CallEnded:
     hold_seconds: float
     talk_seconds: float
     fields: Mapping[str, Any]
+    # The customer's value per month (e.g. ARPU), when the event carries it.
+    customer_value: float | None = None
+    # Speech and text analytics, when the event carries them: overall customer sentiment
+    # (-1 to 1), whether the customer complained or asked to escalate, topics detected.
+    sentiment: float | None = None
+    complaint: bool | None = None
+    topics: tuple[str, ...] | None = None
 
     kind = EventKind.CALL_ENDED
 

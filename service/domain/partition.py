@@ -33,6 +33,9 @@ class PartitionClock:
     bands: dict[int, int] = field(default_factory=dict)
     joins: dict[str, int] = field(default_factory=dict)
     erasures: int = 0  # the erasure generation swept into this partition
+    # Per segment label: value at risk in cents, and customers at risk (domain/value.py)
+    value_at_risk: dict[str, int] = field(default_factory=dict)
+    at_risk_by_segment: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def parse(raw: Mapping[Any, Any]) -> PartitionClock:
@@ -60,6 +63,10 @@ class PartitionClock:
                 clock.erasures = int(text)
             elif name in names.CLOCK_JOINS:
                 clock.joins[name] = int(text)
+            elif name.startswith(names.CLOCK_VALUE_AT_RISK):
+                clock.value_at_risk[name[len(names.CLOCK_VALUE_AT_RISK):]] = int(text)
+            elif name.startswith(names.CLOCK_AT_RISK_SEGMENT):
+                clock.at_risk_by_segment[name[len(names.CLOCK_AT_RISK_SEGMENT):]] = int(text)
             elif name.startswith(names.CLOCK_BAND):
                 clock.bands[int(name[len(names.CLOCK_BAND):])] = int(text)
         return clock
@@ -149,6 +156,10 @@ class PartitionCommit:
     outbox: list[bytes]
     clock_increments: dict[str, int] = field(default_factory=dict)
     writer: str = ""  # stored as the clock's `w`: the committing worker's token, if any
+    # The at-risk work list: customer_id -> (entry JSON, its scores in value, score, since
+    # order); and the customer_ids to remove from it.
+    risk_put: dict[str, tuple[bytes, tuple[int, float, float]]] = field(default_factory=dict)
+    risk_remove: list[str] = field(default_factory=list)
     # Set by the store once committed: the clock's new seq, and each written state's encoded
     # size in bytes.
     committed_seq: str | None = None

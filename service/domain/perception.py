@@ -66,6 +66,21 @@ def survey_signals(
     return out
 
 
+def voice_signals(sentiment: float | None, complaint: bool | None
+                  ) -> list[tuple[float, float, str]]:
+    """(target, weight, cause) of what speech and text analytics heard in a contact: a
+    complaint weighs as a survey saying not resolved; a sentiment moves the score toward 0 or
+    100 by a share proportional to its strength (at most 0.2 of the way)."""
+    out: list[tuple[float, float, str]] = []
+    if complaint:
+        out.append((0.0, 0.3, COMPLAINT))
+    if sentiment:
+        out.append((100.0 if sentiment > 0 else 0.0, 0.2 * abs(sentiment),
+                    "positive_sentiment" if sentiment > 0 else "negative_sentiment"))
+    return out
+
+
+COMPLAINT = "complaint"
 TRANSFER = (30.0, 0.15, "transfer")
 REPEAT = (15.0, 0.3, "repeat_contact")
 RESOLVED = (90.0, 0.2, "resolved")
@@ -129,11 +144,13 @@ class CurveRules(NamedTuple):
     below: float
     recover_at: float
     drop_limit: float
+    on_complaint: bool = True  # a complaint puts the customer at risk by itself
 
     @staticmethod
     def of(policy: PerceptionPolicy, baseline: float, reset_after: float) -> CurveRules:
         return CurveRules(baseline, reset_after, policy.half_life, policy.at_risk_drop_period,
-                          policy.at_risk_below, policy.at_risk_recover_at, policy.at_risk_drop)
+                          policy.at_risk_below, policy.at_risk_recover_at, policy.at_risk_drop,
+                          policy.at_risk_on_complaint)
 
 
 def judge_at_risk(at_risk: bool, score: float, drop: float, below: float, recover_at: float,
@@ -178,7 +195,7 @@ def curve_step(sig: Signal, t_now: float | None, score: float, at_risk: bool,
     peak = recent[0][1]
     drop = peak - score if peak > score else 0.0
     at_risk = judge_at_risk(at_risk, score, drop, rules.below, rules.recover_at,
-                            rules.drop_limit)
+                            rules.drop_limit) or (rules.on_complaint and sig.cause == COMPLAINT)
     return t_now, score, at_risk, before, change, restarted
 
 

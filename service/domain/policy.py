@@ -34,6 +34,17 @@ class PerceptionPolicy:
     at_risk_drop: float = 25.0
     at_risk_drop_period: float = 7 * DAY
     curve_points: int = 20
+    # Customer value: the value per month of a customer none of whose contacts carried
+    # `customer_value`, per segment (CX_SEGMENT_VALUES; "*" for any other), else 0.
+    segment_values: Mapping[str, float] = field(default_factory=dict)
+    # A complaint heard by speech or text analytics puts the customer at risk by itself.
+    at_risk_on_complaint: bool = True
+
+    def value_for(self, segment: str | None) -> float:
+        values = self.segment_values
+        if segment is not None and segment in values:
+            return values[segment]
+        return values.get("*", 0.0)
 
     def baseline_for(self, segment: str | None) -> float:
         if segment is not None and segment in self.segment_baselines:

@@ -29,6 +29,7 @@ EXTRA_DROPPED = "extra_fields_dropped"
 _STANDARD_CALL_FIELDS = frozenset({
     "event_id", "occurred_at", "contact_id", "customer_id", "started_at", "channel", "queue",
     "outcome", "agent_id", "reason", "segment", "wait_seconds", "hold_seconds", "talk_seconds",
+    "sentiment", "complaint", "topics",  # kept as the record's own (speech analytics)
 })
 
 
@@ -49,6 +50,10 @@ class ContactRecord:
     hold: float
     talk: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # Speech and text analytics of the contact, when its event carried them
+    sentiment: float | None = None
+    complaint: bool | None = None
+    topics: tuple[str, ...] | None = None
 
     @staticmethod
     def of(event: CallEnded) -> ContactRecord:
@@ -69,6 +74,9 @@ class ContactRecord:
             hold=event.hold_seconds,
             talk=event.talk_seconds,
             extra=_bounded_extra(f),
+            sentiment=event.sentiment,
+            complaint=event.complaint,
+            topics=event.topics,
         )
 
     def order(self) -> tuple[float, str]:
@@ -76,14 +84,20 @@ class ContactRecord:
         return (self.t, self.contact_id)
 
     def to_list(self) -> list[Any]:
-        return [self.contact_id, self.event_id, self.t, self.occurred_at, self.started_at,
-                self.channel, self.queue, self.outcome, self.agent, self.reason, self.segment,
-                self.wait, self.hold, self.talk, self.extra or None]
+        out = [self.contact_id, self.event_id, self.t, self.occurred_at, self.started_at,
+               self.channel, self.queue, self.outcome, self.agent, self.reason, self.segment,
+               self.wait, self.hold, self.talk, self.extra or None]
+        if self.sentiment is not None or self.complaint is not None or self.topics is not None:
+            out += [self.sentiment, self.complaint,
+                    None if self.topics is None else list(self.topics)]
+        return out
 
     @staticmethod
     def from_list(v: list[Any]) -> ContactRecord:
+        voice = v[15:18] if len(v) > 15 else (None, None, None)  # written only when any is set
         return ContactRecord(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
-                             v[11], v[12], v[13], v[14] or {})
+                             v[11], v[12], v[13], v[14] or {}, voice[0], voice[1],
+                             None if voice[2] is None else tuple(voice[2]))
 
 
 def _bounded_extra(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,6 +314,13 @@ class CustomerState:
     # customer (this state is then unidentified: customer_id is None).
     alias: str | None = None
     history: CustomerHistory | None = None  # made when a first record is dropped or alert sent
+    # Customer value (domain/value.py): the latest `customer_value` a contact carried, as
+    # (t, contact_id, event_id, value) of that contact; and, while the customer is at risk,
+    # (segment label, value in cents) it is counted under in the partition's value at risk.
+    value: tuple[float, str, str, float] | None = None
+    risk: tuple[str, int] | None = None
+    # A checksum of the work-list entry last written for this customer; never stored.
+    risk_digest: int | None = field(default=None, compare=False, repr=False)
     # What the engine derived from this state, kept while the object lives; never stored.
     memo: Memo | None = field(default=None, compare=False, repr=False)
 
@@ -338,6 +359,10 @@ class CustomerState:
         }
         if self.history is not None and not self.history.is_empty():
             out["h"] = self.history.to_list()  # nothing dropped yet: no bytes spent on it
+        if self.value is not None:
+            out["cv"] = list(self.value)
+        if self.risk is not None:
+            out["rv"] = list(self.risk)  # read by erase_partition.lua
         return out
 
     @staticmethod
@@ -365,7 +390,13 @@ class CustomerState:
             noisy=d.get("n", False),  # written only when true
             alias=d.get("k"),  # written only when set
             history=CustomerHistory.from_list(d["h"]) if "h" in d else None,  # once not empty
+            value=_value_of(d.get("cv")),
+            risk=None if d.get("rv") is None else (d["rv"][0], d["rv"][1]),
         )
+
+
+def _value_of(v: list[Any] | None) -> tuple[float, str, str, float] | None:
+    return None if v is None else (v[0], v[1], v[2], v[3])
 
 
 # The format `CustomerState.to_dict` writes. States written before the format carried a

@@ -34,6 +34,14 @@ from service.domain.records import (
     PerceptionSnapshot,
     basis_of,
 )
+from service.domain.value import (
+    NO_SEGMENT,
+    RiskEntry,
+    cents,
+    customer_value,
+    last_contacts,
+    segment_of,
+)
 from service.domain.verdicts import Verdict, counted_of, derive_verdicts
 
 
@@ -53,6 +61,7 @@ class CustomerAlert:
     drop: float
     causes: tuple[str, ...]
     at: float
+    value: float | None = None  # the customer's value (domain/value.py)
 
 
 @dataclass
@@ -67,6 +76,11 @@ class Settled:
     band_change: tuple[int | None, int | None] | None = None  # (old, new) perception band
     # Growth of (surveys joined, surveys, transfers joined, transfers) since the last settle
     joins: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # The at-risk work list (domain/value.py): the customer's entry to write, or its removal;
+    # and the change of what it counts in the value at risk: (old, new) (segment, cents).
+    risk_entry: RiskEntry | None = None
+    risk_removed: bool = False
+    risk_change: tuple[tuple[str, int] | None, tuple[str, int] | None] | None = None
 
     @property
     def counter_deltas(self) -> dict[int, dict[str, int]]:
@@ -116,6 +130,13 @@ def enriched_view(
             "before": perception[0], "after": perception[1]},
         "policy_version": policy.version,
     })
+    # speech and text analytics, only when the event carried them
+    if c.sentiment is not None:
+        view["sentiment"] = c.sentiment
+    if c.complaint is not None:
+        view["complaint"] = c.complaint
+    if c.topics is not None:
+        view["topics"] = list(c.topics)
     return view
 
 
@@ -238,8 +259,11 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
     out.joins = (joined_now[0] - last[0], joined_now[1] - last[1], joined_now[2] - last[2],
                  joined_now[3] - last[3])
     state.joins = joined_now
+    entry = None
     if curve_now is not None:
         _judge_customer(state, memo, curve_now, watermark, policy, out)
+        if state.alerted_at_risk and state.customer_id is not None:
+            entry = _risk_entry(state, memo, curve_now, policy, caps)
     lateness, window = policy.allowed_lateness, policy.max_window
     new_live_from = watermark - 2 * lateness - window
     if state.live_from is None or new_live_from > state.live_from:
@@ -263,7 +287,47 @@ def settle(state: CustomerState, watermark: float, policy: Policy,
         _emptied(state, watermark, policy, out)
     else:
         out.next_due = _next_due(state, memo, pruned, policy)
+    _count_risk(state, entry, out)
     return out
+
+
+def _risk_entry(state: CustomerState, memo: Memo, curve_now: CurveState, policy: Policy,
+                caps: LabelCaps | None) -> RiskEntry:
+    """The customer's entry in the at-risk work list, as of this settle."""
+    assert state.customer_id is not None
+    assert memo.track is not None
+    segment = segment_of(state)
+    if segment is not None and caps is not None:
+        segment = caps.segment.label(segment)
+    entered = state.history.entered if state.history is not None else None
+    statuses = {cid: e.counted[7] for cid, e in state.emitted.items()}  # Counted.status
+    return RiskEntry(
+        state.customer_id, NO_SEGMENT if segment is None else segment,
+        customer_value(state, policy), round(curve_now.score, 2),
+        entered[0] if entered else (curve_now.t or 0.0),
+        round(curve_now.drop(policy.perception.at_risk_drop_period), 2),
+        tuple(memo.track.causes()), last_contacts(state, statuses))
+
+
+def _count_risk(state: CustomerState, entry: RiskEntry | None, out: Settled) -> None:
+    """Write the customer's work-list entry when it changed, remove it when they left
+    at-risk, and move what they count in the value at risk by the difference."""
+    counted = state.risk
+    if state.alerted_at_risk and state.customer_id is not None:
+        if entry is not None:
+            counted = (entry.segment, cents(entry.value))
+            digest = zlib.crc32(repr(entry).encode())
+            if digest != state.risk_digest:
+                out.risk_entry = entry
+                state.risk_digest = digest
+    else:
+        counted = None
+        if state.risk is not None:
+            out.risk_removed = True
+        state.risk_digest = None
+    if counted != state.risk:
+        out.risk_change = (state.risk, counted)
+        state.risk = counted
 
 
 def _derive(state: CustomerState, watermark: float, policy: Policy
@@ -328,7 +392,7 @@ def _judge_customer(state: CustomerState, memo: Memo, curve_now: CurveState,
             state.customer_id, "at_risk_entered" if at_risk else "at_risk_left",
             state.alert_version, round(curve_now.score, 2),
             round(curve_now.drop(policy.perception.at_risk_drop_period), 2),
-            tuple(track.causes()), curve_now.t or watermark,
+            tuple(track.causes()), curve_now.t or watermark, customer_value(state, policy),
         )
         out.alerts.append(alert)
         _remember_alert(state, alert)
@@ -347,7 +411,8 @@ def _emptied(state: CustomerState, watermark: float, policy: Policy, out: Settle
         state.alerted_at_risk = False
         state.alert_version += 1
         alert = CustomerAlert(state.customer_id, "at_risk_left", state.alert_version,
-                              policy.perception.baseline, 0.0, ("idle",), watermark)
+                              policy.perception.baseline, 0.0, ("idle",), watermark,
+                              customer_value(state, policy))
         out.alerts.append(alert)
         _remember_alert(state, alert)
     # Any next signal comes after a silence longer than W + L and starts the curve again
@@ -399,5 +464,6 @@ def alert_payload(alert: CustomerAlert) -> dict[str, Any]:
         "drop": alert.drop,
         "causes": list(alert.causes),
         "at": rfc3339(alert.at),
+        **({} if alert.value is None else {"value": alert.value}),
     }
 

@@ -68,6 +68,9 @@ CLOCK_NOISY = "noisy"  # customers over CX_MAX_CONTACTS_PER_CUSTOMER
 CLOCK_ERASURES = "e"  # the erasure generation swept into the partition (erase_partition.lua)
 CLOCK_BAND = "band:"  # + band: customers per perception band
 CLOCK_JOINS = ("surveys_joined", "surveys", "transfers_joined", "transfers")
+# Customer value (domain/value.py), per segment label; erase_partition.lua writes them too.
+CLOCK_VALUE_AT_RISK = "var:"  # + segment: summed value of customers at risk, in cents
+CLOCK_AT_RISK_SEGMENT = "ars:"  # + segment: customers at risk
 
 # -- Redis keys (`P` the key prefix, `{pN}` the partition's Cluster hash tag) ---------------
 CLOCK = "clock"  # P:{pN}:clock hash
@@ -75,6 +78,10 @@ TIMERS = "timers"  # P:{pN}:timers sorted set: state keys by when they next need
 OUTBOX = "outbox"  # P:{pN}:outbox list: outputs committed, not yet published
 STATE = "s:"  # P:{pN}:s:<state key>
 HOUR = "h:"  # P:{pN}:h:<epoch second of the hour> hash of counter fields
+# The at-risk work list (domain/value.py): P:{pN}:risk hash customer_id -> entry JSON, and one
+# sorted set of its customer_ids per order (value: minus the cents; score; since).
+RISK = "risk"
+RISK_ORDERS = {"value": "risk:v", "score": "risk:s", "since": "risk:t"}
 
 
 def partition_key(prefix: str, partition: int, name: str) -> str:

@@ -29,6 +29,11 @@ from service.domain.events import (
 )
 
 MAX_ID_LENGTH = 128
+# customer_value: a value per month; the bound keeps it, in cents, an exact 64-bit integer.
+MAX_CUSTOMER_VALUE = 1e12
+# topics of speech and text analytics: at most this many, each 1 to MAX_TOPIC_LENGTH characters
+MAX_TOPICS = 10
+MAX_TOPIC_LENGTH = 64
 
 # RFC 3339 `date-time` (section 5.6): `T`/`Z` in either case, any number of fraction digits.
 # ASCII digits only, and nothing after the offset (not even a newline, which `$` would allow).
@@ -211,6 +216,56 @@ class _Reader:
             raise self._fail(RejectReason.INVALID_VALUE, name, f"must be >= 0, got {value}")
         return float(value)
 
+    def amount(self, name: str, high: float) -> float | None:
+        """An optional number from 0 to `high` (absent or null: None)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be a number, got {_json_type(value)}"
+            )
+        if not 0 <= value <= high:
+            raise self._fail(
+                RejectReason.INVALID_VALUE, name, f"must be from 0 to {high:g}, got {value}"
+            )
+        return float(value)
+
+    def sentiment(self, name: str) -> float | None:
+        """An optional number from -1 to 1 (absent or null: None)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be a number, got {_json_type(value)}"
+            )
+        if not -1 <= value <= 1:
+            raise self._fail(RejectReason.INVALID_VALUE, name, f"must be from -1 to 1, got {value}")
+        return float(value)
+
+    def topics(self, name: str) -> tuple[str, ...] | None:
+        """An optional list of at most MAX_TOPICS strings of 1 to MAX_TOPIC_LENGTH characters
+        (absent or null: None)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self._fail(
+                RejectReason.WRONG_TYPE, name, f"must be an array, got {_json_type(value)}"
+            )
+        if len(value) > MAX_TOPICS:
+            raise self._fail(RejectReason.INVALID_VALUE, name,
+                             f"must hold at most {MAX_TOPICS} topics, got {len(value)}")
+        for i, topic in enumerate(value):
+            if not isinstance(topic, str):
+                raise self._fail(RejectReason.WRONG_TYPE, f"{name}[{i}]",
+                                 f"must be a string, got {_json_type(topic)}")
+            if not 1 <= len(topic) <= MAX_TOPIC_LENGTH:
+                raise self._fail(RejectReason.INVALID_VALUE, f"{name}[{i}]",
+                                 f"must be 1 to {MAX_TOPIC_LENGTH} characters, got {len(topic)}")
+        return tuple(value)
+
     def score(self, name: str, low: int, high: int) -> int | None:
         value = self._get(name, False)
         if value is None:
@@ -291,13 +346,18 @@ def _call_ended(r: _Reader) -> CallEnded:
     wait_seconds = r.seconds("wait_seconds")
     hold_seconds = r.seconds("hold_seconds")
     talk_seconds = r.seconds("talk_seconds")
+    customer_value = r.amount("customer_value", MAX_CUSTOMER_VALUE)
+    sentiment = r.sentiment("sentiment")
+    complaint = r.boolean("complaint")
+    topics = r.topics("topics")
     if started_at > header.occurred_at:
         raise r._fail(
             RejectReason.STARTED_AFTER_OCCURRED, "started_at", "must not be after occurred_at"
         )
     return CallEnded(
         header, started_at, channel, queue, outcome, agent_id, reason, segment,
-        wait_seconds, hold_seconds, talk_seconds, r.obj,
+        wait_seconds, hold_seconds, talk_seconds, r.obj, customer_value, sentiment, complaint,
+        topics,
     )
 
 

@@ -21,6 +21,9 @@ from service.domain.counters import (
     LED_SURVEY,
     LED_TRANSFER,
     NO_REASON,
+    SAID_NOTHING,
+    SAID_RESOLVED,
+    SAID_UNRESOLVED,
     STATUS_NONE,
     STATUS_PENDING,
     STATUS_RESOLVED,
@@ -177,6 +180,8 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
             led_reason = reason if reason is not None else NO_REASON
         else:
             led_queue = LED_TRANSFER if TRANSFERRED in v.reasons else LED_SURVEY
+    answers = [s.resolved for s in v.surveys if s.resolved is not None]  # in time order
+    said = SAID_NOTHING if not answers else SAID_RESOLVED if answers[-1] else SAID_UNRESOLVED
     return Counted(
         hour=hour_of(c.t), outcome=c.outcome, queue=c.queue, channel=c.channel, agent=c.agent,
         segment=c.segment, participates=v.participates, status=v.status,
@@ -188,5 +193,7 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         identified=identified,
         reason=c.reason if c.reason is not None else NO_REASON,
         led_queue=led_queue, led_reason=led_reason, led_channel=led_channel,
-        caused_repeat=REPEAT_CONTACT in v.reasons, followed=v.followed,
+        caused_repeat=REPEAT_CONTACT in v.reasons, followed=v.followed, said=said,
+        complaint=c.complaint,
+        sentiment_milli=None if c.sentiment is None else round(c.sentiment * 1000),
     )

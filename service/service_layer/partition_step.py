@@ -43,7 +43,13 @@ from service.domain.partition import (
 )
 from service.domain.policy import Policy
 from service.domain.records import CustomerState
-from service.domain.storage_names import CLOCK_AT_RISK, CLOCK_JOINS, CLOCK_NOISY
+from service.domain.storage_names import (
+    CLOCK_AT_RISK,
+    CLOCK_AT_RISK_SEGMENT,
+    CLOCK_JOINS,
+    CLOCK_NOISY,
+    CLOCK_VALUE_AT_RISK,
+)
 from service.service_layer.dead_letters import (
     DEAD_LETTER_MAX_COPY,
     PROCESSING_ERROR,
@@ -295,6 +301,8 @@ def _settle(key: str, state: CustomerState, watermark: float, plan: PartitionPla
     # leaves the plan as it was (settle_partition).
     views = [orjson.dumps(update.view) for update in settled.updates]
     alerts = [orjson.dumps(alert_payload(alert)) for alert in settled.alerts]
+    entry = settled.risk_entry
+    risk = None if entry is None else orjson.dumps(entry.to_json())
     commit = plan.commit
     if state.noisy and (settled.forget or len(state.contacts) < rules.max_contacts):
         state.noisy = False  # back under the limit: its new contacts are its own again
@@ -321,6 +329,16 @@ def _settle(key: str, state: CustomerState, watermark: float, plan: PartitionPla
     for alert, payload in zip(settled.alerts, alerts, strict=True):
         commit.increment(CLOCK_AT_RISK, 1 if alert.alert == "at_risk_entered" else -1)
         plan.emit(ALERT, alert.customer_id, alert.version, payload)
+    if entry is not None and risk is not None:
+        commit.risk_put[entry.customer_id] = (risk, entry.sort_scores())
+    elif settled.risk_removed and state.customer_id is not None:
+        commit.risk_put.pop(state.customer_id, None)
+        commit.risk_remove.append(state.customer_id)
+    if settled.risk_change is not None:
+        for counted, sign in zip(settled.risk_change, (-1, 1), strict=True):
+            if counted is not None:
+                commit.increment(CLOCK_VALUE_AT_RISK + counted[0], sign * counted[1])
+                commit.increment(CLOCK_AT_RISK_SEGMENT + counted[0], sign)
     plan.outcome.updates += len(settled.updates)
     plan.outcome.alerts += len(settled.alerts)
     if settled.forget:

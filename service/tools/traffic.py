@@ -43,6 +43,10 @@ QUEUES = {
 CHANNEL_WEIGHTS = {"voice": 0.55, "chat": 0.25, "email": 0.10, "sms": 0.04, "social": 0.03,
                    "video": 0.03}
 SEGMENTS = (("standard", 0.70), ("gold", 0.20), ("platinum", 0.10))
+# A customer's value per month: the median of their segment, spread lognormally; the CRM
+# attaches it to this share of their contacts.
+SEGMENT_VALUE = {"standard": 45.0, "gold": 180.0, "platinum": 650.0}
+VALUE_SHARE = 0.6
 AGENTS_PER_QUEUE = 8
 
 
@@ -53,6 +57,9 @@ class _Pending:
     topic: str = field(compare=False)
     key: bytes | None = field(compare=False)
     value: bytes = field(compare=False)
+    # The event, when `value` is its JSON: serialized when published, so that what the
+    # contact's end decides (speech analytics) can still be added to it.
+    event: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,10 @@ class TrafficModel:
         degraded_queues: tuple[str, ...] = (),
     ) -> None:
         self._rng = random.Random(seed)
+        # Draws of the fields added later (customer value) come from a generator of their
+        # own, so the rest of the traffic of a seed stays what it was.
+        self._extra_rng = random.Random(None if seed is None else seed * 7919 + 17)
+        self._values: dict[str, float] = {}
         self._rate = contacts_per_second
         self._customers = customers
         self._dup = duplicate_share
@@ -121,7 +132,8 @@ class TrafficModel:
         out: list[Message] = []
         while self._pending and self._pending[0].publish_at <= until:
             p = heapq.heappop(self._pending)
-            out.append(Message(p.topic, p.key, p.value, p.publish_at))
+            value = p.value if p.event is None else orjson.dumps(p.event)
+            out.append(Message(p.topic, p.key, value, p.publish_at))
         return out
 
     # -- arrivals -----------------------------------------------------------------------
@@ -151,6 +163,36 @@ class TrafficModel:
             else:
                 self._segments[customer] = SEGMENTS[-1][0]
         return self._segments[customer]
+
+    def _analytics(self, event: dict[str, Any], wait: float, *,
+                   callback: bool, transferred: bool, solved: bool) -> None:
+        """What speech and text analytics hear in a handled contact: worse sentiment and more
+        complaints on callbacks, long waits, transfers and unsolved problems."""
+        rng = self._extra_rng
+        stress = (0.35 * callback + 0.3 * min(1.0, wait / 300) + 0.25 * transferred
+                  + 0.3 * (not solved))
+        sentiment = max(-1.0, min(1.0, 0.45 - 1.1 * stress + rng.gauss(0, 0.25)))
+        complaint = rng.random() < 0.02 + 0.25 * stress
+        topics = [event["reason"]] if event.get("reason") else []
+        if wait > 180:
+            topics.append("long_wait")
+        if transferred:
+            topics.append("transferred")
+        if callback:
+            topics.append("repeat_issue")
+        if complaint and rng.random() < 0.3:
+            topics.append("cancel_threat")
+        event.update({"sentiment": round(sentiment, 2), "complaint": complaint,
+                      "topics": topics[:10]})
+
+    def _value(self, customer: str) -> float:
+        """The customer's value per month; now and then it changes (a new plan)."""
+        rng = self._extra_rng
+        value = self._values.get(customer)
+        if value is None or rng.random() < 0.05:
+            median = SEGMENT_VALUE[self._segment(customer)]
+            value = self._values[customer] = round(rng.lognormvariate(math.log(median), 0.5), 2)
+        return value
 
     # -- one contact and what follows from it --------------------------------------------
 
@@ -201,6 +243,8 @@ class TrafficModel:
         }
         if callback:
             event["callback"] = True
+        if customer is not None and self._extra_rng.random() < VALUE_SHARE:
+            event["customer_value"] = self._value(customer)
         publish_end = ended + rng.uniform(0.5, 5.0)
         self._emit("call-ended", event, publish_end)
 
@@ -224,6 +268,9 @@ class TrafficModel:
             # Most platforms publish the transfer as it happens, before the call has ended.
             publish = at + 1.0 if rng.random() < 0.6 else publish_end + rng.uniform(0.1, 30)
             self._emit("transfer", transfer, publish)
+        if outcome == "handled" and channel != "sms":
+            self._analytics(event, wait, callback=callback, transferred=transferred,
+                            solved=solved)
         if outcome == "handled" and customer is not None and rng.random() < 0.25:
             delay = min(rng.lognormvariate(math.log(1800), 1.6), 5 * 86400.0)
             answered = ended + 60 + delay
@@ -259,14 +306,16 @@ class TrafficModel:
     def _emit(self, kind: str, event: dict[str, Any], publish_at: float) -> None:
         rng = self._rng
         key = (event["customer_id"] or event["contact_id"]).encode()
+        whole: dict[str, Any] | None = None
         if rng.random() < self._malformed:
             value = self._malform(kind, event)
         else:
-            value = orjson.dumps(event)
-        heapq.heappush(self._pending, _Pending(publish_at, self._next_seq(), kind, key, value))
+            value, whole = b"", event
+        heapq.heappush(self._pending, _Pending(publish_at, self._next_seq(), kind, key, value,
+                                               whole))
         if rng.random() < self._dup:
             heapq.heappush(self._pending, _Pending(
-                publish_at + rng.uniform(0.1, 120), self._next_seq(), kind, key, value
+                publish_at + rng.uniform(0.1, 120), self._next_seq(), kind, key, value, whole
             ))
 
     def _malform(self, kind: str, event: dict[str, Any]) -> bytes:

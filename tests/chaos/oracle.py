@@ -214,6 +214,30 @@ def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: C
     }
     reason = e.get("reason") or "unknown"
     dims.append(f"reason:{reason}")
+    # survey truth: the latest answer about resolution, against a later repeat
+    answers = [s["resolved"] for s in surveys if s.get("resolved") is not None]
+    said = None if v.resolution is None or not answers else answers[-1]
+    repeated = int("repeat_contact" in v.resolution_reasons)
+    values.update({
+        "said_resolved": int(said is True), "said_resolved_repeated": int(said is True) * repeated,
+        "said_unresolved": int(said is False),
+        "said_unresolved_repeated": int(said is False) * repeated,
+    })
+    sentiment = e.get("sentiment")
+    values.update({  # speech and text analytics
+        "voice_complaint_known": int(e.get("complaint") is not None),
+        "voice_complaints": int(e.get("complaint") is True),
+        "voice_sentiment_count": int(sentiment is not None),
+        "voice_sentiment_milli": 0 if sentiment is None else round(sentiment * 1000),
+    })
+    for r in ("resolved", "unresolved"):
+        mine = v.resolution == r
+        values.update({
+            f"csat_sum_{r}": sum(csat) if mine else 0, f"csat_count_{r}": len(csat) if mine else 0,
+            f"nps_promoters_{r}": sum(1 for n in nps if n >= 9) if mine else 0,
+            f"nps_detractors_{r}": sum(1 for n in nps if n <= 6) if mine else 0,
+            f"nps_count_{r}": len(nps) if mine else 0,
+        })
     for dim in dims:
         for name, n in values.items():
             if n:

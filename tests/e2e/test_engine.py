@@ -504,8 +504,10 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
          "crm_case": "X-1"}
         for i in range(3)
     ]
+    calls[1].update({"complaint": True, "sentiment": -0.5, "topics": ["invoice"]})  # analytics
     survey = {"event_id": "s0", "occurred_at": "2026-05-04T10:30:00Z", "contact_id": "c0",
-              "customer_id": "cust-api", "source": "sms", "csat": 1, "resolved": False}
+              "customer_id": "cust-api", "source": "sms", "csat": 1, "ces": 6,
+              "resolved": False}
     records = [(ns.topic("call-ended"), b"cust-api", orjson.dumps(c)) for c in calls]
     asyncio.run(produce(stack.kafka_bootstrap, records))
     worker = Worker(ns, tmp_path / "api.log")
@@ -578,6 +580,34 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         assert worker.metric("cx_surveys_total", source="sms") == 1
         assert worker.metric("cx_contact_corrections_total") >= 1  # c0 got the survey
         assert worker.metric("cx_event_latency_seconds_count") == 4
+        # Survey truth: c0's survey said not resolved, and c1 repeated it.
+        assert worker.metric("cx_ces_average", **labels) == 6
+        status, body = worker.get(
+            "/api/v1/surveys?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=billing")
+        assert status == 200, body
+        truth = json.loads(body)
+        assert (truth["ces"], truth["ces_answers"]) == (6.0, 1)
+        assert truth["survey_gap"] == {
+            "said_resolved": 0, "said_resolved_repeated": 0, "said_unresolved": 1,
+            "said_unresolved_not_repeated": 0, "said_resolved_repeated_share": None,
+            "said_unresolved_not_repeated_share": 0.0}
+        assert truth["by_resolution"]["unresolved"] == {
+            "csat": 1.0, "nps": None, "csat_answers": 1, "nps_answers": 0}
+        assert truth["final"] is False
+        assert truth["speech_analytics"] == {
+            "complaint_rate": 1.0, "complaints": 1, "analysed_for_complaints": 1,
+            "sentiment": -0.5, "sentiment_answers": 1}
+        assert worker.metric("cx_complaint_ratio", **labels) == 1.0
+        assert worker.metric("cx_sentiment_average", **labels) == -0.5
+        c1 = json.loads(worker.get("/api/v1/contacts/c1")[1])
+        assert (c1["complaint"], c1["sentiment"], c1["topics"]) == (True, -0.5, ["invoice"])
+        assert worker.get("/api/v1/surveys?from=2026-05-04T10:00:00Z")[0] == 400
+        # At risk: the work list holds the customer, worth 0 (no value, no segment defaults).
+        risk = json.loads(worker.get("/api/v1/customers/at-risk")[1])
+        assert [(c["customer_id"], c["value"], c["segment"]) for c in risk["customers"]] == [
+            ("cust-api", 0.0, "none")]
+        assert [c["contact_id"] for c in risk["customers"][0]["last_contacts"]] == [
+            "c2", "c1", "c0"]
         other = json.loads(worker.get(
             "/api/v1/fcr?from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z&queue=sales")[1])
         assert other["total"] == 0

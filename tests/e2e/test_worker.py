@@ -8,6 +8,7 @@ import hashlib
 import json
 import threading
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,81 @@ def _traffic(n_hours: float, seed: int) -> list[Any]:
     return model.advance(start + n_hours * 3600)
 
 
+SEGMENT_VALUES = '{"gold": 200, "*": 40}'
+
+
+def _independent_at_risk(messages: list[Any], alerts: list[dict[str, Any]]
+                         ) -> dict[str, tuple[str, float, str]]:
+    """Customer -> (segment, value, since) of those at risk, by their latest alert; the value
+    the latest one their contacts carried (by event time, contact_id, event_id), else their
+    segment's in SEGMENT_VALUES; the segment of their latest contact (by time, contact_id)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for a in alerts:
+        if a["version"] > latest.get(a["customer_id"], {"version": 0})["version"]:
+            latest[a["customer_id"]] = a
+    calls: dict[str, list[dict[str, Any]]] = {}
+    for m in messages:
+        if m.kind == "call-ended":
+            e = orjson.loads(m.value)
+            if e["customer_id"] is not None:
+                calls.setdefault(e["customer_id"], []).append(e)
+    defaults = json.loads(SEGMENT_VALUES)
+
+    def moment(e: dict[str, Any]) -> float:
+        return datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00")).timestamp()
+
+    out = {}
+    for customer, alert in latest.items():
+        if alert["alert"] != "at_risk_entered":
+            continue
+        mine = sorted(calls[customer], key=lambda e: (moment(e), e["contact_id"], e["event_id"]))
+        segment = max(mine, key=lambda e: (moment(e), e["contact_id"]))["segment"]
+        valued = [e["customer_value"] for e in mine if "customer_value" in e]
+        value = valued[-1] if valued else defaults.get(segment, defaults["*"])
+        out[customer] = (segment, value, alert["at"])
+    return out
+
+
+def _check_at_risk_work_list(stack: Stack, ns: Namespace, worker: Worker,
+                             messages: list[Any]) -> None:
+    """The work list served, paged, and the value at risk, against the alerts published and
+    the events sent."""
+    topic = ns.topic("customer-alerts")
+    published = sum(asyncio.run(end_offsets(stack.kafka_bootstrap, [topic], 6)).values())
+    alerts = [orjson.loads(r.value) for r in
+              asyncio.run(read_topic(stack.kafka_bootstrap, topic, published))]
+    assert len(alerts) == published
+    expected = _independent_at_risk(messages, alerts)
+    assert len(expected) > 20, "the traffic puts customers at risk"
+    served = []
+    for offset in range(0, len(expected) + 100, 100):
+        status, body = worker.get(f"/api/v1/customers/at-risk?limit=100&offset={offset}")
+        assert status == 200, body
+        page = json.loads(body)
+        assert page["total"] == len(expected)
+        served += page["customers"]
+    assert {c["customer_id"]: (c["segment"], c["value"], c["since"]) for c in served} == expected
+    assert [c["customer_id"] for c in served] == sorted(
+        expected, key=lambda cid: (-round(expected[cid][1] * 100), cid))
+    by_score = json.loads(worker.get("/api/v1/customers/at-risk?order=score&limit=500")[1])
+    scores = [(c["score"], c["customer_id"]) for c in by_score["customers"]]
+    assert scores == sorted(scores)
+    assert len(scores) == len(expected)
+    gold = json.loads(worker.get("/api/v1/customers/at-risk?segment=gold&limit=500")[1])
+    assert {c["customer_id"] for c in gold["customers"]} == {
+        cid for cid, (segment, _, _) in expected.items() if segment == "gold"}
+    assert gold["total"] == len(gold["customers"])
+    assert worker.get("/api/v1/customers/at-risk?order=name")[0] == 400
+    cents: dict[str, int] = {}
+    for segment, value, _ in expected.values():
+        cents[segment] = cents.get(segment, 0) + round(value * 100)
+    wait_until(lambda: all(
+        worker.metric("cx_value_at_risk", segment=s, policy_version="1") == n / 100
+        for s, n in cents.items()), timeout=30, what="cx_value_at_risk refreshed")
+    board = json.loads(worker.get("/api/v1/wallboard")[1])
+    assert board["centre"]["value_at_risk"] == pytest.approx(sum(cents.values()) / 100)
+
+
 def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -155,7 +231,8 @@ def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
     assert sum(expected.values()) > 4000
     records = [(ns.topic(m.kind), m.key, m.value) for m in messages]
 
-    worker = Worker(ns, tmp_path / "worker-1.log", CX_BATCH_MAX_EVENTS="50")
+    worker = Worker(ns, tmp_path / "worker-1.log", CX_BATCH_MAX_EVENTS="50",
+                    CX_SEGMENT_VALUES=SEGMENT_VALUES)
     worker.wait_ready()
     # Produce while the worker runs, and kill it -9 in the middle of the stream.
     producer = threading.Thread(
@@ -169,7 +246,8 @@ def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
     producer.join()
     assert applied_at_kill < sum(expected.values())
 
-    restarted = Worker(ns, tmp_path / "worker-2.log")
+    restarted = Worker(ns, tmp_path / "worker-2.log", CX_SEGMENT_VALUES=SEGMENT_VALUES,
+                       CX_METRICS_REFRESH="1s")
     try:
         restarted.wait_ready()
         wait_until(lambda: _applied_in_redis(ns) == dict(expected), timeout=120,
@@ -182,6 +260,7 @@ def test_kill_and_restart_loses_nothing_and_counts_nothing_twice(
             timeout=30, what="offsets committed up to the end",
         )
         wait_settled(ns, len(records), what="outputs published")
+        _check_at_risk_work_list(stack, ns, restarted, messages)
     finally:
         assert restarted.stop() == 0, restarted.logs()
     assert _applied_in_redis(ns) == dict(expected)

@@ -6,12 +6,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import orjson
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from service.adapters.erasure_store import ErasureStore
+from service.adapters.http_value import read_page
 from service.adapters.redis_state import RedisState, connect
 from service.domain.partition import PartitionCommit
+from service.domain.records import CustomerState
+from service.domain.storage_names import (
+    CLOCK_AT_RISK,
+    CLOCK_AT_RISK_SEGMENT,
+    CLOCK_VALUE_AT_RISK,
+    customer_state,
+)
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -83,6 +93,63 @@ def test_a_cluster_refuses_a_script_over_two_partitions(stack: Stack) -> None:
                                      args=[1, b"{}", 1000], client=pipe)
             with pytest.raises(RedisClusterException, match="same key slot"):
                 await pipe.execute()
+        finally:
+            await store.client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_at_risk_work_list_is_written_read_by_page_and_left_on_erasure(
+        stack: Stack) -> None:
+    """The commit script writes and removes work-list entries with the value at risk; a
+    page merges the partitions in each order; an erasure takes the customer out of both."""
+
+    async def scenario() -> None:
+        store = _store(stack)
+        try:
+            # (customer, partition, segment, value cents, score, since)
+            rows = [("a", 0, "gold", 90000, 31.5, 300.0), ("b", 1, "gold", 12000, 20.0, 100.0),
+                    ("c", 1, "none", 90000, 38.0, 200.0), ("d", 2, "standard", 500, 10.0, 400.0)]
+            commits: dict[int, PartitionCommit] = {}
+            for cid, p, segment, cents, score, since in rows:
+                c = commits.setdefault(p, PartitionCommit("", {}, {}, {}, [], {}, []))
+                c.states[customer_state(cid)] = CustomerState(
+                    cid, alerted_at_risk=True, risk=(segment, cents))
+                entry = orjson.dumps({"customer_id": cid, "segment": segment})
+                c.risk_put[cid] = (entry, (-cents, score, since))
+                c.increment(CLOCK_VALUE_AT_RISK + segment, cents)
+                c.increment(CLOCK_AT_RISK_SEGMENT + segment, 1)
+                c.increment(CLOCK_AT_RISK, 1)
+            assert await store.commit(commits) == set()
+            gate = asyncio.Semaphore(1)
+
+            async def page(order: str, offset: int, limit: int, segment: str | None = None
+                           ) -> list[str]:
+                entries, _ = await read_page(store, 3, order, offset, limit, segment, gate)
+                return [e["customer_id"] for e in entries]
+
+            assert await page("value", 0, 10) == ["a", "c", "b", "d"]  # ties by customer_id
+            assert await page("value", 1, 2) == ["c", "b"]
+            assert await page("score", 0, 10) == ["d", "b", "a", "c"]
+            assert await page("since", 0, 3) == ["b", "c", "a"]
+            assert await page("value", 0, 10, "gold") == ["a", "b"]
+            assert await page("score", 1, 10, "gold") == ["a"]
+            # Leaving at-risk: removed in the next commit of its partition.
+            clock = (await store.read_clocks(3))[1]
+            leave = PartitionCommit(clock.seq, {}, {}, {}, [], {}, [], risk_remove=["c"])
+            leave.increment(CLOCK_VALUE_AT_RISK + "none", -90000)
+            assert await store.commit({1: leave}) == set()
+            assert await page("value", 0, 10) == ["a", "b", "d"]
+            # Erased: gone from the list, its value from the partition's value at risk.
+            swept = await ErasureStore(store.client, store.prefix).sweep(store, 3, 1, ["a"], [])
+            assert sum(s.states for s in swept) == 1
+            assert await page("value", 0, 10) == ["b", "d"]
+            clocks = await store.read_clocks(3)
+            assert clocks[0].value_at_risk == {"gold": 0}
+            assert clocks[0].at_risk_by_segment == {"gold": 0}
+            assert clocks[0].at_risk == 0
+            assert clocks[1].value_at_risk == {"gold": 12000, "none": 0}
+            assert clocks[2].value_at_risk == {"standard": 500}
         finally:
             await store.client.aclose()
 

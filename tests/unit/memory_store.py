@@ -27,6 +27,9 @@ class _Partition:
     timers: dict[str, float] = field(default_factory=dict)
     hours: dict[int, dict[str, int]] = field(default_factory=dict)
     outbox: list[bytes] = field(default_factory=list)
+    # The at-risk work list: customer_id -> entry JSON, and the scores of each order
+    risk: dict[str, bytes] = field(default_factory=dict)
+    risk_scores: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -122,6 +125,12 @@ class MemoryStore:
             seq = str(int(part.clock.get(CLOCK_SEQ) or 0) + 1)
             part.clock[CLOCK_SEQ], part.clock[CLOCK_WRITER] = seq, c.writer
             part.outbox.extend(c.outbox)
+            for customer_id in c.risk_remove:
+                part.risk.pop(customer_id, None)
+                part.risk_scores.pop(customer_id, None)
+            for customer_id, (entry, scores) in c.risk_put.items():
+                part.risk[customer_id] = entry
+                part.risk_scores[customer_id] = scores
             c.committed_seq = seq
         if encoded:
             self.commits += 1

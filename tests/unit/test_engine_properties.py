@@ -66,6 +66,16 @@ def price(queue: str, channel: str) -> int:
     return 7900 if queue == "sales" else {"voice": 6500, "chat": 3200}[channel]
 
 
+# What speech and text analytics heard, by contact number: nothing, a complaint, a sentiment.
+VOICES: tuple[dict[str, Any], ...] = (
+    {}, {"sentiment": -0.8, "complaint": True, "topics": ["billing"]}, {},
+    {"sentiment": 0.6}, {"complaint": False, "sentiment": -0.3}, {"complaint": True})
+
+
+def voice(contact: int) -> dict[str, Any]:
+    return VOICES[contact % len(VOICES)]
+
+
 def build(specs: list[Spec]) -> list[ContactEvent]:
     """Events from specs: one call-ended per contact id (the first spec for it wins), and
     transfers/surveys of the same customer as their contact."""
@@ -83,7 +93,7 @@ def build(specs: list[Spec]) -> list[ContactEvent]:
             if contacts[s.contact] is s:
                 queue, channel, reason = shape(s.contact)
                 events.append(call(cid, s.hours, customer, outcome=s.outcome, queue=queue,
-                                   channel=channel, reason=reason))
+                                   channel=channel, reason=reason, **voice(s.contact)))
         elif s.kind == "transfer":
             events.append(transfer(cid, s.hours, customer, event_id=f"tr-{i}"))
         else:
@@ -268,7 +278,7 @@ def test_the_memo_gives_what_deriving_everything_again_gives(specs: list[Spec], 
         if s.kind == "call" and first is not s and first.kind == "call":
             customer = None if first.customer is None else f"cust-{first.customer}"
             events.append(call(f"ct-{s.contact}", s.hours, customer, outcome=s.outcome,
-                               event_id=f"fix-{i}", wait=400.0))
+                               event_id=f"fix-{i}", wait=400.0, **voice(s.contact + 1)))
     rnd.shuffle(events)
     with_memo = run_outputs(events, policy, keep_memo=True)
     assert with_memo == run_outputs(events, policy, keep_memo=False)

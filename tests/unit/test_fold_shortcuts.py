@@ -49,13 +49,16 @@ class Plain:
                 self.at_risk = self.score < PP.at_risk_below or drop >= PP.at_risk_drop
             elif self.score >= PP.at_risk_recover_at and drop < PP.at_risk_drop / 2:
                 self.at_risk = False
+            if sig.cause == "complaint":  # CX_AT_RISK_ON_COMPLAINT: at risk whatever the score
+                self.at_risk = True
 
 
 signal_lists = st.lists(
-    st.tuples(st.integers(0, 40), st.floats(0, 100), st.sampled_from([0.15, 0.3, 0.5])),
+    st.tuples(st.integers(0, 40), st.floats(0, 100), st.sampled_from([0.15, 0.3, 0.5]),
+              st.sampled_from(["x", "x", "x", "complaint"])),
     min_size=1, max_size=40,
-).map(lambda specs: [Signal(h * DAY / 4, 0, f"r{i}", target, weight, "x")
-                     for i, (h, target, weight) in enumerate(sorted(specs))])
+).map(lambda specs: [Signal(h * DAY / 4, 0, f"r{i}", target, weight, cause)
+                     for i, (h, target, weight, cause) in enumerate(sorted(specs))])
 
 
 @settings(max_examples=200, deadline=None)
@@ -134,7 +137,8 @@ curve_signals = st.lists(
     st.tuples(st.integers(0, 40), st.floats(0, 100), st.sampled_from([0.15, 0.3, 0.5]),
               st.booleans()),
     min_size=1, max_size=40,
-).map(lambda specs: [Signal(h * DAY / 4, 0, f"r{i}", target, weight, "x" if i % 2 else "y",
+).map(lambda specs: [Signal(h * DAY / 4, 0, f"r{i}", target, weight,
+                            "complaint" if i % 5 == 4 else "x" if i % 2 else "y",
                             f"at{h}" if of_contact else None)
                      for i, (h, target, weight, of_contact) in enumerate(sorted(specs))])
 

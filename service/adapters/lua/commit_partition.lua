@@ -3,13 +3,17 @@
 -- Every key carries the partition's hash tag, so this runs on one Redis Cluster slot.
 --
 -- KEYS[1] clock hash, KEYS[2] timers sorted set, KEYS[3] outbox list,
--- KEYS[4 .. 3+n] customer state keys, KEYS[4+n ..] counter hour keys.
+-- KEYS[4 .. 3+n] customer state keys, KEYS[4+n ..] counter hour keys, then (when the
+-- at-risk work list changes) its hash and its sorted sets by value, score and since.
 -- ARGV[1] the clock's seq as read ('' when new): another writer since then -> CONFLICT
 -- ARGV[2] n, the number of state keys
 -- ARGV[3] idle time-to-live of a state, ms; ARGV[4] time-to-live of a counter key, ms
 -- ARGV[5] JSON: {"c": [[key index, field, delta], ...], "ta": [[member, score], ...],
 --                "tr": [member, ...], "k": [field, value, ...], "ci": [[field, delta], ...],
---                "w": the committing worker's token, stored as the clock's `w` ('' or absent: none)}
+--                "w": the committing worker's token, stored as the clock's `w` ('' or absent: none),
+--                "ri": index in KEYS of the work list's hash (its three sorted sets follow),
+--                "rd": [customer_id, ...] removed from the work list,
+--                "rp": [[customer_id, entry JSON, value, score, since], ...] written to it}
 -- ARGV[6 .. 5+n] the new state of each state key ('' deletes it)
 -- ARGV[6+n ..] outbox items to append
 -- Returns the clock's new seq.
@@ -49,7 +53,18 @@ end
 call_chunked('ZREM', KEYS[2], ops['tr'])
 call_chunked('HSET', KEYS[1], ops['k'])
 for _, c in ipairs(ops['ci']) do
-  redis.call('HINCRBY', KEYS[1], c[1], c[2])
+  redis.call('HINCRBY', KEYS[1], c[1], string.format('%d', c[2]))
+end
+local ri = ops['ri']
+if ri then
+  for _, id in ipairs(ops['rd']) do
+    redis.call('HDEL', KEYS[ri], id)
+    for k = 1, 3 do redis.call('ZREM', KEYS[ri + k], id) end
+  end
+  for _, r in ipairs(ops['rp']) do
+    redis.call('HSET', KEYS[ri], r[1], r[2])
+    for k = 1, 3 do redis.call('ZADD', KEYS[ri + k], r[2 + k], r[1]) end
+  end
 end
 local new_seq = tostring((tonumber(seq) or 0) + 1)
 -- `w` names who wrote this seq; every commit sets it, so a worker's token on the clock proves

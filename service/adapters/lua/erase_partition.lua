@@ -5,7 +5,8 @@
 -- Every key carries the partition's hash tag, so this runs on one Redis Cluster slot.
 --
 -- KEYS[1] clock hash, KEYS[2] timers sorted set, KEYS[3] outbox list,
--- KEYS[4 .. 3+n] the customers' state keys.
+-- KEYS[4 .. 3+n] the customers' state keys; KEYS[4+n .. 7+n] (when given) the at-risk work
+-- list's hash and its three sorted sets, which the customers leave.
 -- ARGV[1] the erasure generation; ARGV[2] n; ARGV[3 .. 2+n] the customer ids;
 -- ARGV[3+n ..] contact ids of theirs already known (from the contact views).
 -- Unpublished outputs of theirs are replaced by a no-op item (the outbox keeps its length:
@@ -47,6 +48,11 @@ for i = 1, n do
       -- the erased customer leaves them, as a forgotten state does.
       if type(st['a']) == 'table' and st['a'][1] == true then dec('at_risk', 1) end
       if type(st['b']) == 'number' then dec('band:' .. string.format('%d', st['b']), 1) end
+      -- ... and the value at risk of their segment (domain/value.py, `rv`: [segment, cents])
+      if type(st['rv']) == 'table' and type(st['rv'][1]) == 'string' then
+        dec('var:' .. st['rv'][1], st['rv'][2])
+        dec('ars:' .. st['rv'][1], 1)
+      end
       if type(st['j']) == 'table' then
         local names = {'surveys_joined', 'surveys', 'transfers_joined', 'transfers'}
         for k = 1, 4 do dec(names[k], st['j'][k]) end
@@ -56,6 +62,10 @@ for i = 1, n do
     states = states + 1
   end
   timers = timers + redis.call('ZREM', KEYS[2], 'c:' .. ARGV[2 + i])
+  if #KEYS >= 7 + n then
+    redis.call('HDEL', KEYS[4 + n], ARGV[2 + i])
+    for k = 5, 7 do redis.call('ZREM', KEYS[k + n], ARGV[2 + i]) end
+  end
 end
 local items = redis.call('LRANGE', KEYS[3], 0, -1)
 for index, item in ipairs(items) do
@@ -96,7 +106,7 @@ if states + timers + outputs > 0 then
   end
 end
 for name, delta in pairs(deltas) do
-  if states > 0 then redis.call('HINCRBY', KEYS[1], name, delta) end
+  if states > 0 then redis.call('HINCRBY', KEYS[1], name, string.format('%d', delta)) end
 end
 local seq = redis.call('HGET', KEYS[1], 'seq') or ''
 local current = tonumber(redis.call('HGET', KEYS[1], 'e') or '0') or 0
