@@ -171,7 +171,8 @@ class BusinessMetrics:
                     for kpi, value in {**kpis(counts), **containment_kpis(counts)}.items():
                         if value is not None:
                             computed.append((kpi, labels, value))
-                self.survey_truth.add(name, recent, closed, _labels, version)
+                self.survey_truth.add(name, {d: c for d, c in recent.items() if _gauged(d)},
+                                      closed, _labels, version)
                 for dimension, counts in closed.items():
                     if not _gauged(dimension):
                         continue
