@@ -10,12 +10,12 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import faust
-import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from service.adapters.http_ranges import json_reply, range_status, sum_over_range
 from service.adapters.http_surveys import install_surveys_routes
 from service.adapters.http_value import install_value_routes
 from service.adapters.kafka_publish import partition_of
@@ -23,7 +23,6 @@ from service.adapters.redis_state import RedisState
 from service.domain.costs import ContactCosts
 from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
-from service.domain.partition import clock_summary
 from service.domain.policy import Policy
 from service.domain.storage_names import counter_field, customer_state
 from service.domain.summary import customer_summary
@@ -33,10 +32,6 @@ ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 # The state and rules readers serve, looked up per request (the active policy version).
 Serving = Callable[[], Awaitable[tuple[RedisState, Policy]]]
 MAX_RANGE_HOURS = 24 * 400
-# An FCR request reads its range a week at a time (one script call per partition summing the
-# week's hours inside Redis), each week through the lookups' read gate: lookups and batches
-# get Redis and the loop in between, and no call holds Redis for more than a fraction of a ms.
-HOURS_PER_READ = 24 * 7
 # FCR requests that may wait for a turn, per CX_API_MAX_FCR; more get 429.
 FCR_QUEUE_PER_SLOT = 4
 _DIMENSIONS = ("queue", "channel", "agent", "segment")
@@ -44,14 +39,8 @@ CUSTOMERS = "/api/v1/customers/"
 CONTACTS = "/api/v1/contacts/"
 
 
-def _web_json(body: Any, status: int = 200, headers: dict[str, str] | None = None
-              ) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
-                        headers=headers)
-
-
 def _json(body: Any, status: int = 200) -> Response:
-    return cast(Response, _web_json(body, status))
+    return cast(Response, json_reply(body, status))
 
 
 # Counters are kept per hour of event time since the epoch; the range must also be printable
@@ -226,26 +215,26 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
     async def contact(request: web.Request) -> web.Response:
         contact_id = path_id(request.rel_url.raw_path, CONTACTS)
         if not isinstance(contact_id, tuple):
-            return _web_json({"error": contact_id}, 400)
+            return json_reply({"error": contact_id}, 400)
         async with reads:
             store, _ = await served()
             raw = await store.read_contact(contact_id[0])
         if raw is None:
-            return _web_json({"error": f"no contact {contact_id[0]!r}"}, 404)
+            return json_reply({"error": f"no contact {contact_id[0]!r}"}, 404)
         return web.Response(body=raw, content_type="application/json")
 
     async def customer(request: web.Request) -> web.Response:
         customer_id = path_id(request.rel_url.raw_path, CUSTOMERS)
         if not isinstance(customer_id, tuple):
-            return _web_json({"error": customer_id}, 400)
+            return json_reply({"error": customer_id}, 400)
         partition = partition_of(customer_id[0], partitions())
         async with reads:
             store, rules = await served()
             found, clock = await store.read_state(partition,
                                                    customer_state(customer_id[0]))
         if found is None or clock.watermark is None:
-            return _web_json({"error": f"no customer {customer_id[0]!r}"}, 404)
-        return _web_json(customer_summary(found, clock.watermark, rules))
+            return json_reply({"error": f"no customer {customer_id[0]!r}"}, 404)
+        return json_reply(customer_summary(found, clock.watermark, rules))
 
     # The line of FCR requests: at most `max_fcr` read at once, at most FCR_QUEUE_PER_SLOT
     # times that many wait; each reads a week at a time through the lookups' gate.
@@ -257,9 +246,9 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
         pairs = query_pairs(request.rel_url.raw_query_string)
         query = fcr_query(pairs) if isinstance(pairs, list) else pairs
         if isinstance(query, str):
-            return _web_json({"error": query}, 400)
+            return json_reply({"error": query}, 400)
         if fcr_inside >= max_fcr * (1 + FCR_QUEUE_PER_SLOT):
-            return _web_json({"error": f"too many FCR requests at once (at most {max_fcr} "
+            return json_reply({"error": f"too many FCR requests at once (at most {max_fcr} "
                                        "computed at a time); retry shortly"}, 429,
                              headers={"Retry-After": "1"})
         fcr_inside += 1
@@ -275,23 +264,13 @@ def install_routes(app: faust.App, registry: CollectorRegistry, readiness: Readi
         hours = list(range(start, end, HOUR))
         fields = [counter_field(dimension, name)
                   for name in ("fcr_total", "unresolved", "resolved")]
-        totals = [0, 0, 0]
-        for i in range(0, len(hours), HOURS_PER_READ):
-            async with reads:
-                part = await store.sum_counters(n, hours[i:i + HOURS_PER_READ], fields)
-            totals = [a + b for a, b in zip(totals, part, strict=True)]
-        total, unresolved, resolved = totals
-        async with reads:
-            watermark = clock_summary(await store.read_clocks(n))
-        final = watermark is not None and watermark >= end + rules.max_window
-        return _web_json({
+        total, unresolved, resolved = await sum_over_range(store, n, hours, fields, reads)
+        return json_reply({
             "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
             "total": total, "unresolved": unresolved, "resolved": resolved,
             "pending": total - unresolved - resolved,
             "fcr": None if total == 0 else round(1 - unresolved / total, 6),
-            "final": final,
-            "watermark": None if watermark is None else rfc3339(watermark),
-            "policy_version": rules.version,
+            **await range_status(store, n, end, rules, reads),
         })
 
     install_value_routes(app, served, partitions, reads, query_pairs)  # before customers/{id}

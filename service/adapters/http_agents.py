@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
-import orjson
 from aiohttp import web
 
+from service.adapters.http_ranges import json_reply
 from service.adapters.redis_state import RedisState
 from service.domain.agents import NAMES, agent_rows, closed_fcr, table_inputs
 from service.domain.counters import HOUR
@@ -27,12 +27,6 @@ PairsParser = Callable[[str], list[tuple[str, str]] | str]
 HOURS_PER_READ = 24
 DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET = 100, 1000, 1_000_000
 QUEUE_PER_SLOT = 4
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
-                        headers=headers)
 
 
 def paging(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int, int] | str:
@@ -66,20 +60,20 @@ def install_agents_routes(app: faust.App, served: Served, partitions: Callable[[
         nonlocal inside
         pairs = parse_pairs(request.rel_url.raw_query_string)
         if isinstance(pairs, str):
-            return json_response({"error": pairs}, 400)
+            return json_reply({"error": pairs}, 400)
         paged = paging(pairs)
         if isinstance(paged, str):
-            return json_response({"error": paged}, 400)
+            return json_reply({"error": paged}, 400)
         rest, limit, offset = paged
         query = parse_query(rest)
         if isinstance(query, str):
-            return json_response({"error": query}, 400)
+            return json_reply({"error": query}, 400)
         start, end, dimension = query
         if dimension != "all" and not dimension.startswith("queue:"):
-            return json_response({"error": "the agents table takes only 'queue' as a filter"}, 400)
+            return json_reply({"error": "the agents table takes only 'queue' as a filter"}, 400)
         queue = None if dimension == "all" else dimension.partition(":")[2]
         if inside >= max_at_once * (1 + QUEUE_PER_SLOT):
-            return json_response(
+            return json_reply(
                 {"error": "too many agents requests at once; retry shortly"}, 429,
                 headers={"Retry-After": "1"})
         inside += 1
@@ -110,7 +104,7 @@ def install_agents_routes(app: faust.App, served: Served, partitions: Callable[[
         centre = {name: fields.get(f"{prefix}|{name}", 0) for name in
                   ("handled", "fcr_total", "resolved", "unresolved")}
         fcr = closed_fcr(centre)
-        return json_response({
+        return json_reply({
             "from": rfc3339(start), "to": rfc3339(end), "queue": queue,
             "min_contacts": min_contacts,
             "centre": {**centre, "fcr": None if fcr is None else round(fcr, 6)},

@@ -10,15 +10,13 @@ from typing import Any, cast
 import faust
 from aiohttp import web
 
-from service.adapters.http_agents import PairsParser, QueryParser, Served, json_response
+from service.adapters.http_agents import PairsParser, QueryParser, Served
+from service.adapters.http_ranges import json_reply, range_status, sum_over_range
 from service.domain.containment import containment_figures
 from service.domain.counters import HOUR
 from service.domain.engine import rfc3339
-from service.domain.partition import clock_summary
 from service.domain.storage_names import counter_field
 
-# A week of hours per round trip, summed inside Redis (as /api/v1/fcr).
-HOURS_PER_READ = 24 * 7
 NAMES = ("self_service", "self_service_identified", "failed_containment", "abandoned",
          "abandoned_identified", "abandon_callbacks")
 
@@ -32,29 +30,21 @@ def install_containment_routes(app: faust.App, served: Served, partitions: Calla
         pairs = parse_pairs(request.rel_url.raw_query_string)
         query = parse_query(pairs) if isinstance(pairs, list) else pairs
         if isinstance(query, str):
-            return json_response({"error": query}, 400)
+            return json_reply({"error": query}, 400)
         start, end, dimension = query
         if dimension.split(":", 1)[0] not in ("all", "queue", "channel"):
-            return json_response(
+            return json_reply(
                 {"error": "containment takes only 'queue' or 'channel' as a filter"}, 400)
         store, rules = await served()
         n = partitions()
         hours = list(range(start, end, HOUR))
         fields = [counter_field(dimension, name) for name in NAMES]
-        totals = [0] * len(NAMES)
-        for i in range(0, len(hours), HOURS_PER_READ):
-            async with reads:
-                part = await store.sum_counters(n, hours[i:i + HOURS_PER_READ], fields)
-            totals = [a + b for a, b in zip(totals, part, strict=True)]
-        async with reads:
-            watermark = clock_summary(await store.read_clocks(n))
+        totals = await sum_over_range(store, n, hours, fields, reads)
         figures = containment_figures(dict(zip(NAMES, totals, strict=True)))
-        return json_response({
+        return json_reply({
             "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
             **{k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()},
-            "final": watermark is not None and watermark >= end + rules.max_window,
-            "watermark": None if watermark is None else rfc3339(watermark),
-            "policy_version": rules.version,
+            **await range_status(store, n, end, rules, reads),
         })
 
     router = cast(Any, app.web).web_app.router

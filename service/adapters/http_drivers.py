@@ -8,16 +8,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
-import orjson
 from aiohttp import web
 
 from service.adapters.http import (
     FCR_QUEUE_PER_SLOT,
-    HOURS_PER_READ,
     Serving,
     fcr_query,
     query_pairs,
 )
+from service.adapters.http_ranges import json_reply, range_status, sum_over_range
 from service.domain.costs import ContactCosts, avoidable, money, per_resolution
 from service.domain.counters import HOUR, driver_name, driver_value
 from service.domain.drivers import (
@@ -29,8 +28,6 @@ from service.domain.drivers import (
     pareto,
 )
 from service.domain.engine import rfc3339
-from service.domain.partition import clock_summary
-from service.domain.policy import Policy
 from service.domain.storage_names import counter_field, split_counter_field
 
 # Repeat drivers are summed inside Redis a day of hours per script call and partition
@@ -39,11 +36,6 @@ HOURS_PER_SCAN = 24
 _DRIVER_NAMES = ("unresolved", "fcr_total", "resolved", "led_cost")
 _COST_NAMES = ("handled", "cost", "repeats", "repeat_cost", "settled_cost", "resolved",
                "unresolved", "fcr_total")
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
-                        headers=headers)
 
 
 def drivers_query(pairs: list[tuple[str, str]]
@@ -89,7 +81,7 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
         nonlocal inside
         if inside >= max_fcr * (1 + FCR_QUEUE_PER_SLOT):
             cast(Any, answer).close()
-            return _json({"error": f"too many range requests at once (at most {max_fcr} "
+            return json_reply({"error": f"too many range requests at once (at most {max_fcr} "
                                    "computed at a time); retry shortly"}, 429,
                          headers={"Retry-After": "1"})
         inside += 1
@@ -99,18 +91,11 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
         finally:
             inside -= 1
 
-    async def final_and_watermark(store: Any, rules: Policy, end: int) -> dict[str, Any]:
-        async with reads:
-            watermark = clock_summary(await store.read_clocks(partitions()))
-        return {"final": watermark is not None and watermark >= end + rules.max_window,
-                "watermark": None if watermark is None else rfc3339(watermark),
-                "policy_version": rules.version}
-
     async def repeat_drivers(request: web.Request) -> web.Response:
         pairs = query_pairs(request.rel_url.raw_query_string)
         query = drivers_query(pairs) if isinstance(pairs, list) else pairs
         if isinstance(query, str):
-            return _json({"error": query}, 400)
+            return json_reply({"error": query}, 400)
         return await in_line(_drivers_answer(*query))
 
     async def _drivers_answer(start: int, end: int, by: str, queue: str | None,
@@ -174,20 +159,20 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
                 "drivers": r.drivers,
             })
             out_rows.append(item)
-        return _json({
+        return json_reply({
             "from": rfc3339(start), "to": rfc3339(end), "by": by, "queue": queue,
             "limit": limit, "unresolved": sum(r.counts.unresolved for r in table),
             "currency": None if costs is None else costs.currency,
-            "rows": out_rows, **await final_and_watermark(store, rules, end),
+            "rows": out_rows, **await range_status(store, n, end, rules, reads),
         })
 
     async def cost(request: web.Request) -> web.Response:
         pairs = query_pairs(request.rel_url.raw_query_string)
         query = fcr_query(pairs) if isinstance(pairs, list) else pairs
         if isinstance(query, str):
-            return _json({"error": query}, 400)
+            return json_reply({"error": query}, 400)
         if costs is None:
-            return _json({"error": "no contact costs are configured (CX_CONTACT_COSTS)"}, 404)
+            return json_reply({"error": "no contact costs are configured (CX_CONTACT_COSTS)"}, 404)
         return await in_line(_cost_answer(*query))
 
     async def _cost_answer(start: int, end: int, dimension: str) -> web.Response:
@@ -196,14 +181,10 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
         n = partitions()
         hours = list(range(start, end, HOUR))
         fields = [counter_field(dimension, name) for name in _COST_NAMES]
-        totals = [0] * len(fields)
-        for i in range(0, len(hours), HOURS_PER_READ):
-            async with reads:
-                part = await store.sum_counters(n, hours[i:i + HOURS_PER_READ], fields)
-            totals = [a + b for a, b in zip(totals, part, strict=True)]
+        totals = await sum_over_range(store, n, hours, fields, reads)
         c = dict(zip(_COST_NAMES, totals, strict=True))
         each = per_resolution(c["settled_cost"], c["resolved"])
-        return _json({
+        return json_reply({
             "from": rfc3339(start), "to": rfc3339(end), "dimension": dimension,
             "currency": costs.currency,
             "handled": c["handled"], "contact_cost": money(c["cost"]),
@@ -214,7 +195,7 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
             "fcr_target": fcr_target,
             "avoidable_cost": money(avoidable(c["settled_cost"], c["resolved"],
                                               c["unresolved"], fcr_target)),
-            **await final_and_watermark(store, rules, end),
+            **await range_status(store, n, end, rules, reads),
         })
 
     router = cast(Any, app.web).web_app.router

@@ -17,6 +17,7 @@ import faust
 import orjson
 from aiohttp import web
 
+from service.adapters.http_ranges import json_reply
 from service.adapters.redis_state import RedisState
 from service.domain.engine import rfc3339
 from service.domain.partition import clock_summary
@@ -118,15 +119,11 @@ def install_value_routes(app: faust.App, served: Callable[[], Awaitable[tuple[Re
     """Register GET /api/v1/customers/at-risk (before /api/v1/customers/{id}: a customer
     whose id is `at-risk` is not looked up by that path)."""
 
-    def reply(body: Any, status: int = 200) -> web.Response:
-        return web.Response(body=orjson.dumps(body), status=status,
-                            content_type="application/json")
-
     async def at_risk(request: web.Request) -> web.Response:
         pairs = query_pairs(request.rel_url.raw_query_string)
         query = at_risk_query(pairs) if isinstance(pairs, list) else pairs
         if isinstance(query, str):
-            return reply({"error": query}, 400)
+            return json_reply({"error": query}, 400)
         limit, offset, order, segment = query
         store, rules = await served()
         n = partitions()
@@ -137,7 +134,7 @@ def install_value_routes(app: faust.App, served: Callable[[], Awaitable[tuple[Re
         cents = _summed([c.value_at_risk for c in clocks.values()], segment)
         if total is None:
             total = _summed([c.at_risk_by_segment for c in clocks.values()], segment)
-        return reply({
+        return json_reply({
             "order": order, "segment": segment, "offset": offset, "limit": limit,
             "total": total, "value_at_risk": cents / 100,
             "next_offset": offset + limit if offset + limit < total else None,
