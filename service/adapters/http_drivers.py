@@ -67,6 +67,47 @@ def drivers_query(pairs: list[tuple[str, str]]
     return start, end, by, queue, limit
 
 
+def _pareto_rows(sums: dict[str, dict[str, int]], kind: str, by: str, prefix: str, limit: int,
+                 costs: ContactCosts | None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The Pareto of the driver dimensions summed under `prefix` (and, for flows, the origin
+    queues' FCR from the `queue:` sums): its table and the rows as the API shows them."""
+    rows: dict[str, DriverCounts] = {}
+    flows: dict[str, tuple[str, str]] = {}  # flow row -> (origin queue, what it led to)
+    for dimension, row in sums.items():
+        if not dimension.startswith(prefix):
+            continue
+        label = dimension[len(f"{kind}:"):]
+        if kind == "flow":
+            origin, _, led = label.partition(">")
+            name = f"{driver_name(origin)}>{driver_name(led)}"
+            flows[name] = (driver_name(origin), driver_name(led))
+        elif kind != by:
+            name = driver_name(label.partition(">")[2])
+        else:
+            name = label
+        rows[name] = DriverCounts(row.get("unresolved", 0), row.get("fcr_total", 0),
+                                  row.get("resolved", 0), row.get("led_cost", 0))
+    table = pareto(rows, limit)
+    out_rows = []
+    for r in table:
+        fcr = r.counts.fcr
+        item: dict[str, Any] = {"driver": r.driver, "unresolved": r.counts.unresolved}
+        if kind == "flow":
+            origin, led = flows.get(r.driver, ("", "")) if r.drivers == 1 else ("", "")
+            queue_counts = sums.get(f"queue:{origin}", {}) if origin else {}
+            total = queue_counts.get("fcr_total", 0)
+            fcr = None if total <= 0 else 1 - queue_counts.get("unresolved", 0) / total
+            item.update(origin_queue=origin or None, repeat_queue=led or None)
+        item.update({
+            "share": round(r.share, 6), "cumulative_share": round(r.cumulative_share, 6),
+            "fcr": None if fcr is None else round(fcr, 6),
+            "repeat_cost": None if costs is None else money(r.counts.led_cost),
+            "drivers": r.drivers,
+        })
+        out_rows.append(item)
+    return table, out_rows
+
+
 def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
                            partitions: Callable[[], int], reads: asyncio.Semaphore, *,
                            costs: ContactCosts | None, fcr_target: float,
@@ -125,40 +166,7 @@ def install_drivers_routes(app: faust.App, served: Callable[[], Awaitable[Any]],
                         continue  # another queue whose name starts with this one
                     row = sums.setdefault(dimension, {})
                     row[name] = row.get(name, 0) + value
-        rows: dict[str, DriverCounts] = {}
-        flows: dict[str, tuple[str, str]] = {}  # flow row -> (origin queue, what it led to)
-        for dimension, row in sums.items():
-            if not dimension.startswith(prefix):
-                continue
-            label = dimension[len(f"{kind}:"):]
-            if kind == "flow":
-                origin, _, led = label.partition(">")
-                name = f"{driver_name(origin)}>{driver_name(led)}"
-                flows[name] = (driver_name(origin), driver_name(led))
-            elif kind != by:
-                name = driver_name(label.partition(">")[2])
-            else:
-                name = label
-            rows[name] = DriverCounts(row.get("unresolved", 0), row.get("fcr_total", 0),
-                                      row.get("resolved", 0), row.get("led_cost", 0))
-        table = pareto(rows, limit)
-        out_rows = []
-        for r in table:
-            fcr = r.counts.fcr
-            item: dict[str, Any] = {"driver": r.driver, "unresolved": r.counts.unresolved}
-            if kind == "flow":
-                origin, led = flows.get(r.driver, ("", "")) if r.drivers == 1 else ("", "")
-                queue_counts = sums.get(f"queue:{origin}", {}) if origin else {}
-                total = queue_counts.get("fcr_total", 0)
-                fcr = None if total <= 0 else 1 - queue_counts.get("unresolved", 0) / total
-                item.update(origin_queue=origin or None, repeat_queue=led or None)
-            item.update({
-                "share": round(r.share, 6), "cumulative_share": round(r.cumulative_share, 6),
-                "fcr": None if fcr is None else round(fcr, 6),
-                "repeat_cost": None if costs is None else money(r.counts.led_cost),
-                "drivers": r.drivers,
-            })
-            out_rows.append(item)
+        table, out_rows = _pareto_rows(sums, kind, by, prefix, limit, costs)
         return json_reply({
             "from": rfc3339(start), "to": rfc3339(end), "by": by, "queue": queue,
             "limit": limit, "unresolved": sum(r.counts.unresolved for r in table),
