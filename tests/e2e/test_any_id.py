@@ -74,6 +74,11 @@ def test_every_id_class_round_trips_through_the_api(stack: Stack, tmp_path: Path
             assert status == 200, name
             assert summary["customer_id"] == customer, name
             assert [c["contact_id"] for c in summary["recent_contacts"]] == [contacts[name]]
+            # The contact's view is stored after the commit that made the customer known
+            # (finish_outbox): wait for it too.
+            wait_until(lambda c=contacts[name]: worker.get(
+                f"/api/v1/contacts/{segment(c)}")[0] == 200, timeout=60,
+                what=f"contact of class {name} served")
             status, body = worker.get(f"/api/v1/contacts/{segment(contacts[name])}")
             assert status == 200, name
             view = json.loads(body)
