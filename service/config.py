@@ -624,6 +624,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Most contact reasons (call-ended `reason`) with counters of their own, as "
              "CX_MAX_QUEUES; the rest are counted under the reason `other`, contacts without a "
              "reason under `unknown`.", _int_range(1, 100_000), "max_reasons"),
+    Variable("CX_MAX_TOPICS", "20",
+             "Most speech and text analytics topics (call-ended `topics`) with counters and "
+             "series of their own, as CX_MAX_QUEUES; the rest are counted under the topic "
+             "`other`.", _int_range(1, 10_000), "max_topics"),
     Variable("CX_CONTACT_COSTS", "",
              "Cost of one handled contact per channel and optionally per queue (a queue's "
              "price overrides its channel's), JSON with an ISO 4217 currency, at most 3 "
@@ -740,6 +744,7 @@ class Settings:
     segment_values: dict[str, float]
     at_risk_on_complaint: bool
     max_reasons: int = 50
+    max_topics: int = 20
     contact_costs: ContactCosts | None = None
     agent_min_contacts: int = 30
 

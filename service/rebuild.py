@@ -190,7 +190,8 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
 
         sink = DiscardedOutputs()
         caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents,
-                         settings.max_reasons, settings.contact_costs)
+                         settings.max_reasons, settings.contact_costs,
+                         topics=settings.max_topics)
         processor = IngestProcessor(
             store=state, sink=sink, metrics=PipelineMetrics(settings.input_topics),
             settings=IngestSettings.of(settings, versions.own, lagging, caps),

@@ -123,7 +123,8 @@ def build_app(settings: Settings, partitions: int) -> faust.App:
     rewind_to_applied(app, state, settings.input_topics, partitions)
     parts = _Parts(settings, app, partitions, metrics, policy, state, versions,
                    LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents,
-                             settings.max_reasons, settings.contact_costs))
+                             settings.max_reasons, settings.contact_costs,
+                             topics=settings.max_topics))
     processor = wire_pipeline(parts)
     business = wire_gauges(parts)
     wire_http(parts, guard, processor, business)

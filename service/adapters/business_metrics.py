@@ -113,10 +113,10 @@ class BusinessMetrics:
             registry=registry)
         self.folded = Gauge(
             "cx_label_values_folded",
-            "Distinct queue, segment, agent or reason names (`dimension`) without counters and "
-            "series of their own, counted under `other` (CX_MAX_QUEUES, CX_MAX_SEGMENTS, "
-            "CX_MAX_AGENTS, CX_MAX_REASONS): seen by this worker since it started, or in the "
-            "gauges' windows.",
+            "Distinct queue, segment, agent, reason or topic names (`dimension`) without "
+            "counters and series of their own, counted under `other` (CX_MAX_QUEUES, "
+            "CX_MAX_SEGMENTS, CX_MAX_AGENTS, CX_MAX_REASONS, CX_MAX_TOPICS): seen by this "
+            "worker since it started, or in the gauges' windows.",
             ["dimension"], registry=registry)
         for cap in self.caps.all():
             self.folded.labels(cap.dimension).set(0)
@@ -173,6 +173,7 @@ class BusinessMetrics:
                             computed.append((kpi, labels, value))
                 self.survey_truth.add(name, {d: c for d, c in recent.items() if _gauged(d)},
                                       closed, _labels, version)
+                self.survey_truth.add_topics(name, recent, version)
                 for dimension, counts in closed.items():
                     if not _gauged(dimension):
                         continue
@@ -259,6 +260,7 @@ class BusinessMetrics:
             cap.rank(agents if cap is caps.agent else totals_by_value(read, cap.dimension))
         self._agent_series.rank({a: n for a, n in agents.items() if a in caps.agent.kept})
         return {"queue": caps.queue, "segment": caps.segment, "reason": caps.reason,
+                "topic": caps.topic,
                 "agent": self._agent_series if self._agent_labels > 0 else None,
                 # every counter per (queue, agent): read through /api/v1/agents only
                 QUEUE_AGENT: None}

@@ -1,4 +1,5 @@
-"""Bounds on the label values that input controls: queue, segment, agent and reason names.
+"""Bounds on the label values that input controls: queue, segment, agent, reason and topic
+names.
 
 Any producer can invent a new queue or segment name with every event. Each name would become
 new hash fields in every hour's counters, new Prometheus series and a new wallboard tile, so a
@@ -70,21 +71,22 @@ class Cap:
 
 
 class LabelCaps:
-    """The caps of the free-text dimensions of the counters (queue, segment, agent, reason),
-    and the prices a contact is counted at (CX_CONTACT_COSTS; None: no costs)."""
+    """The caps of the free-text dimensions of the counters (queue, segment, agent, reason,
+    topic), and the prices a contact is counted at (CX_CONTACT_COSTS; None: no costs)."""
 
-    __slots__ = ("agent", "costs", "queue", "reason", "segment")
+    __slots__ = ("agent", "costs", "queue", "reason", "segment", "topic")
 
     def __init__(self, queues: int, segments: int, agents: int, reasons: int = 50,
-                 costs: ContactCosts | None = None) -> None:
+                 costs: ContactCosts | None = None, topics: int = 20) -> None:
         self.queue = Cap("queue", queues)
         self.segment = Cap("segment", segments)
         self.agent = Cap("agent", agents)
         self.reason = Cap("reason", reasons)
+        self.topic = Cap("topic", topics)
         self.costs = costs
 
     def all(self) -> tuple[Cap, ...]:
-        return (self.queue, self.segment, self.agent, self.reason)
+        return (self.queue, self.segment, self.agent, self.reason, self.topic)
 
     def counted(self, c: Counted) -> Counted:
         """`c` with its names as they are counted, priced at the configured costs."""
@@ -104,13 +106,20 @@ class LabelCaps:
                 led_queue = self.queue.label(led_queue)
         if costs is not None and c.outcome == "handled":
             cost = costs.price(c.queue, c.channel)
+        topics = c.topics
+        if topics:
+            label = self.topic.label
+            labels = [label(t) for t in topics]
+            if any(a is not b for a, b in zip(labels, topics, strict=True)):
+                topics = tuple(dict.fromkeys(labels))  # several folded into `other` once
         if (queue is c.queue and segment is c.segment and agent is c.agent
                 and reason is c.reason and led_queue is c.led_queue
-                and led_reason is c.led_reason and not cost and not led_cost):
+                and led_reason is c.led_reason and not cost and not led_cost
+                and topics is c.topics):
             return c
         return replace(c, queue=queue, segment=segment, agent=agent, reason=reason,
                        led_queue=led_queue, led_reason=led_reason, cost=cost,
-                       led_cost=led_cost)
+                       led_cost=led_cost, topics=topics)
 
 
 def fold_dimensions(by_dimension: Mapping[str, dict[str, int]],

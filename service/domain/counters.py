@@ -5,7 +5,9 @@ Each contact is counted in the hour bucket of its `occurred_at`, under every dim
 known), `reason:<r>` (the call-ended's reason, `unknown` without one), for the FCR population
 the driver dimensions `queue_reason:<q>><r>`, `queue_agent:<q>><a>` and, for an unresolved
 contact, `flow:<q>><what it led to>`, and `agent_in_queue:<len(q)>:<q><a>` (every field of the
-contacts with an agent, per queue and agent: the agents table of one queue). When a contact's
+contacts with an agent, per queue and agent: the agents table of one queue). Each topic that
+speech or text analytics found in a contact gets `topic:<t>` and `queue_topic:<q>><t>`, with the
+speech analytics fields and `contacts` only (TOPIC_FIELDS). When a contact's
 verdict changes, its old contribution is retracted and the new one added, so any hour-aligned
 range sums exactly.
 """
@@ -55,6 +57,9 @@ LED_SURVEY = "survey_unresolved"
 NO_REASON = "unknown"
 # Driver dimensions (`<kind>:<origin queue>><value>`): only these FIELDS are written there.
 DRIVER_FIELDS = ("fcr_total", "unresolved", "resolved", "led_cost")
+# Topic dimensions (`topic:<t>`, `queue_topic:<q>><t>`): only these FIELDS are written there.
+TOPIC_FIELDS = ("contacts", "voice_complaint_known", "voice_complaints",
+                "voice_sentiment_count", "voice_sentiment_milli")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,8 @@ class Counted:
     # sentiment in thousandths
     complaint: bool | None = None
     sentiment_milli: int | None = None
+    # the topics speech or text analytics found, each once, as counted (capped)
+    topics: tuple[str, ...] = ()
 
     def to_tuple(self) -> tuple[Any, ...]:
         return (self.hour, self.outcome, self.queue, self.channel, self.agent, self.segment,
@@ -110,11 +117,16 @@ class Counted:
                 self.identified, self.reason, self.led_queue, self.led_reason,
                 self.led_channel, self.cost, self.led_cost,
                 self.caused_repeat, self.followed, self.said, self.complaint,
-                self.sentiment_milli)
+                self.sentiment_milli, self.topics)
 
     @staticmethod
     def from_tuple(v: tuple[Any, ...]) -> Counted:
+        if len(v) > _TOPICS_AT and not isinstance(v[_TOPICS_AT], tuple):  # decoded: a list
+            v = (*v[:_TOPICS_AT], tuple(v[_TOPICS_AT]), *v[_TOPICS_AT + 1:])
         return Counted(*v)
+
+
+_TOPICS_AT = 31  # where `topics` is in Counted.to_tuple()
 
 
 def hour_of(t: float) -> int:
@@ -172,14 +184,16 @@ def _field_row(dimension: str) -> tuple[str, ...]:
 
 
 # A contact's counts are kept per bucket key (hour, queue, channel, agent, segment, reason,
-# led_queue) as vectors in the order of FIELDS while settling; they become hash fields per
+# led_queue, topics) as vectors in the order of FIELDS while settling; they become hash fields per
 # dimension only when read.
-BucketKey = tuple[int, str, str, str | None, str | None, str | None, str | None]
+BucketKey = tuple[int, str, str, str | None, str | None, str | None, str | None,
+                  tuple[str, ...]]
 _DRIVER_INDEX = frozenset(FIELDS.index(n) for n in DRIVER_FIELDS)
+_TOPIC_INDEX = frozenset(FIELDS.index(n) for n in TOPIC_FIELDS)
 
 
 def bucket_key(c: Counted) -> BucketKey:
-    return (c.hour, c.queue, c.channel, c.agent, c.segment, c.reason, c.led_queue)
+    return (c.hour, c.queue, c.channel, c.agent, c.segment, c.reason, c.led_queue, c.topics)
 
 
 def driver_value(value: str) -> str:
@@ -222,7 +236,7 @@ def merge_counts(into: dict[BucketKey, list[int]], more: dict[BucketKey, list[in
 def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
     """Per-hour hash-field deltas (`dimension|count`) of count vectors; zeros left out."""
     out: dict[int, dict[str, int]] = {}
-    for (hour, queue, channel, agent, segment, reason, led_queue), row in counts.items():
+    for (hour, queue, channel, agent, segment, reason, led_queue, topics), row in counts.items():
         changes = [(i, n) for i, n in enumerate(row) if n]
         if not changes:
             continue
@@ -246,15 +260,14 @@ def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
                 if led_queue is not None:
                     drivers.append(f"flow:{q}>{driver_value(led_queue)}")
         for dim in drivers:
-            names = _field_row(dim)
-            for i, n in changes:
-                if i in _DRIVER_INDEX:
-                    name = names[i]
-                    total = bucket.get(name, 0) + n
-                    if total:
-                        bucket[name] = total
-                    else:
-                        del bucket[name]
+            _add_some(bucket, dim, changes, _DRIVER_INDEX)
+        # Speech analytics per topic, over all queues and within the contact's queue.
+        if topics and any(i in _TOPIC_INDEX for i, _ in changes):
+            q = driver_value(queue)
+            for topic in topics:
+                _add_some(bucket, f"topic:{topic}", changes, _TOPIC_INDEX)
+                _add_some(bucket, f"queue_topic:{q}>{driver_value(topic)}", changes,
+                          _TOPIC_INDEX)
         # Agents: per (queue, agent) counts, for the agents table of one queue; both labels
         # are capped, so this dimension is bounded too.
         if agent is not None:
@@ -269,3 +282,17 @@ def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
                 else:
                     del bucket[name]
     return {hour: bucket for hour, bucket in out.items() if bucket}
+
+
+def _add_some(bucket: dict[str, int], dimension: str, changes: list[tuple[int, int]],
+              wanted: frozenset[int]) -> None:
+    """Add the `changes` of the FIELDS in `wanted` under `dimension`."""
+    names = _field_row(dimension)
+    for i, n in changes:
+        if i in wanted:
+            name = names[i]
+            total = bucket.get(name, 0) + n
+            if total:
+                bucket[name] = total
+            else:
+                del bucket[name]

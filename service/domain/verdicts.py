@@ -196,4 +196,5 @@ def counted_of(c: ContactRecord, v: Verdict, identified: bool) -> Counted:
         caused_repeat=REPEAT_CONTACT in v.reasons, followed=v.followed, said=said,
         complaint=c.complaint,
         sentiment_milli=None if c.sentiment is None else round(c.sentiment * 1000),
+        topics=tuple(dict.fromkeys(c.topics)) if c.topics else (),
     )

@@ -505,6 +505,7 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
         for i in range(3)
     ]
     calls[1].update({"complaint": True, "sentiment": -0.5, "topics": ["invoice"]})  # analytics
+    calls[2].update({"topics": ["delay"]})  # a topic, nothing else heard
     survey = {"event_id": "s0", "occurred_at": "2026-05-04T10:30:00Z", "contact_id": "c0",
               "customer_id": "cust-api", "source": "sms", "csat": 1, "ces": 6,
               "resolved": False}
@@ -599,6 +600,21 @@ def test_api_and_enriched_topic(stack: Stack, tmp_path: Path) -> None:
             "sentiment": -0.5, "sentiment_answers": 1}
         assert worker.metric("cx_complaint_ratio", **labels) == 1.0
         assert worker.metric("cx_sentiment_average", **labels) == -0.5
+        for queue in ("billing", ""):
+            assert worker.metric("cx_topic_complaint_ratio", window="24h", queue=queue,
+                                 topic="invoice", policy_version="1") == 1.0
+        span = "from=2026-05-04T10:00:00Z&to=2026-05-04T13:00:00Z"
+        one = json.loads(worker.get(f"/api/v1/surveys?{span}&queue=billing&topic=invoice")[1])
+        assert (one["topic"], one["speech_analytics"]["complaints"]) == ("invoice", 1)
+        assert "survey_gap" not in one  # surveys are not counted per topic
+        for scope in ("&queue=billing", ""):
+            listed = json.loads(worker.get(f"/api/v1/topics?{span}{scope}")[1])
+            assert [(r["topic"], r["contacts"], r["complaints"], r["sentiment"])
+                    for r in listed["rows"]] == [("invoice", 1, 1, -0.5), ("delay", 1, 0, None)]
+        assert json.loads(worker.get(f"/api/v1/topics?{span}&queue=sales")[1])["rows"] == []
+        assert worker.get(f"/api/v1/topics?{span}&channel=voice")[0] == 400
+        assert worker.get(f"/api/v1/surveys?{span}&topic={'t' * 65}")[0] == 400
+        assert worker.get(f"/api/v1/surveys?{span}&topic=a&topic=b")[0] == 400
         c1 = json.loads(worker.get("/api/v1/contacts/c1")[1])
         assert (c1["complaint"], c1["sentiment"], c1["topics"]) == (True, -0.5, ["invoice"])
         assert worker.get("/api/v1/surveys?from=2026-05-04T10:00:00Z")[0] == 400

@@ -29,11 +29,13 @@ QUEUES = 5  # CX_MAX_QUEUES in this test; the traffic uses 24 queue names
 SEGMENTS = 3
 AGENTS = 4
 AGENT_LABELS = 2
+TOPICS = 4
 NOISY = "0000"  # a placeholder id many contacts share
 MAX_CONTACTS = 5
 NOISY_CALLS = 12
 CAPS = {"CX_MAX_QUEUES": str(QUEUES), "CX_MAX_SEGMENTS": str(SEGMENTS),
         "CX_MAX_AGENTS": str(AGENTS), "CX_METRICS_AGENT_LABELS": str(AGENT_LABELS),
+        "CX_MAX_TOPICS": str(TOPICS),
         "CX_MAX_CONTACTS_PER_CUSTOMER": str(MAX_CONTACTS)}
 
 
@@ -42,13 +44,15 @@ def _at(t: datetime) -> str:
 
 
 def _call(customer: str, n: int, i: int, when: datetime, **fields: Any) -> dict[str, Any]:
-    """Call `i` of customer number `n`: 24 queue names, 6 segments and 9 agents in all."""
+    """Call `i` of customer number `n`: 24 queue names and as many topics, 6 segments and 9
+    agents in all."""
     return {
         "event_id": f"{customer}-e{i}", "occurred_at": _at(when),
         "contact_id": f"{customer}-c{i}", "customer_id": customer,
         "started_at": _at(when - timedelta(minutes=5)), "channel": "voice",
         "queue": f"queue-{n * 3 + i}", "outcome": "handled",
-        "agent_id": f"agent-{(n * 3 + i) % 9}", "segment": f"segment-{(n + i) % 6}", **fields,
+        "agent_id": f"agent-{(n * 3 + i) % 9}", "segment": f"segment-{(n + i) % 6}",
+        "topics": [f"topic-{n * 3 + i}", "billing"], "complaint": i == 0, **fields,
     }
 
 
@@ -225,6 +229,11 @@ def test_hostile_events_are_dead_lettered_and_the_rest_applied_exactly(
         assert len(queues) <= QUEUES + 1
         assert len({d for d in dims if d.startswith("segment:")}) <= SEGMENTS + 1
         assert len({d for d in dims if d.startswith("agent:")}) <= AGENTS + 1
+        topics = {d for d in dims if d.startswith("topic:")}
+        assert "topic:other" in topics
+        assert len(topics) <= TOPICS + 1
+        assert len({d.rpartition(">")[2] for d in dims if d.startswith("queue_topic:")}
+                   ) <= TOPICS + 1
         status, body = worker.get(
             f"/api/v1/fcr?from={_at(start)}&to={_at(end)}&queue=other")
         assert json.loads(body)["total"] > 0
@@ -238,6 +247,8 @@ def test_hostile_events_are_dead_lettered_and_the_rest_applied_exactly(
         for metric in ("cx_contacts_total", "cx_window_contacts", "cx_fcr_provisional_ratio"):
             assert len(_label_values(worker, metric, "queue")) <= QUEUES + 1, metric
         assert len(_label_values(worker, "cx_window_contacts", "segment")) <= SEGMENTS + 1
+        assert worker.metric("cx_label_values_folded", dimension="topic") > 0
+        assert len(_label_values(worker, "cx_topic_complaint_ratio", "topic")) <= TOPICS + 1
         agents = _label_values(worker, "cx_window_contacts", "agent")
         assert agents
         assert len(agents) <= AGENT_LABELS + 1

@@ -11,18 +11,23 @@ from typing import Any
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
+from prometheus_client import CollectorRegistry
 
 from service.adapters.policy_versions import policy_from_dict, policy_to_dict
+from service.adapters.survey_gauges import QUEUE_TOPIC_SERIES, SurveyTruthGauges
 from service.config import load_settings, policy_of
 from service.domain import voice
-from service.domain.engine import fold
+from service.domain.cardinality import LabelCaps
+from service.domain.counters import BucketKey, Counted, expand, merge_counts
+from service.domain.engine import apply_event, fold, new_state
 from service.domain.events import CallEnded, Rejection, RejectReason
 from service.domain.perception import voice_signals
 from service.domain.policy import PerceptionPolicy, Policy
 from service.domain.records import ContactRecord, CustomerState
+from service.domain.settle import settle
 from service.domain.validation import validate_event
 from service.tools.traffic import TrafficModel
-from tests.unit.builders import at, call, ts
+from tests.unit.builders import at, call, survey, ts
 
 POLICY = Policy()
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,3 +223,104 @@ def test_the_enriched_view_matches_its_schema(extra: dict[str, Any]) -> None:
     view = orjson.loads(orjson.dumps(out.updates[0].view))
     assert list(Draft202012Validator(schema).iter_errors(view)) == []
     assert {k: view[k] for k in extra} == extra
+
+
+def _topic_fields(*events: Any, caps: LabelCaps | None = None) -> dict[str, int]:
+    """The counter fields of the topic dimensions after the events, one customer."""
+    state = new_state(events[0])
+    total: dict[BucketKey, list[int]] = {}
+    for i, event in enumerate(events):
+        apply_event(state, event)
+        merge_counts(total, settle(state, ts(i * 0.1), POLICY, caps).counts)
+    return {f: n for bucket in expand(total).values() for f, n in bucket.items()
+            if f.startswith(("topic:", "queue_topic:"))}
+
+
+def test_each_topic_counts_the_contact_once_over_all_queues_and_in_its_queue() -> None:
+    fields = _topic_fields(
+        call("a", 0, queue="bil>ling", complaint=True, sentiment=-0.5,
+             topics=["invoice", "refund", "invoice"]),
+        call("b", 0.1, queue="sales", complaint=False, topics=["invoice"]),
+        call("c", 0.2, queue="sales", sentiment=0.25))  # analysed, no topic
+    assert fields == {
+        "topic:invoice|contacts": 2, "topic:invoice|voice_complaint_known": 2,
+        "topic:invoice|voice_complaints": 1, "topic:invoice|voice_sentiment_count": 1,
+        "topic:invoice|voice_sentiment_milli": -500,
+        "topic:refund|contacts": 1, "topic:refund|voice_complaint_known": 1,
+        "topic:refund|voice_complaints": 1, "topic:refund|voice_sentiment_count": 1,
+        "topic:refund|voice_sentiment_milli": -500,
+        # the queue's `>` is escaped: the separator stays unambiguous
+        "queue_topic:bil%3Eling>invoice|contacts": 1,
+        "queue_topic:bil%3Eling>invoice|voice_complaint_known": 1,
+        "queue_topic:bil%3Eling>invoice|voice_complaints": 1,
+        "queue_topic:bil%3Eling>invoice|voice_sentiment_count": 1,
+        "queue_topic:bil%3Eling>invoice|voice_sentiment_milli": -500,
+        "queue_topic:bil%3Eling>refund|contacts": 1,
+        "queue_topic:bil%3Eling>refund|voice_complaint_known": 1,
+        "queue_topic:bil%3Eling>refund|voice_complaints": 1,
+        "queue_topic:bil%3Eling>refund|voice_sentiment_count": 1,
+        "queue_topic:bil%3Eling>refund|voice_sentiment_milli": -500,
+        "queue_topic:sales>invoice|contacts": 1,
+        "queue_topic:sales>invoice|voice_complaint_known": 1,
+    }
+    assert voice.complaint_rate({k.split("|")[1]: v for k, v in fields.items()
+                                 if k.startswith("topic:invoice|")}) == 0.5
+
+
+def test_topics_beyond_the_cap_are_counted_once_under_other() -> None:
+    caps = LabelCaps(queues=5, segments=5, agents=5, topics=1)
+    fields = _topic_fields(
+        call("a", 0, complaint=True, topics=["first"]),
+        call("b", 0.1, complaint=True, topics=["second", "third", "first"]), caps=caps)
+    assert {f: n for f, n in fields.items() if f.startswith("topic:")
+            and f.endswith("|contacts")} == {"topic:first|contacts": 2,
+                                             "topic:other|contacts": 1}
+    assert len(caps.topic.folded) == 2
+
+
+def test_a_verdict_change_retracts_the_topics_counts_exactly() -> None:
+    # a survey answer changes the contact's verdict: its counts move, the topics' stay
+    fields = _topic_fields(call("a", 0, complaint=True, topics=["invoice"]),
+                           survey("a", 0.1, resolved=False))
+    assert fields["topic:invoice|contacts"] == 1
+    assert fields["topic:invoice|voice_complaints"] == 1
+
+
+def test_a_counted_contact_survives_storage_with_its_topics() -> None:
+    state, _, _ = fold(None, call("a", 0, complaint=True, topics=["x", "y"]), ts(0), POLICY)
+    stored = orjson.loads(orjson.dumps(state.emitted["a"].counted))
+    assert Counted.from_tuple(stored).topics == ("x", "y")
+    older = Counted.from_tuple(stored[:31])  # stored before topics were counted
+    assert older.topics == ()
+
+
+def test_topic_gauges_per_window_centre_and_queue_with_the_pairs_bounded() -> None:
+    registry = CollectorRegistry()
+    gauges = SurveyTruthGauges(registry, ["window", "queue"], "policy_version")
+    recent: dict[str, dict[str, int]] = {
+        "topic:invoice": {"contacts": 4, "voice_complaint_known": 4, "voice_complaints": 1,
+                          "voice_sentiment_count": 2, "voice_sentiment_milli": -300},
+        "queue_topic:bil%3Eling>invoice": {"contacts": 4, "voice_complaint_known": 2,
+                                           "voice_complaints": 2},
+        "queue:billing": {"contacts": 9, "voice_complaint_known": 9, "voice_complaints": 9},
+    }
+    for i in range(QUEUE_TOPIC_SERIES + 5):  # quieter pairs than the one above
+        recent[f"queue_topic:q{i}>t"] = {"contacts": 1, "voice_complaint_known": 1}
+    gauges.add_topics("1h", recent, "1")
+    gauges.publish()
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"window": "1h", "policy_version": "1",
+                                                **labels})
+
+    assert value("cx_topic_complaint_ratio", queue="", topic="invoice") == 0.25
+    assert value("cx_topic_sentiment_average", queue="", topic="invoice") == -0.15
+    assert value("cx_topic_complaint_ratio", queue="bil>ling", topic="invoice") == 1.0
+    assert value("cx_topic_sentiment_average", queue="bil>ling", topic="invoice") is None
+    assert value("cx_topic_complaint_ratio", queue="billing", topic="") is None
+    series = [s for m in registry.collect() if m.name == "cx_topic_complaint_ratio"
+              for s in m.samples]
+    assert len(series) == 1 + QUEUE_TOPIC_SERIES
+    # at equal counts, by queue name: q95 to q99 come last and are left out
+    assert value("cx_topic_complaint_ratio", queue="q99", topic="t") is None
+    assert value("cx_topic_complaint_ratio", queue="q204", topic="t") == 0.0
