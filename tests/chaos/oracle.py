@@ -242,6 +242,13 @@ def _count(counters: Counter[tuple[int, str]], t: float, e: dict[str, Any], v: C
         for name, n in values.items():
             if n:
                 counters[(hour, f"{dim}|{name}")] += n
+    # Per topic, each once, over all queues and within the queue: contacts and speech analytics.
+    for topic in dict.fromkeys(e.get("topics") or ()):
+        for dim in (f"topic:{topic}", f"queue_topic:{_driver(e['queue'])}>{_driver(topic)}"):
+            for name in ("contacts", "voice_complaint_known", "voice_complaints",
+                         "voice_sentiment_count", "voice_sentiment_milli"):
+                if values[name]:
+                    counters[(hour, f"{dim}|{name}")] += values[name]
     # Repeat drivers: the FCR population by reason and by agent within its queue, and the flow
     # from its queue to what an unresolved contact led to; these fields only.
     if v.resolution is not None:

@@ -27,6 +27,7 @@ T0 = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp())  # a Monday
 QUEUES = ("billing", "cards", "loans", "mortgages", "fraud", "general")
 CHANNELS = ("voice", "chat", "email", "sms", "social", "video")
 REASONS = ("balance", "dispute", "lost_card", "address_change", "payment_plan")
+TOPICS = ("fees", "card>limit", "app_login", "fraud")  # repeats within a contact count once
 SEGMENTS = (None, None, "standard", "standard", "gold")
 SOURCES = ("ivr", "sms", "email", "web", "third_party")
 KINDS = ("call-ended", "transfer", "survey-answered")
@@ -78,6 +79,8 @@ def key_of(event: dict[str, Any]) -> bytes:
 class _Builder:
     def __init__(self, seed: int, days: int, customers: int) -> None:
         self.rng = random.Random(seed)
+        # topics from their own sequence: the rest of the stream is as without them
+        self.topic_rng = random.Random(seed + 1_000_003)
         self.days = days
         self.customers = customers
         self.out: list[Message] = []
@@ -135,6 +138,8 @@ class _Builder:
                 event[name] = value
         if rng.random() < 0.1:
             event["crm_case"] = f"CASE-{rng.randrange(10**6)}"  # outside the contract
+        if outcome == "handled" and self.topic_rng.random() < 0.5:  # speech analytics topics
+            event["topics"] = self.topic_rng.choices(TOPICS, k=self.topic_rng.randint(1, 3))
         out = [("call-ended", event, end_ms)]
         if rng.random() < 0.005:  # a correction: the later call-ended of a contact stands
             fixed = dict(event, event_id=f"{cid}-fix", talk_seconds=talk + 1,
