@@ -348,16 +348,15 @@ def load_mapping(text: str, origin: str, overrides: Mapping[str, str] | None = N
             raise reader.error((*path, "name"), f"two rules named {name!r}: give each rule "
                                "of the same kind a `name` of its own (it is part of event_id)")
         names.add(name)
+        when = reader.expression(rule["when"], (*path, "when")) if "when" in rule else None
+        for_each = (reader.expression(rule["for_each"], (*path, "for_each"))
+                    if "for_each" in rule else None)
         fields = {**common, **reader.fields(rule.get("fields", {}), (*path, "fields"))}
         for required in REQUIRED[kind]:
             if required not in fields:
                 raise reader.error((*path, "fields"), f"a {kind} needs {required!r}")
-        rules.append(Rule(
-            kind=kind, name=name, line=reader.line(path),
-            when=reader.expression(rule["when"], (*path, "when")) if "when" in rule else None,
-            for_each=(reader.expression(rule["for_each"], (*path, "for_each"))
-                      if "for_each" in rule else None),
-            fields=fields))
+        rules.append(Rule(kind=kind, name=name, line=reader.line(path), when=when,
+                          for_each=for_each, fields=fields))
     unused = set(overrides or {}) - set(params)
     if unused:
         raise MappingError(f"{origin}: parameter(s) {', '.join(sorted(unused))} given but not "
