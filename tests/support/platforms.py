@@ -235,12 +235,12 @@ EXPECTED: dict[str, tuple[str, bool, str | None, int, str, frozenset[str]]] = {
            frozenset({"transferred", "survey_unresolved", "repeat_contact"})),
     # the abandoned call, then its callback: one handled contact, a repeat of A1
     "A3": ("handled", True, "A1", 0, "pending", frozenset()),
-    "A5": ("self_service", False, None, 0, "pending", frozenset()),
+    "A5": ("self_service", False, None, 0, None, frozenset()),
     # Eli's earlier contact was self-service: not a repeat
     "A7": ("handled", False, None, 0, "pending", frozenset()),
     "G1": ("handled", False, None, 1, "unresolved",
            frozenset({"transferred", "repeat_contact"})),
-    "G2": ("abandoned", False, None, 0, "pending", frozenset()),
+    "G2": ("abandoned", False, None, 0, None, frozenset()),
     "G3": ("handled", True, "G1", 0, "pending", frozenset()),
-    "G4": ("self_service", False, None, 0, "pending", frozenset()),
+    "G4": ("self_service", False, None, 0, None, frozenset()),
 }
