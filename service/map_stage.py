@@ -187,45 +187,47 @@ def _records(path: str) -> Iterator[tuple[int, bytes]]:
 
 def _from_file(mapper: Mapper, path: str, to_stdout: bool,
                out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    outputs: list[Output] = []
-    counts = {"records": 0, "events": 0, "dead": 0}
     try:
-        for number, line in _records(path):
-            msg = InputMessage(path, 0, number, None, line, None)
-            result, produced = mapper.map(msg)
-            counts["records"] += 1
-            counts["events"] += len(result.events)
-            counts["dead"] += len(result.failures)
-            if to_stdout:
-                for event in result.events:
-                    out.write(orjson.dumps({"topic": event.kind, "event": event.event}).decode()
-                              + "\n")
-                for failure in result.failures:
-                    err.write(orjson.dumps({"line": number, "reason": failure.reason.value,
-                                            "field": failure.field,
-                                            "message": failure.message}).decode() + "\n")
-            else:
-                outputs.extend(produced)
+        counts = asyncio.run(_map_file(mapper, path, to_stdout, out, err))
     except OSError as exc:
         print(f"cx-stream map: {exc}", file=err)
         return 1
-    if not to_stdout:
-        asyncio.run(_publish_all(mapper.settings, outputs))
-    print(f"cx-stream map: {counts['records']} records: {counts['events']} events, "
-          f"{counts['dead']} dead letters", file=err)
+    print(f"cx-stream map: {counts[0]} records: {counts[1]} events, {counts[2]} dead letters",
+          file=err)
     return 0
 
 
-async def _publish_all(settings: Settings, outputs: list[Output]) -> None:
+async def _map_file(mapper: Mapper, path: str, to_stdout: bool, out: TextIO,
+                    err: TextIO) -> tuple[int, int, int]:
+    """Map a JSONL file record by record; publish as it goes (the publisher waits for every
+    acknowledgement before it closes), or print."""
     from service.adapters.kafka_publish import EventPublisher
 
-    publisher = EventPublisher(settings)
-    await publisher.start()
+    records = events = dead = 0
+    publisher = None if to_stdout else EventPublisher(mapper.settings)
+    if publisher is not None:
+        await publisher.start()
     try:
-        for topic, key, value in outputs:
-            await publisher.send_raw(topic, key, value)
+        for number, line in _records(path):
+            result, produced = mapper.map(InputMessage(path, 0, number, None, line, None))
+            records += 1
+            events += len(result.events)
+            dead += len(result.failures)
+            if publisher is not None:
+                for topic, key, value in produced:
+                    await publisher.send_raw(topic, key, value)
+                continue
+            for event in result.events:
+                out.write(orjson.dumps({"topic": event.kind, "event": event.event}).decode()
+                          + "\n")
+            for failure in result.failures:
+                err.write(orjson.dumps({"line": number, "reason": failure.reason.value,
+                                        "field": failure.field,
+                                        "message": failure.message}).decode() + "\n")
     finally:
-        await publisher.close()
+        if publisher is not None:
+            await publisher.close()
+    return records, events, dead
 
 
 async def consume(mapper: Mapper, topic: str) -> int:

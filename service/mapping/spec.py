@@ -309,7 +309,10 @@ def load_mapping(text: str, origin: str, overrides: Mapping[str, str] | None = N
         raise MappingError(f"{origin}:{line}: not valid YAML: {problem}") from None
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
-        _record_lines(node, (), lines)
+        shared = _record_lines(node, (), lines, set())
+        if shared is not None:
+            raise MappingError(f"{origin}:{shared}: YAML anchors and aliases are not "
+                               "supported: write the value out")
     probe = _Reader(origin, lines, {})
     top = probe.keys(document, (), _TOP_KEYS)
     for key in ("source", "record_id", "events"):
@@ -402,18 +405,26 @@ def _check_json(reader: _Reader, value: Any, path: tuple[Any, ...]) -> None:
     raise reader.error(path, f"expected a JSON value, got {type(value).__name__} (quote it)")
 
 
-def _record_lines(node: yaml.Node, path: tuple[Any, ...],
-                  lines: dict[tuple[Any, ...], int]) -> None:
+def _record_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int],
+                  seen: set[int]) -> int | None:
+    """Record the line of every key; the line of a node met twice (an alias), if any."""
+    if id(node) in seen:
+        return int(node.start_mark.line) + 1
+    seen.add(id(node))
     lines[path] = node.start_mark.line + 1
+    children: list[tuple[tuple[Any, ...], yaml.Node, int | None]] = []
     if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            _record_lines(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+        children = [((*path, key_node.value), value_node, key_node.start_mark.line + 1)
+                    for key_node, value_node in node.value]
     elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _record_lines(item, (*path, i), lines)
+        children = [((*path, i), item, None) for i, item in enumerate(node.value)]
+    for child_path, child, key_line in children:
+        shared = _record_lines(child, child_path, lines, seen)
+        if shared is not None:
+            return shared
+        if key_line is not None:  # a key's line, rather than its value's
+            lines[child_path] = key_line
+    return None
 
 
 def _dotted(path: tuple[Any, ...]) -> str:

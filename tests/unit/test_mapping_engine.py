@@ -274,3 +274,10 @@ def test_param_values_cannot_break_out_of_an_expression() -> None:
 def test_a_mapping_with_hash_says_so() -> None:
     assert spec().uses_hash
     assert not spec(BASE.replace("        convert: hash\n", "")).uses_hash
+
+
+def test_yaml_aliases_are_refused() -> None:
+    text = BASE.replace("      source: {value: sms}", "      source: &src {value: sms}")
+    text = text.replace("      csat: {path: score, convert: integer}",
+                        "      csat: {path: score, convert: integer}\n      other: *src")
+    assert "YAML anchors and aliases are not supported" in _error(text)

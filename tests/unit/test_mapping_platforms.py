@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from service.config import load_settings
+from service.config import ConfigError, load_settings
 from service.domain.events import RejectReason
 from service.map_stage import MapMetrics, Mapper, _from_file, read_mapping, run_map
 from service.mapping.engine import RecordResult, map_record
@@ -257,3 +257,27 @@ def test_shipped_mappings_load_and_unknown_ones_do_not() -> None:
         assert read_mapping(name, {}).source == name
     with pytest.raises(MappingError, match="cannot read"):
         read_mapping("avaya", {})
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CX_MAP_PARAMS": "[1]"}, "CX_MAP_PARAMS"),
+        ({"CX_MAP_PARAMS": '{"a": {"b": 1}}'}, "CX_MAP_PARAMS"),
+        ({"CX_MAP_TOPIC": "raw topic"}, "CX_MAP_TOPIC"),
+        ({"CX_MAP_MAX_RECORD_BYTES": "10"}, "CX_MAP_MAX_RECORD_BYTES"),
+        ({"CX_MAP_HASH_SALT": "s" * 16, "CX_MAP_HASH_SALT_FILE": "/x"}, "CX_MAP_HASH_SALT"),
+    ],
+)
+def test_map_variables_are_checked(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{named}"):
+        load_settings(env)
+
+
+def test_map_variables_parse() -> None:
+    s = load_settings({"CX_MAP_PARAMS": '{"customer_attribute": "acct", "n": 3}',
+                       "CX_MAP_TOPIC": "connect-raw", "CX_MAP_HASH_SALT": " s3cr3t-salt-0123 "})
+    assert s.map_params == {"customer_attribute": "acct", "n": "3"}
+    assert (s.map_topic, s.map_hash_salt, s.map_http_port) == ("connect-raw",
+                                                               "s3cr3t-salt-0123", 6067)
+    assert "s3cr3t" not in repr(s)
