@@ -277,7 +277,10 @@ async def consume(mapper: Mapper, topic: str) -> int:
                                                           m.key, m.value, m.timestamp))
                     outputs.extend(produced)
                     offsets[tp] = m.offset + 1
-            await _send(producer, outputs, settings.retry_max_backoff)
+            if not await _send(producer, outputs, settings.retry_max_backoff, stopping):
+                log.warning("stopped while Kafka was unreachable: the batch in hand is not "
+                            "committed and will be mapped again")
+                return 1
             try:
                 await consumer.commit(offsets)
             except CommitFailedError as exc:  # a rebalance: the batch comes again, same ids
@@ -288,19 +291,24 @@ async def consume(mapper: Mapper, topic: str) -> int:
     return 0
 
 
-async def _send(producer: Any, outputs: list[Output], max_backoff: float) -> None:
+async def _send(producer: Any, outputs: list[Output], max_backoff: float,
+                stopping: asyncio.Event) -> bool:
     """Publish every record and wait for all acknowledgements; while Kafka is unreachable,
-    send the whole batch again (the worker drops what was already applied)."""
+    send the whole batch again (the worker drops what was already applied). False when asked
+    to stop before the batch was acknowledged."""
     backoff = 0.1
     while True:
         try:
             futures = [await producer.send(topic, value=value, key=key)
                        for topic, key, value in outputs]
             await asyncio.gather(*futures)
-            return
+            return True
         except Exception as exc:
             if not kafka_transient(exc):
                 raise
             log.warning("publishing failed (%s); retrying in %.1fs", exc, backoff)
-            await asyncio.sleep(backoff)
+        try:
+            await asyncio.wait_for(stopping.wait(), backoff)
+            return False
+        except TimeoutError:
             backoff = min(backoff * 2, max_backoff)

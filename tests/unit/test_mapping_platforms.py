@@ -281,3 +281,37 @@ def test_map_variables_parse() -> None:
     assert (s.map_topic, s.map_hash_salt, s.map_http_port) == ("connect-raw",
                                                                "s3cr3t-salt-0123", 6067)
     assert "s3cr3t" not in repr(s)
+
+
+class _Unreachable:
+    """A producer whose broker never answers: every send fails as Kafka's would. After
+    `stop_after` attempts it asks the process to stop (as SIGTERM would)."""
+
+    def __init__(self, stopping: Any, stop_after: int) -> None:
+        self.attempts = 0
+        self.stopping = stopping
+        self.stop_after = stop_after
+
+    async def send(self, topic: str, value: bytes, key: bytes | None) -> Any:
+        from aiokafka.errors import KafkaConnectionError
+
+        self.attempts += 1
+        if self.attempts == self.stop_after:
+            self.stopping.set()
+        raise KafkaConnectionError("no broker")
+
+
+def test_a_batch_kafka_does_not_acknowledge_is_retried_until_asked_to_stop() -> None:
+    import asyncio
+
+    from service.map_stage import _send
+
+    async def run() -> tuple[bool, int]:
+        stopping = asyncio.Event()
+        producer = _Unreachable(stopping, stop_after=3)
+        done = await _send(producer, [("t", None, b"{}")], 0.05, stopping)
+        return done, producer.attempts
+
+    done, attempts = asyncio.run(run())
+    assert done is False  # not acknowledged: the caller must not commit the offsets
+    assert attempts == 3  # retried while Kafka was unreachable, not after the stop
