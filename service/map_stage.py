@@ -186,7 +186,9 @@ def _records(path: str) -> Iterator[tuple[int, bytes]]:
 
 
 def _from_file(mapper: Mapper, path: str, to_stdout: bool,
-               out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+               out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
         counts = asyncio.run(_map_file(mapper, path, to_stdout, out, err))
     except OSError as exc:
