@@ -143,7 +143,7 @@ def test_genesys_cloud_conversation_details() -> None:
 def test_genesys_single_agent_transfer_to_a_queue() -> None:
     g3 = genesys_cloud_records()[2]
     agent = g3["participants"][2]
-    agent["sessions"][0]["segments"][0]["disconnectType"] = "transfer"
+    agent["sessions"][0]["segments"][0]["disconnectType"] = "transfer.consult"
     g3["participants"].append({"participantId": "p4", "purpose": "acd", "sessions": [{
         "mediaType": "voice", "segments": [{
             "segmentType": "interact", "queueId": "q-billing",
@@ -154,6 +154,7 @@ def test_genesys_single_agent_transfer_to_a_queue() -> None:
     assert (transfer["from_queue"], transfer["to_queue"], transfer["from_agent"]) == (
         "q-tech", "q-billing", "u-ann")
     assert transfer["event_id"] == "genesys_cloud:G3:agent-to-queue"
+    assert transfer["kind"] == "blind"  # no agent took it: the consult never completed
 
 
 def test_the_same_number_is_the_same_customer_on_both_platforms() -> None:
@@ -315,3 +316,15 @@ def test_a_batch_kafka_does_not_acknowledge_is_retried_until_asked_to_stop() -> 
     done, attempts = asyncio.run(run())
     assert done is False  # not acknowledged: the caller must not commit the offsets
     assert attempts == 3  # retried while Kafka was unreachable, not after the stop
+
+
+@pytest.mark.parametrize(("disconnect", "kind"), [
+    ("transfer.consult", "warm"), ("transfer.conference", "warm"),
+    ("transfer.forward", "blind"), ("transfer.noanswer", "blind"), ("client", None)])
+def test_genesys_transfer_kind_from_the_disconnect_type(disconnect: str,
+                                                        kind: str | None) -> None:
+    g1 = genesys_cloud_records()[0]
+    g1["participants"][3]["sessions"][0]["segments"][1]["disconnectType"] = disconnect
+    result = map_record(read_mapping("genesys_cloud", {}), orjson.dumps(g1), salt=SALT)
+    [transfer] = [e.event for e in result.events if e.kind == "transfer"]
+    assert transfer.get("kind") == kind
