@@ -25,6 +25,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(_settings())
 
 
+def _cmd_map(args: argparse.Namespace) -> int:
+    from service.map_stage import run_map
+
+    return run_map(_settings(), args)
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from service.adapters.kafka_admin import ensure_topics
 
@@ -79,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="consume the input topics and serve HTTP")
     worker.set_defaults(func=_cmd_worker)
+
+    mapping = sub.add_parser(
+        "map", help="map a platform's raw records (Amazon Connect, Genesys Cloud, or any "
+                    "other by a mapping file) to the input topics, from a topic or a JSONL file")
+    from service.map_stage import add_arguments as add_map_arguments
+
+    add_map_arguments(mapping)
+    mapping.set_defaults(func=_cmd_map)
 
     topics = sub.add_parser("topics", help="create the input and output topics")
     topics.set_defaults(func=_cmd_topics)

@@ -201,6 +201,18 @@ def _secret(text: str) -> str:
     return text.strip()
 
 
+def _map_params(text: str) -> dict[str, str]:
+    params = _json_object(text)
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"parameter {name!r}: expected a string")
+    return {name: str(value) for name, value in params.items()}
+
+
+def _optional_topic(text: str) -> str:
+    return _topic(text.strip()) if text.strip() else ""
+
+
 def _erasure_key(text: str) -> str:
     key = text.strip()
     if key and len(key) < 16:
@@ -319,6 +331,8 @@ def _check_security(s: Settings) -> None:
         raise ConfigError("CX_REDIS_PASSWORD: give it or CX_REDIS_PASSWORD_FILE, not both")
     if s.erasure_key and s.erasure_key_file:
         raise ConfigError("CX_ERASURE_KEY: give it or CX_ERASURE_KEY_FILE, not both")
+    if s.map_hash_salt and s.map_hash_salt_file:
+        raise ConfigError("CX_MAP_HASH_SALT: give it or CX_MAP_HASH_SALT_FILE, not both")
     if s.api_auth == "token" and not (s.api_tokens or s.api_tokens_file):
         raise ConfigError("CX_API_AUTH: token needs CX_API_TOKENS or CX_API_TOKENS_FILE")
 
@@ -649,6 +663,34 @@ VARIABLES: tuple[Variable, ...] = (
              "Whether a contact whose speech or text analytics heard a complaint "
              "(`complaint: true`) puts its customer at risk by itself, whatever the score.",
              _boolean, "at_risk_on_complaint"),
+    # `cx-stream map`: platform records to the event contract (docs/sources.md)
+    Variable("CX_MAP_MAPPING", "",
+             "`cx-stream map`: the mapping file (YAML or JSON), or the name of a shipped one: "
+             "`amazon_connect`, `genesys_cloud` (`--mapping` overrides it).", str,
+             "map_mapping"),
+    Variable("CX_MAP_TOPIC", "",
+             "`cx-stream map`: the topic of the platform's raw records (`--topic` overrides "
+             "it).", _optional_topic, "map_topic"),
+    Variable("CX_MAP_GROUP_ID", "",
+             "`cx-stream map`: its Kafka consumer group; empty means CX_GROUP_ID followed by "
+             "`-map-` and the mapping's source name.", str, "map_group_id"),
+    Variable("CX_MAP_PARAMS", "{}",
+             "`cx-stream map`: values for the mapping file's `params`, JSON, e.g. "
+             "`{\"customer_attribute\": \"crm_id\"}`.", _map_params, "map_params"),
+    Variable("CX_MAP_HASH_SALT", "",
+             "`cx-stream map`: secret (at least 16 characters) of the keyed hash (HMAC-SHA256) "
+             "of values a mapping hashes (a caller's number as customer id); needed by a "
+             "mapping that hashes, and the same for every run, or the ids change.", _secret,
+             "map_hash_salt"),
+    Variable("CX_MAP_HASH_SALT_FILE", "",
+             "File whose first line is CX_MAP_HASH_SALT (instead of the variable).", str,
+             "map_hash_salt_file"),
+    Variable("CX_MAP_MAX_RECORD_BYTES", "262144",
+             "`cx-stream map`: largest raw record in bytes; larger ones are dead-lettered as "
+             "`too_large`.", _int_range(64, 16 * 1024 * 1024), "map_max_record_bytes"),
+    Variable("CX_MAP_HTTP_PORT", "6067",
+             "`cx-stream map`: port of its Prometheus `/metrics` (on CX_HTTP_HOST); 0 serves "
+             "none.", _int_range(0, 65535), "map_http_port"),
 )
 
 
@@ -747,6 +789,14 @@ class Settings:
     max_topics: int = 20
     contact_costs: ContactCosts | None = None
     agent_min_contacts: int = 30
+    map_mapping: str = ""
+    map_topic: str = ""
+    map_group_id: str = ""
+    map_params: dict[str, str] = field(default_factory=dict)
+    map_hash_salt: str = field(default="", repr=False)
+    map_hash_salt_file: str = ""
+    map_max_record_bytes: int = 262144
+    map_http_port: int = 6067
 
     @property
     def input_topics(self) -> tuple[str, str, str]:
