@@ -93,8 +93,18 @@
     render();
   }
 
+  /* The trend, the sparklines and the cost read the API, which may need a token the open
+     wallboard was not given: then the tiles go on without them. */
   async function trends() {
-    const hourly = await api("/api/v1/fcr/hourly?hours=24");
+    let hourly;
+    try {
+      hourly = await api("/api/v1/fcr/hourly?hours=24");
+    } catch (err) {
+      document.getElementById("trend-title").textContent =
+        "FCR by hour: not shown (" + err.message.split(" from ")[0] +
+        "; open the page as /wallboard#token=...)";
+      return;
+    }
     extras.values = hourly.values_configured;
     extras.currency = hourly.currency;
     if (!hourly.watermark) return;

@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -206,6 +209,38 @@ def _fine(look: dict[str, Any]) -> None:
     assert look["problems"] == []
     assert look["overflow"] <= 0
     assert look["axe"] == []
+
+
+def _fetch(centre: Centre, path: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(centre.worker.base_url + path, timeout=5) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_only_the_pages_files_are_served_with_their_type_and_policy(centre: Centre) -> None:
+    pages = ["/wallboard", "/ui/at-risk", "/ui/queues/sales",
+             "/ui/customers/" + quote(JOURNEY, safe="")]
+    for path in pages:
+        status, headers, body = _fetch(centre, path)
+        assert status == 200, path
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+        policy = headers["Content-Security-Policy"]
+        assert "default-src 'self'" in policy
+        assert "script-src 'self';" in policy  # no 'unsafe-inline'
+        assert "frame-ancestors 'none'" in policy
+        scripts = re.findall(rb"<script[^>]*>", body)
+        assert scripts
+        assert all(b' src="/ui/static/' in tag for tag in scripts)  # no inline script
+    for name, kind in (("common.js", "text/javascript"), ("pages.css", "text/css"),
+                       ("uPlot.iife.min.js", "text/javascript"), ("uPlot.min.css", "text/css")):
+        status, headers, body = _fetch(centre, f"/ui/static/{name}")
+        assert (status, headers["Content-Type"]) == (200, f"{kind}; charset=utf-8"), name
+        assert body
+    for path in ("/ui/static/nope.js", "/ui/static/..%2Fhttp.py", "/ui/static/",
+                 "/ui/static/vendor/uplot-1.6.32/LICENSE", "/ui/other"):
+        assert _fetch(centre, path)[0] == 404, path
 
 
 def test_wallboard(centre: Centre) -> None:
