@@ -11,6 +11,11 @@ const Charts = (() => {
   const utcHour = (u, v) => v === null || v === undefined ? "–"
     : new Date(v * 1000).toISOString().slice(0, 16).replace("T", " ");
   const tzDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
+  /* Time ticks in UTC, 24-hour: the hour, or the date at midnight. */
+  const utcTicks = (u, ticks) => ticks.map((t) => {
+    const text = new Date(t * 1000).toISOString();
+    return text.slice(11, 16) === "00:00" ? text.slice(5, 10) : text.slice(11, 16);
+  });
   const widthOf = (el) => Math.max(160, Math.floor(el.clientWidth));
   const around = (u, min, max) => min === max ? [min - 3600, max + 3600] : [min, max];
 
@@ -39,7 +44,7 @@ const Charts = (() => {
                  {label: "a week earlier", stroke: "#a9b5c0", width: 2, dash: [8, 5], value: pct},
                  {label: "target", stroke: "#f0c040", width: 1.5, points: {show: false},
                   value: pct}],
-        axes: [{...AXIS}, {...AXIS, values: pctTicks, size: 56}],
+        axes: [{...AXIS, values: utcTicks}, {...AXIS, values: pctTicks, size: 56}],
       }, data, el);
       follow(u, el, height);
     };
@@ -113,7 +118,7 @@ const Charts = (() => {
                  {label: "perception", stroke: "#4fb3ff", width: 2,
                   points: {show: true, size: 8, fill: "#4fb3ff"},
                   value: (u, v) => v === null || v === undefined ? "–" : v.toFixed(1)}],
-        axes: [{...AXIS}, {...AXIS, size: 44}],
+        axes: [{...AXIS, values: utcTicks}, {...AXIS, size: 44}],
         hooks: {
           drawClear: [(u) => {
             const {left, width} = u.bbox;
