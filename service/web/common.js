@@ -95,7 +95,12 @@ const CX = (() => {
 
   /* The one path segment after `prefix` of this page's address, decoded. */
   function pathId(prefix) {
-    return decodeURIComponent(location.pathname.slice(prefix.length));
+    const raw = location.pathname.slice(prefix.length);
+    try {
+      return decodeURIComponent(raw);
+    } catch (err) {  // a '%' not followed by two hex digits: the API will say so
+      return raw;
+    }
   }
 
   return {api, h, percent, number, money, when, fcrState, tile, range, page, query, status,
