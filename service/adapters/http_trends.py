@@ -131,8 +131,9 @@ def install_trends_routes(app: faust.App, served: Served, partitions: Callable[[
                            "week_before": series(earlier, counts)})
 
     async def journey(request: web.Request) -> web.Response:
-        raw = request.rel_url.raw_path
-        customer_id = parse_path(raw[:-len(JOURNEY_SUFFIX)], "/api/v1/customers/")
+        # The id is the segment before the last (whose letters may be percent-encoded too).
+        raw = request.rel_url.raw_path.rsplit("/", 1)[0]
+        customer_id = parse_path(raw, "/api/v1/customers/")
         if not isinstance(customer_id, tuple):
             return json_reply({"error": customer_id}, 400)
         partition = partition_of(customer_id[0], partitions())

@@ -238,6 +238,14 @@ def test_only_the_pages_files_are_served_with_their_type_and_policy(centre: Cent
         status, headers, body = _fetch(centre, f"/ui/static/{name}")
         assert (status, headers["Content-Type"]) == (200, f"{kind}; charset=utf-8"), name
         assert body
+    # The pages' own endpoints: the journey by any spelling of its path, and refusals.
+    encoded = quote(JOURNEY, safe="")
+    status, _, body = _fetch(centre, f"/api/v1/customers/{encoded}/%6Aourney")
+    assert (status, json.loads(body)["customer_id"]) == (200, JOURNEY)
+    assert _fetch(centre, "/api/v1/customers/%FF/journey")[0] == 400
+    assert _fetch(centre, "/api/v1/customers/nobody/journey")[0] == 404
+    assert _fetch(centre, "/api/v1/fcr/hourly?hours=0")[0] == 400
+    assert _fetch(centre, "/api/v1/fcr/hourly?hours=168&segment=gold")[0] == 200
     for path in ("/ui/static/nope.js", "/ui/static/..%2Fhttp.py", "/ui/static/",
                  "/ui/static/vendor/uplot-1.6.32/LICENSE", "/ui/other"):
         assert _fetch(centre, path)[0] == 404, path
