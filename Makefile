@@ -78,7 +78,7 @@ bench: $(STAMP)
 # The pictures in docs/, taken by the browser tests (which otherwise write them to .cx-test/).
 screenshots: $(STAMP)
 	@deploy/local/stack.sh tools
-	CX_TEST_SCREENSHOTS=$(CURDIR)/docs $(BIN)/pytest -q tests/e2e/test_wallboard.py
+	CX_TEST_SCREENSHOTS=$(CURDIR)/docs $(BIN)/pytest -q tests/e2e/test_pages.py
 
 # Full-size fault scenarios (docs/reliability.md); one result line per scenario in .cx-test/chaos.txt
 chaos: $(STAMP)

@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="event-time seconds per wall-clock second (3600 = an hour a "
                           "second); live traffic never runs ahead of the present: once it "
                           "reaches it, it goes on in real time")
+    sim.add_argument("--catch-up", action="store_true",
+                     help="publish the event time from --start to the present as fast as "
+                          "Kafka takes it (history, at the density of --rate and --speed), "
+                          "then go on in real time")
     sim.add_argument("--duplicates", type=float, default=0.01,
                      help="share of events sent twice (default 0.01)")
     sim.add_argument("--malformed", type=float, default=0.002,

@@ -38,24 +38,30 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-# A week of history first (event times never run ahead of the present: the worker would
-# dead-letter them as from_future), then live traffic in real time.
-start=$(date -u -d "7 days ago" +%Y-%m-%dT%H:00:00Z)
+# Two weeks of history first, published as fast as Kafka takes them (the worker works through
+# them in a few minutes), so that the first screen already has final FCR, a week-over-week
+# trend, repeat drivers and customers at risk; then live traffic in real time. Event times
+# never run ahead of the present (the worker would dead-letter them as from_future).
+# The traffic's density: --rate contacts per wall-clock second at --speed, i.e. 600 contacts
+# an hour of event time by default.
+start=$(date -u -d "14 days ago" +%Y-%m-%dT%H:00:00Z)
 until=$(date -u -d "1 day" +%Y-%m-%dT%H:00:00Z)
-"$bin/cx-stream" simulate --rate "${CX_SIM_RATE:-25}" --speed "${CX_SIM_SPEED:-60}" \
+"$bin/cx-stream" simulate --catch-up --rate "${CX_SIM_RATE:-10}" --speed "${CX_SIM_SPEED:-60}" \
   --customers "${CX_SIM_CUSTOMERS:-5000}" --start "$start" &
 simulator=$!
 
 cat <<EOT
 
-cx-stream is running on simulated traffic: the last week at one simulated hour per wall-clock
-minute, then live in real time.
+cx-stream is running on simulated traffic: the last two weeks as history, as fast as the worker
+takes them (a few minutes: the figures fill in as it goes), then live in real time.
   wallboard    $url/wallboard
+  at risk      $url/ui/at-risk        a queue  $url/ui/queues/billing
+  a customer   $url/ui/customers/cust-000042
   FCR          $url/api/v1/fcr?from=$start&to=$until
   drivers      $url/api/v1/repeat-drivers?from=$start&to=$until&by=reason
   cost         $url/api/v1/cost?from=$start&to=$until
   customer     $url/api/v1/customers/cust-000042   contact $url/api/v1/contacts/{contact_id}
-  at risk      $url/api/v1/customers/at-risk?order=value&limit=20
+  at-risk API  $url/api/v1/customers/at-risk?order=value&limit=20
   metrics      $url/metrics
   health       $url/healthz   readiness $url/readyz
   worker log   $worker_log

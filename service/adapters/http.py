@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from importlib import resources
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -15,6 +14,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from service.adapters.http_pages import install_pages
 from service.adapters.http_ranges import json_reply, range_status, sum_over_range
 from service.adapters.http_surveys import install_surveys_routes
 from service.adapters.http_value import install_value_routes
@@ -137,18 +137,11 @@ def query_pairs(query: str) -> list[tuple[str, str]] | str:
         return "too many query parameters"
 
 
-_WALLBOARD_PAGE = resources.files("service.adapters").joinpath("wallboard.html").read_bytes()
-
-
 def _install_pages(app: faust.App, registry: CollectorRegistry, readiness: ReadinessCheck,
                    wallboard: Callable[[], dict[str, Any]]) -> None:
-    """The pages that read no customer data: the wallboard, its figures, metrics, health."""
-
-    @app.page("/wallboard")
-    class Wallboard(View):
-        async def get(self, request: Request) -> Response:
-            return cast(Response, web.Response(body=_WALLBOARD_PAGE,
-                                               content_type="text/html", charset="utf-8"))
+    """What reads no customer data: the pages (http_pages), the wallboard's figures, metrics,
+    health."""
+    install_pages(app)
 
     @app.page("/api/v1/wallboard")
     class WallboardData(View):
@@ -291,9 +284,13 @@ def _install_more(app: faust.App, served: Serving, partitions: Callable[[], int]
     from service.adapters.http_agents import install_agents_routes
     from service.adapters.http_containment import install_containment_routes
     from service.adapters.http_drivers import install_drivers_routes
+    from service.adapters.http_trends import install_trends_routes
 
     install_drivers_routes(app, served, partitions, reads, costs=costs, fcr_target=fcr_target,
                            max_fcr=max_fcr)
     install_agents_routes(app, served, partitions, reads, query_pairs, fcr_query,
                           min_contacts=agent_min_contacts, max_at_once=max_fcr)
     install_containment_routes(app, served, partitions, reads, query_pairs, fcr_query)
+    install_trends_routes(app, served, partitions, reads, query_pairs, path_id,
+                          fcr_target=fcr_target,
+                          currency=None if costs is None else costs.currency)

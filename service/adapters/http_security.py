@@ -43,7 +43,9 @@ from service.config import PLACEHOLDER_TOKENS, ConfigError, Settings, host_name
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PAGES = ("/wallboard",)
+# The pages (http_pages.PAGE_ROUTES): static files that read the API from the browser.
+PUBLIC_PAGES = ("/wallboard", "/ui/queues/{queue}", "/ui/customers/{customer_id}",
+                "/ui/at-risk", "/ui/static/{name}")
 WALLBOARD_DATA = "/api/v1/wallboard"
 
 

@@ -76,7 +76,8 @@ def run_simulation(settings: Settings, args: argparse.Namespace) -> int:
             count = _write_jsonl(model, start + duration * args.speed, out)
         print(f"wrote {count:,} messages to {args.out}")
         return 0
-    return asyncio.run(_publish_live(model, settings, topics, start, args.speed, duration))
+    return asyncio.run(_publish_live(model, settings, topics, start, args.speed, duration,
+                                     catch_up=args.catch_up))
 
 
 def _write_jsonl(model: TrafficModel, until: float, out: IO[bytes]) -> int:
@@ -96,8 +97,19 @@ def simulated_clock(start: float, elapsed: float, speed: float, now: float) -> f
     return min(start + elapsed * speed, max(now, start))
 
 
+# With --catch-up, the history is published this much event time at a time, as fast as Kafka
+# takes it (a step's messages are generated, then sent, then the next step's).
+CATCH_UP_STEP = 3600.0
+
+
+def catch_up_clock(previous: float, now: float) -> float:
+    """The next step of event time while catching up: an hour on, never past the present."""
+    return min(previous + CATCH_UP_STEP, max(now, previous))
+
+
 async def _publish_live(model: TrafficModel, settings: Settings, topics: dict[str, str],
-                        start: float, speed: float, duration: float | None) -> int:
+                        start: float, speed: float, duration: float | None,
+                        catch_up: bool = False) -> int:
     publisher = EventPublisher(settings)
     await publisher.start()
     stop = asyncio.Event()
@@ -109,6 +121,7 @@ async def _publish_live(model: TrafficModel, settings: Settings, topics: dict[st
     sent = 0
     last_report = wall_start
     caught_up = False
+    clock = start
     try:
         while not stop.is_set():
             elapsed = time.monotonic() - wall_start
@@ -116,11 +129,17 @@ async def _publish_live(model: TrafficModel, settings: Settings, topics: dict[st
                 break
             # Never ahead of the present: records are stamped with the wall clock, and an event
             # time past it would be dead-lettered (from_future).
-            clock = simulated_clock(start, elapsed, speed, time.time())
-            if not caught_up and clock < start + elapsed * speed:
+            present = time.time()
+            if catch_up:
+                clock = catch_up_clock(clock, present)
+                reached = clock >= present
+            else:
+                clock = simulated_clock(start, elapsed, speed, present)
+                reached = clock < start + elapsed * speed
+            if reached and not caught_up:
                 caught_up = True
-                print("simulate: caught up with the present; real time from now on",
-                      file=sys.stderr, flush=True)
+                print(f"simulate: caught up with the present ({sent:,} events published); "
+                      "real time from now on", file=sys.stderr, flush=True)
             for msg in model.advance(clock):
                 await publisher.send_raw(topics[msg.kind], msg.key, msg.value)
                 sent += 1
@@ -130,6 +149,9 @@ async def _publish_live(model: TrafficModel, settings: Settings, topics: dict[st
                 shown = time.strftime("%Y-%m-%d %H:%M", time.gmtime(clock))
                 print(f"simulate: {sent:,} events published (event time {shown} UTC)",
                       file=sys.stderr, flush=True)
+            if catch_up and not caught_up:
+                await asyncio.sleep(0)  # the next hour of history at once
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.05)
     finally:

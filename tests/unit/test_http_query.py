@@ -85,3 +85,19 @@ def test_query_pairs_keep_repeats_and_refuse_what_is_not_utf8() -> None:
     assert "not valid UTF-8" in str(query_pairs("from=%FF"))
     assert "two hex digits" in str(query_pairs("from=100%"))
     assert "too many" in str(query_pairs("&".join(f"p{i}=1" for i in range(21))))
+
+
+def test_hourly_query() -> None:
+    from service.adapters.http_trends import hourly_query, series
+
+    assert hourly_query([]) == (24, "all")
+    assert hourly_query([("hours", "168"), ("queue", "billing")]) == (168, "queue:billing")
+    for bad in ([("hours", "0")], [("hours", "169")], [("hours", "x")], [("from", "1")],
+                [("hours", "2"), ("hours", "3")], [("queue", "a"), ("channel", "b")],
+                [("queue", "")], [("queue", "q" * 129)]):
+        assert isinstance(hourly_query(bad), str), bad
+    assert series([0, 3600], {3600: [4, 1, 2]}) == [
+        {"at": "1970-01-01T00:00:00.000Z", "total": 0, "unresolved": 0, "resolved": 0,
+         "fcr": None},
+        {"at": "1970-01-01T01:00:00.000Z", "total": 4, "unresolved": 1, "resolved": 2,
+         "fcr": 0.75}]

@@ -57,3 +57,16 @@ def test_a_simulated_file_published_now_has_no_event_from_the_future() -> None:
         assert check_record(event, msg.key, int(NOW * 1000), DoorLimits()) is None
         checked += 1
     assert checked > 1000
+
+
+def test_catching_up_goes_an_hour_at_a_time_then_follows_the_present() -> None:
+    from service.tools.simulate import CATCH_UP_STEP, catch_up_clock
+
+    clock, steps = NOW - 2 * WEEK, 0
+    while clock < NOW:
+        later = catch_up_clock(clock, NOW)
+        assert clock < later <= clock + CATCH_UP_STEP
+        assert later <= NOW
+        clock, steps = later, steps + 1
+    assert steps == 2 * WEEK / CATCH_UP_STEP
+    assert catch_up_clock(clock, NOW + 5) == NOW + 5  # then real time
