@@ -121,6 +121,7 @@ class ErasureStore:
                     state.key(partition, names.OUTBOX)]
             keys += [state.state_key(partition, names.customer_state(c)) for c in ids]
             keys += state.risk_keys(partition)
+            keys.append(state.key(partition, names.RECENT))
             pipe.evalsha(self._sweep.sha, len(keys), *keys, generation, len(ids), *ids, *known)
         try:
             replies = await pipe.execute()

@@ -284,6 +284,7 @@ def _install_more(app: faust.App, served: Serving, partitions: Callable[[], int]
     from service.adapters.http_agents import install_agents_routes
     from service.adapters.http_containment import install_containment_routes
     from service.adapters.http_drivers import install_drivers_routes
+    from service.adapters.http_queue_contacts import install_queue_contacts_routes
     from service.adapters.http_trends import install_trends_routes
 
     install_drivers_routes(app, served, partitions, reads, costs=costs, fcr_target=fcr_target,
@@ -291,6 +292,7 @@ def _install_more(app: faust.App, served: Serving, partitions: Callable[[], int]
     install_agents_routes(app, served, partitions, reads, query_pairs, fcr_query,
                           min_contacts=agent_min_contacts, max_at_once=max_fcr)
     install_containment_routes(app, served, partitions, reads, query_pairs, fcr_query)
+    install_queue_contacts_routes(app, served, partitions, reads, query_pairs, path_id)
     install_trends_routes(app, served, partitions, reads, query_pairs, path_id,
                           fcr_target=fcr_target,
                           currency=None if costs is None else costs.currency)

@@ -14,6 +14,8 @@ partition's Redis Cluster hash tag):
   `<dimension>|<name>`;
 - `P:{pN}:risk` hash: the at-risk work list, customer_id -> entry JSON; `P:{pN}:risk:v`,
   `risk:s`, `risk:t` sorted sets of its customer_ids by value (minus cents), score, since;
+- `P:{pN}:recent` sorted set: the latest contacts, `[queue, contact_id]` JSON by occurred_at
+  (the last hour of event time before the watermark, at most 5,000);
 - `P:contact:<contact_id>` hash: latest enriched view of a contact (`v` version, `j` JSON),
   stored by put_contact.lua, many per call (on a Redis Cluster, those of one slot).
 """
@@ -233,6 +235,33 @@ class RedisState:
                 out.setdefault(hour, []).append({_text(k): int(v) for k, v in raw.items()})
         return out
 
+    async def read_recent(self, partitions: int, since: float
+                          ) -> list[tuple[float, str, str]]:
+        """The latest contacts of every partition from event time `since` on: (occurred_at,
+        queue, contact_id), newest first."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(partitions):
+            pipe.zrevrangebyscore(self.key(partition, names.RECENT), "+inf", repr(since),
+                                  withscores=True)
+        out: list[tuple[float, str, str]] = []
+        for reply in await pipe.execute():
+            for member, score in reply:
+                try:
+                    queue, contact_id = orjson.loads(member)
+                except (orjson.JSONDecodeError, ValueError, TypeError):
+                    continue  # not written by this version: left out
+                out.append((float(score), str(queue), str(contact_id)))
+        out.sort(key=lambda r: (-r[0], r[2]))
+        return out
+
+    async def read_contacts(self, contact_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored views of the contacts (None where there is none), in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for contact_id in contact_ids:
+            pipe.hget(self.contact_key(contact_id), "j")
+        replies = await pipe.execute() if contact_ids else []
+        return [r if isinstance(r, bytes) or r is None else r.encode() for r in replies]
+
     async def read_contact(self, contact_id: str) -> bytes | None:
         raw = await self.client.hget(self.contact_key(contact_id), "j")
         return raw if isinstance(raw, bytes) or raw is None else raw.encode()
@@ -336,6 +365,12 @@ class RedisState:
                 ops["rd"] = c.risk_remove
                 ops["rp"] = [[cid, entry.decode(), *map(repr, scores)]
                              for cid, (entry, scores) in c.risk_put.items()]
+            if c.recent_add:
+                keys.append(self.key(partition, names.RECENT))
+                ops["li"] = len(keys)
+                ops["la"] = [[repr(t), member.decode()] for member, t in c.recent_add.items()]
+                ops["lb"] = "-inf" if c.recent_before is None else f"({c.recent_before!r}"
+                ops["lk"] = names.RECENT_PER_PARTITION
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
                                self._counter_ttl_ms, orjson.dumps(ops)]
             sizes = c.sizes

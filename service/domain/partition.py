@@ -160,6 +160,10 @@ class PartitionCommit:
     # order); and the customer_ids to remove from it.
     risk_put: dict[str, tuple[bytes, tuple[int, float, float]]] = field(default_factory=dict)
     risk_remove: list[str] = field(default_factory=list)
+    # The latest contacts (storage_names.RECENT): `[queue, contact_id]` JSON -> occurred_at,
+    # added; and the event time before which they are dropped (None: nothing to drop).
+    recent_add: dict[bytes, float] = field(default_factory=dict)
+    recent_before: float | None = None
     # Set by the store once committed: the clock's new seq, and each written state's encoded
     # size in bytes.
     committed_seq: str | None = None

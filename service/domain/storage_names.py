@@ -82,6 +82,12 @@ HOUR = "h:"  # P:{pN}:h:<epoch second of the hour> hash of counter fields
 # sorted set of its customer_ids per order (value: minus the cents; score; since).
 RISK = "risk"
 RISK_ORDERS = {"value": "risk:v", "score": "risk:s", "since": "risk:t"}
+# The latest contacts (a queue's contacts of the last hour): P:{pN}:recent sorted set of
+# `[queue, contact_id]` JSON by occurred_at, the last RECENT_SECONDS of event time before the
+# watermark, at most RECENT_PER_PARTITION of them.
+RECENT = "recent"
+RECENT_SECONDS = 3600
+RECENT_PER_PARTITION = 5000
 
 
 def partition_key(prefix: str, partition: int, name: str) -> str:

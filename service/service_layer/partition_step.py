@@ -49,6 +49,7 @@ from service.domain.storage_names import (
     CLOCK_JOINS,
     CLOCK_NOISY,
     CLOCK_VALUE_AT_RISK,
+    RECENT_SECONDS,
 )
 from service.service_layer.dead_letters import (
     DEAD_LETTER_MAX_COPY,
@@ -260,6 +261,8 @@ def settle_partition(fold: Fold, data: PartitionData, rules: StepRules) -> Parti
                 plan.commit.timers_remove.append(key)
     plan.commit.clock_fields = progress_fields(watermark, fold.newest, fold.offsets,
                                                fold.applied)
+    if watermark is not None and plan.commit.recent_add:
+        plan.commit.recent_before = watermark - RECENT_SECONDS
     plan.commit.counters = expand(plan.counts)
     return plan
 
@@ -308,9 +311,13 @@ def _settle(key: str, state: CustomerState, watermark: float, plan: PartitionPla
         state.noisy = False  # back under the limit: its new contacts are its own again
         commit.increment(CLOCK_NOISY, -1)
     merge_counts(plan.counts, settled.counts)
+    recent_from = watermark - RECENT_SECONDS
     for update, encoded in zip(settled.updates, views, strict=True):
         view = update.view
         labels = (view["queue"], view["channel"], view["outcome"])
+        contact = state.contacts.get(update.contact_id)
+        if contact is not None and contact.t >= recent_from:  # a queue's latest contacts
+            commit.recent_add[orjson.dumps([contact.queue, update.contact_id])] = contact.t
         if update.version == 1:
             plan.published.append(("contact", labels, 1))
             if view["is_repeat"]:

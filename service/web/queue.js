@@ -1,6 +1,7 @@
 /* A queue: its FCR and trend (/api/v1/fcr, /api/v1/fcr/hourly), repeat drivers as a Pareto
    (/api/v1/repeat-drivers), failed containment (/api/v1/containment) and its agents with
-   their intervals (/api/v1/agents). */
+   their intervals (/api/v1/agents), and its contacts of the last hour with their verdicts
+   (/api/v1/queues/{queue}/contacts). */
 "use strict";
 (() => {
   const {api, h, percent, number, money, fcrState, tile, query, status, poll, range} = CX;
@@ -14,17 +15,27 @@
   const STATUS = {ranked: "ranked", not_enough_contacts: "not enough contacts",
                   no_closed_contacts: "no closed contacts", other_agents: "other agents"};
 
+  function verdict(c) {
+    const parts = [c.resolution || "not in FCR"];
+    if (c.resolution_reasons && c.resolution_reasons.length) {
+      parts[0] += " (" + c.resolution_reasons.join(", ") + ")";
+    }
+    if (c.is_repeat) parts.push("repeat of " + c.repeat_of);
+    return parts.join(" · ");
+  }
+
   async function step() {
     const hours = Number(select.value);
     const hourly = await api("/api/v1/fcr/hourly?" + query({hours, queue}));
     if (!hourly.watermark) { status("no events yet"); return; }
     const span = range(hourly.watermark, hours);
-    const [fcr, drivers, containment, agents, cost] = await Promise.all([
+    const [fcr, drivers, containment, agents, cost, latest] = await Promise.all([
       api("/api/v1/fcr?" + query({...span, queue})),
       api("/api/v1/repeat-drivers?" + query({...span, by: "reason", queue, limit: 10})),
       api("/api/v1/containment?" + query({...span, queue})),
       api("/api/v1/agents?" + query({...span, queue, limit: 100})),
       hourly.currency ? api("/api/v1/cost?" + query({...span, queue}), true) : null,
+      api("/api/v1/queues/" + encodeURIComponent(queue) + "/contacts?limit=100"),
     ]);
     drawTrend(hourly);
     const label = hours === 24 ? "last 24 h" : "last 7 days";
@@ -72,6 +83,17 @@
         cell(number(a.handled, 0), true), cell(percent(a.fcr), true),
         cell(CX.missing(a.fcr_low) ? "–" : percent(a.fcr_low) + " – " + percent(a.fcr_high), true),
         cell(percent(a.centre_fcr_same_queues), true), cell(number(a.caused_repeats, 0), true))));
+    document.getElementById("latest-note").textContent =
+      latest.contacts.length + " contacts since " + (latest.from || "–") +
+      (latest.contacts.length >= latest.limit ? " (the latest " + latest.limit + ")" : "");
+    document.querySelector("#latest tbody").replaceChildren(...latest.contacts.map((c) =>
+      h("tr", {className: c.resolution === "unresolved" ? "flagged" : ""},
+        cell(String(c.occurred_at).slice(11, 19)),
+        cell(c.customer_id ? h("a", {href: CX.page("customers", c.customer_id)}, c.customer_id)
+                           : "–"),
+        cell(c.channel), cell(c.agent_id || "–"), cell(c.reason || "–"), cell(c.outcome),
+        cell(CX.missing(c.wait_seconds) ? "–" : number(c.wait_seconds, 0) + " s", true),
+        cell(verdict(c)))));
     status("event time " + hourly.watermark + " · updated " + new Date().toLocaleTimeString());
   }
 

@@ -318,6 +318,17 @@ def test_wallboard(centre: Centre) -> None:
     _fine(out["laptop"])
 
 
+def test_queue_contacts_answers(centre: Centre) -> None:
+    for path in ("/api/v1/queues/sales/contacts?limit=0", "/api/v1/queues/sales/contacts?x=1",
+                 "/api/v1/queues/sales/contacts?limit=1&limit=2",
+                 f"/api/v1/queues/{'q' * 129}/contacts"):
+        assert centre.worker.get(path)[0] == 400, path
+    two = centre.api("/api/v1/queues/sales/contacts?limit=2")["contacts"]
+    assert len(two) == 2
+    assert two[0]["occurred_at"] >= two[1]["occurred_at"]
+    assert centre.api("/api/v1/queues/nobody/contacts")["contacts"] == []
+
+
 def test_queue_page(centre: Centre) -> None:
     def fcr() -> dict[str, Any]:
         return centre.api("/api/v1/fcr?from=2026-05-31T11:00:00Z&to=2026-06-01T11:00:00Z"
@@ -339,6 +350,11 @@ def test_queue_page(centre: Centre) -> None:
             out["agents"] = await _until(page, _texts("#agents tbody td:first-child"),
                                          lambda: [a["agent"] for a in agents["agents"]])
             out["status"] = await page.evaluate(_texts("#agents tbody td:nth-child(2)"))
+            latest = centre.api("/api/v1/queues/sales/contacts?limit=100")
+            out["latest_api"] = latest
+            out["latest"] = await _until(
+                page, _texts("#latest tbody td:nth-child(2)"),
+                lambda: [c["customer_id"] for c in latest["contacts"]])
             out["pareto"] = await page.evaluate("document.querySelectorAll('#pareto canvas')"
                                                 ".length")
             out["tv"] = await _look(page, "queue", "tv")
@@ -353,6 +369,9 @@ def test_queue_page(centre: Centre) -> None:
                        what="the new sales calls counted")
             out["population"] = await _until(page, _text("#tile-population .value"),
                                              lambda: str(total + 3))
+            out["latest_new"] = await _until(
+                page, _texts("#latest tbody td:nth-child(2)") + ".slice(0, 3)",
+                lambda: [f"sal-new-cust-{i}" for i in range(3)])
             out["expected"] = str(total + 3)
             out["drivers_api"] = [r["driver"] for r in drivers["rows"]]
             out["agents_api"] = agents
@@ -368,6 +387,14 @@ def test_queue_page(centre: Centre) -> None:
     assert all(s.startswith("not enough contacts") for s in out["status"])
     assert out["pareto"] >= 1
     assert out["population"] == out["expected"]
+    # The queue's contacts of the last hour, newest first (10:19 back to 10:00), with their
+    # verdicts: sal-cust-{i % 5} came back from the sixth call on.
+    latest = out["latest_api"]["contacts"]
+    assert [c["contact_id"] for c in latest] == [f"sal-{i}" for i in reversed(range(20))]
+    assert [c["is_repeat"] for c in latest] == [i >= 5 for i in reversed(range(20))]
+    assert {c["queue"] for c in latest} == {"sales"}
+    assert out["latest"] == [c["customer_id"] for c in latest]
+    assert out["latest_new"] == [f"sal-new-cust-{i}" for i in range(3)]
     _fine(out["tv"])
     _fine(out["laptop"])
 

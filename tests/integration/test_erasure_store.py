@@ -37,10 +37,14 @@ def test_sweep_makes_states_in_memory_untrusted(stack: Stack) -> None:
             await processor.process([feed.call("c1", 0), feed.call("c2", 1),
                                      feed.call("c9", 1, "cust-2")])
             store = rig.store()
+            latest = await store.read_recent(PARTITIONS, 0)
+            assert sorted(c for _, _, c in latest) == ["c1", "c2", "c9"]
             erasure = ErasureStore(store.client, rig.ns.name)
             swept = await erasure.sweep(store, PARTITIONS, 1, ["cust-1", "cust-x"], [])
             assert sum(s.states for s in swept) == 1
             assert sorted(swept[PARTITION].contacts) == ["c1", "c2"]
+            # their contacts leave the latest contacts too
+            assert [c for _, _, c in await store.read_recent(PARTITIONS, 0)] == ["c9"]
             await processor.process([feed.call("c3", 2)])
             data = (await store.load({PARTITION: ["c:cust-1", "c:cust-2"]}))[PARTITION]
             state = data.state("c:cust-1")

@@ -6,13 +6,14 @@ against a real Redis (tests/integration)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from service.adapters.codec import decode_state, encode_state
 from service.domain.partition import PartitionClock, PartitionCommit, PartitionData
 from service.domain.records import CustomerState
-from service.domain.storage_names import CLOCK_SEQ, CLOCK_WRITER
+from service.domain.storage_names import CLOCK_SEQ, CLOCK_WRITER, RECENT_PER_PARTITION
 from service.service_layer.ports import ContactView, OutputRecord, RecordsTooLarge
 
 
@@ -30,6 +31,8 @@ class _Partition:
     # The at-risk work list: customer_id -> entry JSON, and the scores of each order
     risk: dict[str, bytes] = field(default_factory=dict)
     risk_scores: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    # The latest contacts: `[queue, contact_id]` JSON -> occurred_at
+    recent: dict[bytes, float] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -131,6 +134,11 @@ class MemoryStore:
             for customer_id, (entry, scores) in c.risk_put.items():
                 part.risk[customer_id] = entry
                 part.risk_scores[customer_id] = scores
+            if c.recent_add:  # as commit_partition.lua: add, drop the older, keep the latest
+                part.recent.update(c.recent_add)
+                before = -math.inf if c.recent_before is None else c.recent_before
+                kept = sorted((t, m) for m, t in part.recent.items() if t > before)
+                part.recent = {m: t for t, m in kept[-RECENT_PER_PARTITION:]}
             c.committed_seq = seq
         if encoded:
             self.commits += 1

@@ -20,7 +20,7 @@ from service.service_layer.outbox import Topics
 from service.service_layer.partition_step import StepRules
 from service.service_layer.ports import ProcessingDefect
 from service.service_layer.state_cache import StateCache
-from tests.unit.builders import at
+from tests.unit.builders import at, ts
 from tests.unit.memory_store import MemorySink, MemoryStore, Unavailable
 
 P = 3  # the input partition
@@ -239,3 +239,20 @@ def test_a_record_the_broker_refuses_as_too_large_is_replaced_by_a_dead_letter()
         (TOPICS.contact_enriched, "c1", True)]
     assert _value(metrics.outputs_too_large.labels(TOPICS.contact_enriched)) == 1
     assert store.partition(P).outbox == []
+
+
+def test_the_latest_contacts_are_those_of_the_last_hour_before_the_watermark() -> None:
+    store, sink = MemoryStore(), MemorySink()
+    processor, _ = _processor(store, sink)
+    feed = Feed()
+    # two contacts before the last hour, three in it (the newest sets the watermark)
+    asyncio.run(processor.process([feed.call("old-1", 0, "cust-1"),
+                                   feed.call("old-2", 1.5, "cust-2")]))
+    # the watermark is 1.5 h: the contact at 0 h is older than its last hour
+    assert list(store.partition(P).recent.values()) == [ts(1.5)]
+    asyncio.run(processor.process([feed.call("new-1", 2.6, "cust-1", queue="sales"),
+                                   feed.call("new-2", 3.0, "cust-3"),
+                                   feed.call("new-3", 3.5, "cust-2")]))
+    latest = {tuple(orjson.loads(m)): t for m, t in store.partition(P).recent.items()}
+    assert latest == {("sales", "new-1"): ts(2.6), ("billing", "new-2"): ts(3.0),
+                      ("billing", "new-3"): ts(3.5)}

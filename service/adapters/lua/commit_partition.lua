@@ -13,7 +13,10 @@
 --                "w": the committing worker's token, stored as the clock's `w` ('' or absent: none),
 --                "ri": index in KEYS of the work list's hash (its three sorted sets follow),
 --                "rd": [customer_id, ...] removed from the work list,
---                "rp": [[customer_id, entry JSON, value, score, since], ...] written to it}
+--                "rp": [[customer_id, entry JSON, value, score, since], ...] written to it,
+--                "li": index in KEYS of the latest contacts' sorted set, "la": [[occurred_at,
+--                member], ...] added to it, "lb": the score below which they are dropped,
+--                "lk": how many of the latest it keeps}
 -- ARGV[6 .. 5+n] the new state of each state key ('' deletes it)
 -- ARGV[6+n ..] outbox items to append
 -- Returns the clock's new seq.
@@ -65,6 +68,15 @@ if ri then
     redis.call('HSET', KEYS[ri], r[1], r[2])
     for k = 1, 3 do redis.call('ZADD', KEYS[ri + k], r[2 + k], r[1]) end
   end
+end
+local li = ops['li']
+if li then
+  for _, r in ipairs(ops['la']) do
+    redis.call('ZADD', KEYS[li], r[1], r[2])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[li], '-inf', ops['lb'])
+  redis.call('ZREMRANGEBYRANK', KEYS[li], 0, -1 - ops['lk'])
+  redis.call('PEXPIRE', KEYS[li], counter_ttl)
 end
 local new_seq = tostring((tonumber(seq) or 0) + 1)
 -- `w` names who wrote this seq; every commit sets it, so a worker's token on the clock proves

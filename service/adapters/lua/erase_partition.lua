@@ -6,7 +6,8 @@
 --
 -- KEYS[1] clock hash, KEYS[2] timers sorted set, KEYS[3] outbox list,
 -- KEYS[4 .. 3+n] the customers' state keys; KEYS[4+n .. 7+n] (when given) the at-risk work
--- list's hash and its three sorted sets, which the customers leave.
+-- list's hash and its three sorted sets, which the customers leave; KEYS[8+n] (when given)
+-- the latest contacts' sorted set, which their contacts leave.
 -- ARGV[1] the erasure generation; ARGV[2] n; ARGV[3 .. 2+n] the customer ids;
 -- ARGV[3+n ..] contact ids of theirs already known (from the contact views).
 -- Unpublished outputs of theirs are replaced by a no-op item (the outbox keeps its length:
@@ -103,6 +104,18 @@ if states + timers + outputs > 0 then
   end
   for i = 1, #pending, 1000 do
     redis.call('RPUSH', KEYS[3], unpack(pending, i, math.min(i + 999, #pending)))
+  end
+end
+if #KEYS >= 8 + n then
+  -- the latest contacts: members `[queue, contact_id]`, at most a few thousand
+  local latest = redis.call('ZRANGE', KEYS[8 + n], 0, -1)
+  local known_set = {}
+  for _, c in ipairs(known) do known_set[c] = true end
+  for _, member in ipairs(latest) do
+    local ok, m = pcall(cjson.decode, member)
+    if ok and type(m) == 'table' and (contacts[m[2]] or known_set[m[2]]) then
+      redis.call('ZREM', KEYS[8 + n], member)
+    end
   end
 end
 for name, delta in pairs(deltas) do
