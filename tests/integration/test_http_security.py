@@ -147,7 +147,10 @@ def test_wallboard_open_by_default_or_behind_the_api_tokens() -> None:
             assert (await get("/api/v1/wallboard", TOKEN_A))[0] == 200
             status, _, page = await get("/wallboard")  # the page holds no data
             assert status == 200
-            assert b"location.hash" in page
+            assert b'src="/ui/static/common.js"' in page
+            status, _, script = await get("/ui/static/common.js")  # which reads the token
+            assert status == 200
+            assert b"location.hash" in script
 
     asyncio.run(scenario())
 
@@ -271,4 +274,4 @@ def test_private_wallboard_page_sends_the_token_from_its_fragment() -> None:
     finally:
         browser.close()
     assert with_token.startswith("event time 2026-11-24T10:00:00Z"), with_token
-    assert without == "not updating: HTTP 401"
+    assert without == "not updating: HTTP 401 from /api/v1/wallboard"
