@@ -224,12 +224,13 @@ async def lookup_load(base_url: str, paths: list[str], concurrency: int, seconds
 
 
 async def lookup_open_loop(base_url: str, paths: list[str], rate: float, seconds: float,
-                           check: Callable[[str, bytes], bool] = lambda path, body: True
-                           ) -> dict[str, Any]:
+                           check: Callable[[str, bytes], bool] = lambda path, body: True,
+                           timeout: float = 5.0) -> dict[str, Any]:
     """GET requests for `paths` at a fixed `rate` per second for `seconds` (open loop: a
     request is sent when its time comes, whether or not earlier ones answered), each on an
     idle keep-alive connection or a new one. A request's latency runs from the time it was
-    due, so a server that falls behind is charged for the wait (no coordinated omission)."""
+    due, so a server that falls behind is charged for the wait (no coordinated omission); one
+    not answered within `timeout` seconds counts as an error (TimeoutError)."""
     url = urlsplit(base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     loop = asyncio.get_running_loop()
@@ -249,11 +250,13 @@ async def lookup_open_loop(base_url: str, paths: list[str], rate: float, seconds
             if connection is None:
                 _, connection = await loop.create_connection(_HttpConnection, host, port)
                 connections += 1
-            status, body = await connection.get(requests[path])
+            status, body = await asyncio.wait_for(connection.get(requests[path]), timeout)
             outcome = (str(status) if status != 200
                        else "200" if check(path, body) else "unexpected body")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TimeoutError) as exc:
             outcome = type(exc).__name__
+            if connection is not None and connection.transport is not None:
+                connection.transport.close()
             connection = None
         times.append(time.perf_counter() - due)
         if outcome != "200":
