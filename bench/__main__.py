@@ -404,7 +404,7 @@ def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str
     return rows
 
 
-OPEN_LOOP_RATES = (250, 500, 1000, 1500, 2000, 3000)
+OPEN_LOOP_RATES = (100, 250, 500, 1000, 1500, 2000, 3000)
 
 
 def _open_loop(stack: Stack, lns: Namespace, worker: Worker, known: list[str], seconds: float
