@@ -284,7 +284,7 @@ def peer(stack: Stack, ns: Namespace, kind: str, total: int, partitions: int,
                "BENCH_PEER_EVENTS": str(total), "BENCH_PEER_GROUP": f"{ns.name}-{kind}",
                "BENCH_PEER_OUT": out_topic, "BENCH_PEER_PARTITIONS": str(partitions)}
     done = subprocess.run([sys.executable, "-m", "bench.peers", kind], env=run_env,
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
     found = re.search(r'\{"events".*?\}', done.stdout + done.stderr)
     if found is None:
         raise RuntimeError(f"{kind} peer failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
