@@ -72,7 +72,11 @@ test: lint unit rules integration integration-cluster-month
 
 # Never part of `make test`: about 30 minutes (BENCH_SCALE=small: about 10). Starts its own Kafka
 # and Redis in .cx-bench/ and writes the table into docs/benchmarks.md.
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-installed
 	BENCH_SCALE=$(or $(BENCH_SCALE),full) BENCH_RUNS=$(or $(BENCH_RUNS),3) $(BIN)/python -m bench
 
 # The pictures in docs/, taken by the browser tests (which otherwise write them to .cx-test/).

@@ -5,8 +5,12 @@ BENCH_RUNS sets how many times the fold and the pass-through run (medians are re
 BENCH_E2E_RUNS how many times each end-to-end replay runs (1 in the full run, else BENCH_RUNS);
 BENCH_WRITE=0 prints the table without updating docs/benchmarks.md;
 BENCH_PHASES (comma-separated, default all) runs only some phases: fold, passthrough, e2e,
-floor (a Faust app that only acknowledges: the most a Faust worker reaches), scale, redis,
-latency, memory (e.g. BENCH_PHASES=passthrough,e2e for the end-to-end ratio);
+floor (a Faust app that only acknowledges: the most a Faust worker reaches), peers (the core
+job written with Faust Tables and with quix-streams, on the same events), rebuild (`cx-stream
+rebuild` with one process and with one per core), scale, redis,
+latency, memory, heap (a tracemalloc census of a replaying worker, of at most 200,000 events or
+BENCH_HEAP_EVENTS) (e.g.
+BENCH_PHASES=passthrough,e2e for the end-to-end ratio);
 BENCH_E2E_EVENTS and BENCH_MEMORY_EVENTS change the scale's event counts; BENCH_PROFILE=DIR
 records a py-spy profile of each end-to-end worker into DIR (py-spy must be
 installed in the venv).
@@ -47,7 +51,8 @@ class Scale:
     timeout: float
 
 
-PHASES = ("fold", "passthrough", "floor", "e2e", "scale", "redis", "latency", "memory")
+PHASES = ("fold", "passthrough", "floor", "e2e", "peers", "rebuild", "scale", "redis",
+          "latency", "memory", "heap")
 
 SCALES = {
     "small": Scale("small", 30_000, 60_000, 150_000, 10, 5, 600),
@@ -139,7 +144,8 @@ def main() -> None:
                      f"{fold_rate:,.0f} events/s{spread(fold_rates)}", ">= 100,000 events/s",
                      f"{scale.fold_events:,} events of the workload"))
 
-    if phases & {"passthrough", "e2e", "scale", "redis", "latency", "memory"}:
+    if phases & {"passthrough", "floor", "e2e", "peers", "rebuild", "scale", "redis",
+                  "latency", "memory", "heap"}:
         with local_stack() as stack:
             rows.extend(_on_stack(stack, scale, runs, e2e_runs, phases, messages, base, logs))
 
@@ -170,7 +176,7 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
     """The phases on the real stack, in order; their table rows."""
     rows: list[tuple[str, str, str, str]] = []
     profile = os.environ.get("BENCH_PROFILE")
-    if phases & {"passthrough", "floor", "e2e", "scale", "redis"}:
+    if phases & {"passthrough", "floor", "e2e", "peers", "rebuild", "scale", "redis"}:
         ns = stack.namespace()
         partitions = asyncio.run(e2e.create_topics(ns))
         log(f"pre-loading {scale.e2e_events:,} events into {partitions} partitions")
@@ -179,7 +185,8 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
         log(f"pre-loaded in {preload_s:.1f}s")
 
     # 2. baselines -------------------------------------------------------------------------
-    pt_rate = float("nan")
+    pt_rate = floor = float("nan")
+    worker_cpus: list[float] = []
     if "passthrough" in phases:
         pt_rates = []
         for i in range(runs):
@@ -193,17 +200,20 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
                      "same messages, batches of up to 5,000, acks=all"))
 
     if "floor" in phases:
-        floor_rates = []
+        floor_rates, floor_cpus = [], []
         for i in range(runs):
             r = e2e.faust_floor(stack, SharedTopics(stack, f"{ns.name}fl{i}", topics_of=ns.name),
                                 scale.e2e_events, WORKER_ENV)
             floor_rates.append(r["events_per_s"])
+            floor_cpus.append(r["cpu_s"] * 1e6 / r["events"])
             log(f"Faust floor run {i + 1}: {r['events_per_s']:,.0f} events/s "
                 f"(CPU {r['cpu_s'] * 1e6 / r['events']:.0f} us per event)")
         floor = median(floor_rates)
+        floor_cpu = median(floor_cpus)
         rows.append(("Baseline: a Faust worker that only acknowledges (noack_take batches)",
                      f"{floor:,.0f} events/s{spread(floor_rates)}", "(the limit of a worker)",
-                     "same messages and batch settings as the worker"))
+                     f"same messages and batch settings as the worker; CPU {floor_cpu:.0f} us "
+                     "per event"))
 
     # 3. end to end, one worker (then two) -----------------------------------------------
     scale_rows: dict[int, list[float]] = {}
@@ -227,6 +237,7 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
                 "per event)")
             if workers == 1:
                 trips.append(r["round_trips_per_batch"])
+                worker_cpus.append(r["cpu_s"] * 1e6 / scale.e2e_events)
         scale_rows[workers] = rates
     if 1 in scale_rows:
         one = median(scale_rows[1])
@@ -234,10 +245,24 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
                      "and enriched output published",
                      f"{one:,.0f} events/s{spread(scale_rows[1])}", ">= 10,000 events/s",
                      f"{scale.e2e_events:,} pre-loaded events, {partitions} partitions, "
-                     f"CX_BATCH_MAX_EVENTS={WORKER_ENV['CX_BATCH_MAX_EVENTS']}"))
+                     f"CX_BATCH_MAX_EVENTS={WORKER_ENV['CX_BATCH_MAX_EVENTS']}; worker CPU "
+                     f"{median(worker_cpus):.0f} us per event"))
         if "passthrough" in phases:
             rows.append(("End to end / pass-through, same run", f"{one / pt_rate:.3f}",
                          ">= 0.25", ""))
+    if "floor" in phases and 1 in scale_rows:
+        rows.append(("End to end / Faust acknowledge-only floor, same run",
+                     f"{median(scale_rows[1]) / floor:.2f}", ">= 0.5", ""))
+    quix = float("nan")
+    if "peers" in phases:
+        peer_rows, peer_rates = _peers(stack, ns, scale, runs, partitions,
+                                       median(scale_rows[1]) if 1 in scale_rows
+                                       else float("nan"),
+                                       median(worker_cpus) if worker_cpus else float("nan"))
+        rows.extend(peer_rows)
+        quix = peer_rates["quix"]
+    if "rebuild" in phases:
+        rows.extend(_rebuilds(ns, scale, runs, quix))
     if 2 in scale_rows:
         two = median(scale_rows[2])
         times = f" = {two / median(scale_rows[1]):.2f} x one worker" if 1 in scale_rows else ""
@@ -266,7 +291,87 @@ def _on_stack(stack: Stack, scale: Scale, runs: int, e2e_runs: int, phases: set[
     # 6. memory ----------------------------------------------------------------------------
     if "memory" in phases:
         rows.extend(_memory(stack, base, scale, logs, profile))
+    if "heap" in phases:
+        rows.extend(_heap(stack, base, scale, logs))
     return rows
+
+
+def _rebuilds(ns: Namespace, scale: Scale, runs: int, quix: float
+              ) -> list[tuple[str, str, str, str]]:
+    """`cx-stream rebuild` of the pre-loaded events with one process, then with one process
+    per core (each run into a namespace of its own)."""
+    cores = os.cpu_count() or 1
+    figures: dict[int, tuple[float, float]] = {}
+    for processes in sorted({1, cores}):
+        rates, cpus = [], []
+        for i in range(runs):
+            rns = SharedTopics(ns.stack, f"{ns.name}rb{processes}r{i}", topics_of=ns.name)
+            r = e2e.rebuild(rns, processes, {"CX_BATCH_MAX_EVENTS":
+                                             WORKER_ENV["CX_BATCH_MAX_EVENTS"]})
+            rates.append(r["events_per_s"])
+            cpus.append(r["cpu_s"] * 1e6 / r["events"])
+            log(f"rebuild, {processes} process(es), run {i + 1}: {r['events_per_s']:,.0f} "
+                f"events/s (CPU {cpus[-1]:.0f} us per event, start-up included)")
+        figures[processes] = (median(rates), median(cpus))
+    one, one_cpu = figures[1]
+    rows = [("Rebuild (`cx-stream rebuild --processes 1`), one process",
+             f"{one:,.0f} events/s, CPU {one_cpu:.0f} us per event",
+             ">= 0.5 x the quix-streams peer",
+             f"{scale.e2e_events:,} pre-loaded events; / quix-streams peer, same run: "
+             f"{one / quix:.2f}")]
+    if cores > 1:
+        many, many_cpu = figures[cores]
+        rows.append((f"Rebuild with --processes {cores} (the cores)",
+                     f"{many:,.0f} events/s = {many / one:.2f} x one process, CPU "
+                     f"{many_cpu:.0f} us per event", ">= 1.7 x one process",
+                     f"/ quix-streams peer, same run: {many / quix:.2f}; Kafka and Redis on "
+                     "the same cores"))
+    return rows
+
+
+def _peers(stack: Stack, ns: Namespace, scale: Scale, runs: int, partitions: int,
+           worker_rate: float, worker_cpu: float
+           ) -> tuple[list[tuple[str, str, str, str]], dict[str, float]]:
+    """The core job written with Faust Tables and with quix-streams (bench/peers.py) on the
+    same pre-loaded events: their events/s and CPU per event, the worker's ratio to them, and
+    whether they mark the same contacts as repeats (of the same contacts) as the worker."""
+    rows: list[tuple[str, str, str, str]] = []
+    worker_marks = (asyncio.run(e2e.repeat_marks(stack.kafka_bootstrap,
+                                                  ns.topic("contact-enriched"), partitions))
+                    if worker_rate == worker_rate else {})
+    names = {"faust": "Faust app with two Tables (memory://)",
+             "quix": "quix-streams 3.28.1, sdf.apply(stateful=True), RocksDB state"}
+    peer_rates: dict[str, float] = {}
+    for kind in ("faust", "quix"):
+        rates, cpus = [], []
+        out_topic = ""
+        for i in range(runs):
+            out_topic = f"{ns.name}-peer-{kind}-{i}"
+            asyncio.run(e2e.create_output(stack.kafka_bootstrap, out_topic, partitions))
+            r = e2e.peer(stack, SharedTopics(stack, f"{ns.name}{kind}{i}", topics_of=ns.name),
+                         kind, scale.e2e_events, partitions, out_topic)
+            rates.append(r["events_per_s"])
+            cpus.append(r["cpu_s"] * 1e6 / r["events"])
+            log(f"{kind} peer run {i + 1}: {r['events_per_s']:,.0f} events/s "
+                f"(CPU {cpus[-1]:.0f} us per event, {r['repeats']:,} repeats)")
+        rate = peer_rates[kind] = median(rates)
+        agreed = ""
+        if worker_marks:
+            marks = asyncio.run(e2e.repeat_marks(stack.kafka_bootstrap, out_topic, partitions))
+            both, repeats, differ = e2e.agreement(worker_marks, marks)
+            agreed = (f"; is_repeat/repeat_of as the worker's on {both - differ:,} of "
+                      f"{both:,} contacts ({repeats:,} repeats; the worker marked "
+                      f"{len(worker_marks):,}, the peer {len(marks):,})")
+        rows.append((f"Peer: {names[kind]}, one process",
+                     f"{rate:,.0f} events/s{spread(rates)}, CPU {median(cpus):.0f} us per "
+                     "event", "(a peer)", f"same events and broker, run after the worker"
+                     f"{agreed}"))
+    rows.append(("End to end / Faust-Table peer, same run",
+                 f"{worker_rate / peer_rates['faust']:.2f} (CPU per event: worker "
+                 f"{worker_cpu:.0f} us)", ">= 1.5", ""))
+    rows.append(("End to end / quix-streams peer, same run",
+                 f"{worker_rate / peer_rates['quix']:.2f}", "(no target)", ""))
+    return rows, peer_rates
 
 
 def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str, str]]:
@@ -294,8 +399,60 @@ def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str
         known = [c for c in customers[:5000]
                  if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
         rows.extend(_lookups(worker.base_url, known, scale.lookup_seconds, logs))
+        rows.extend(_open_loop(stack, lns, worker, known, scale.lookup_seconds))
     finally:
         worker.stop(30)
+    return rows
+
+
+OPEN_LOOP_RATES = (100, 250, 500, 1000, 1500, 2000, 3000)
+
+
+def _open_loop(stack: Stack, lns: Namespace, worker: Worker, known: list[str], seconds: float
+               ) -> list[tuple[str, str, str, str]]:
+    """The lookup as a router asks it: requests at a fixed rate (open loop) while the same
+    worker ingests 1,000 call-ended events per second; p99 per rate, up to the first rate at
+    which p99 passes 10 ms."""
+    paths = [f"/api/v1/customers/{c}" for c in known]
+    ids = {p: f'"customer_id":"{c}"'.encode() for p, c in zip(paths, known, strict=True)}
+
+    async def both(rate: float) -> dict[str, Any]:
+        ingest = asyncio.create_task(live.latency(stack.kafka_bootstrap, lns, worker.base_url,
+                                                  1000, seconds, lookups_per_s=1))
+        found = await live.lookup_open_loop(worker.base_url, paths, rate, seconds,
+                                            lambda path, body: ids[path] in body)
+        found["ingest"] = await ingest
+        return found
+
+    results: dict[int, dict[str, Any]] = {}
+    for rate in OPEN_LOOP_RATES:
+        r = results[rate] = asyncio.run(both(rate))
+        log(f"open-loop lookups at {rate:,}/s while ingesting "
+            f"{r['ingest']['rate']:,.0f} events/s: p50 {r['p50_ms']:.1f} ms, p99 "
+            f"{r['p99_ms']:.1f} ms, {r['connections']} connections, errors "
+            f"{r['errors'] or 'none'}")
+        if r["p99_ms"] > 10:
+            break
+    over = next((rate for rate, r in results.items() if r["p99_ms"] > 10), None)
+    at = results.get(1000)
+    rows = []
+    if at is None:
+        rows.append(("GET /api/v1/customers/{id}, open loop at 1,000/s while the worker "
+                     "ingests 1,000 events/s", "not run: p99 passed 10 ms at a lower rate",
+                     "p99 <= 10 ms", ""))
+    else:
+        rows.append(("GET /api/v1/customers/{id}, open loop at 1,000/s while the worker "
+                     "ingests 1,000 events/s",
+                     f"p50 {at['p50_ms']:.1f} ms, p99 {at['p99_ms']:.1f} ms, max "
+                     f"{at['max_ms']:.0f} ms", "p99 <= 10 ms",
+                     f"{at['requests']:,} requests over {seconds:.0f} s, latency from the time "
+                     f"each was due; enriched p99 meanwhile "
+                     f"{at['ingest']['enriched']['p99_ms']:.0f} ms; errors: "
+                     f"{at['errors'] or 'none'}"))
+    steps = ", ".join(f"{rate:,}/s: {r['p99_ms']:.1f} ms" for rate, r in results.items())
+    rows.append(("Open loop: the lookup rate at which p99 passes 10 ms (ingesting 1,000 "
+                 "events/s)", "above " + f"{max(results):,}/s" if over is None
+                 else f"{over:,}/s", "(report)", f"p99 per rate: {steps}"))
     return rows
 
 
@@ -357,22 +514,7 @@ def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: 
     partitions = asyncio.run(e2e.create_topics(ns))
     log(f"memory: pre-loading {scale.memory_events:,} events")
     before = int(client.info("memory")["used_memory"])
-    chunk = 250_000
-    produced = 0
-    source = workload.events(scale.memory_events, base)
-    customers: set[str] = set()
-    while produced < scale.memory_events:
-        part = []
-        for kind, event in source:
-            part.append((kind, workload.key_of(event), orjson.dumps(event)))
-            if event.get("customer_id") is not None:
-                customers.add(event["customer_id"])
-            if len(part) >= chunk:
-                break
-        if not part:
-            break
-        asyncio.run(e2e.preload(stack.kafka_bootstrap, ns, part))
-        produced += len(part)
+    produced, customers = _preload_many(stack, ns, base, scale.memory_events)
     log(f"memory: {produced:,} events over {len(customers):,} identified customers; "
         "one worker replays them")
 
@@ -406,6 +548,75 @@ def _memory(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: 
          "and a customer's records go once the watermark passes their window "
          "(a bounded history stays until the TTL)"),
     ]
+
+
+def _preload_many(stack: Stack, ns: Namespace, base: list[tuple[float, str, dict[str, Any]]],
+                  total: int) -> tuple[int, set[str]]:
+    """Pre-load `total` events of the workload, a chunk at a time; (events, customers)."""
+    chunk = 250_000
+    produced = 0
+    source = workload.events(total, base)
+    customers: set[str] = set()
+    while produced < total:
+        part = []
+        for kind, event in source:
+            part.append((kind, workload.key_of(event), orjson.dumps(event)))
+            if event.get("customer_id") is not None:
+                customers.add(event["customer_id"])
+            if len(part) >= chunk:
+                break
+        if not part:
+            break
+        asyncio.run(e2e.preload(stack.kafka_bootstrap, ns, part))
+        produced += len(part)
+    return produced, customers
+
+
+def _heap(stack: Stack, base: list[tuple[float, str, dict[str, Any]]], scale: Scale,
+          logs: Path) -> list[tuple[str, str, str, str]]:
+    """A heap census (tracemalloc, bench/heap_worker.py) of one worker replaying the memory
+    phase's events, taken when 60% of them were applied."""
+    ns = stack.namespace()
+    partitions = asyncio.run(e2e.create_topics(ns))
+    # A traced worker is several times slower: at most 200,000 events (BENCH_HEAP_EVENTS)
+    wanted = int(os.environ.get("BENCH_HEAP_EVENTS", min(scale.memory_events, 200_000)))
+    total, _ = _preload_many(stack, ns, base, wanted)
+    out = logs / f"{ns.name}-heap.json"
+    client = redis.Redis.from_url(stack.redis_url)
+    with open(logs / f"{ns.name}-heap-worker.log", "ab") as worker_log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.heap_worker"],
+                                env=ns.env(**WORKER_ENV, BENCH_HEAP_OUT=str(out)),
+                                stdout=worker_log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + scale.timeout * 2
+        while e2e.progress(client, ns, partitions)[0] < 0.6 * total:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the traced worker stopped or fell behind")
+            time.sleep(0.2)
+        Path(f"{out}.please").touch()
+        while Path(f"{out}.please").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the traced worker gave no census")
+            time.sleep(0.2)
+        census = orjson.loads(out.read_bytes())
+    except RuntimeError as exc:  # the rest of the table is still worth printing
+        log(f"heap census: {exc}")
+        return [("Memory: heap census (tracemalloc) of a worker replaying", f"not taken: {exc}",
+                 "(where it goes)", f"{total:,} events")]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        client.close()
+    mb = 1024 * 1024
+    groups = ", ".join(f"{label} {size / mb:.1f}" for label, size in census["groups"][:9])
+    top = "; ".join(f"{where.split('/')[-1]} {size / mb:.1f} MB"
+                    for where, size, _ in census["top_lines"][:6])
+    log(f"heap census: {census}")
+    return [("Memory: heap census (tracemalloc) of a worker replaying, at 60% of "
+             f"{total:,} events",
+             f"RSS {census['rss'] / mb:.0f} MB, of it traced Python objects "
+             f"{census['traced'] / mb:.0f} MB (peak {census['traced_peak'] / mb:.0f} MB)",
+             "(where it goes)", f"MB by owner: {groups}. Largest lines: {top}")]
 
 
 def _key_families(client: redis.Redis, prefix: str) -> dict[str, tuple[int, float, float]]:

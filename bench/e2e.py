@@ -269,3 +269,99 @@ def faust_floor(stack: Stack, ns: Namespace, total: int, env: dict[str, str]) ->
     result: dict[str, Any] = orjson.loads(found.group(0))
     result["events_per_s"] = result["events"] / result["seconds"]
     return result
+
+
+def peer(stack: Stack, ns: Namespace, kind: str, total: int, partitions: int,
+         out_topic: str) -> dict[str, Any]:
+    """bench.peers `kind` (faust or quix) on the namespace's input topics, publishing its
+    enriched records to `out_topic`: events/s and CPU of a peer implementation of the job."""
+    if kind == "faust":  # the Tables' changelogs, co-partitioned with the input
+        for table in ("contacts", "hours"):
+            asyncio.run(create_output(stack.kafka_bootstrap, f"{ns.name}-{kind}-{table}-changelog",
+                                      partitions, compacted=True))
+    run_env = {**os.environ, "BENCH_PEER_BOOTSTRAP": stack.kafka_bootstrap,
+               "BENCH_PEER_TOPICS": ",".join(ns.topic(k) for k in KINDS),
+               "BENCH_PEER_EVENTS": str(total), "BENCH_PEER_GROUP": f"{ns.name}-{kind}",
+               "BENCH_PEER_OUT": out_topic, "BENCH_PEER_PARTITIONS": str(partitions)}
+    done = subprocess.run([sys.executable, "-m", "bench.peers", kind], env=run_env,
+                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    found = re.search(r'\{"events".*?\}', done.stdout + done.stderr)
+    if found is None:
+        raise RuntimeError(f"{kind} peer failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    result: dict[str, Any] = orjson.loads(found.group(0))
+    result["events_per_s"] = result["events"] / result["seconds"]
+    return result
+
+
+async def repeat_marks(bootstrap: str, topic: str, partitions: int) -> dict[str, str | None]:
+    """contact_id -> repeat_of (None: not a repeat) of the last record of each contact on an
+    enriched-output topic, read from its start to its end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    marks: dict[str, str | None] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    view = orjson.loads(m.value)
+                    marks[view["contact_id"]] = view.get("repeat_of") if view.get(
+                        "is_repeat") else None
+                if msgs and msgs[-1].offset + 1 >= ends[tp]:
+                    left.discard(tp)
+    finally:
+        await consumer.stop()
+    return marks
+
+
+def agreement(worker: dict[str, str | None], other: dict[str, str | None]) -> tuple[int, int,
+                                                                                     int]:
+    """(contacts both marked, of which repeats, contacts where they differ)."""
+    both = worker.keys() & other.keys()
+    differ = sum(1 for c in both if worker[c] != other[c])
+    return len(both), sum(1 for c in both if worker[c] is not None), differ
+
+
+async def create_output(bootstrap: str, topic: str, partitions: int,
+                        compacted: bool = False) -> None:
+    """An output topic for a peer (it may exist already from an earlier run)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        configs = {"cleanup.policy": "compact"} if compacted else {}
+        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs)])
+    except Exception as exc:  # TopicAlreadyExistsError
+        if "exist" not in repr(exc).lower():
+            raise
+    finally:
+        await admin.close()
+
+
+def rebuild(ns: Namespace, processes: int, env: dict[str, str]) -> dict[str, Any]:
+    """`cx-stream rebuild --no-switch --processes N` of the namespace's pre-loaded input into
+    policy version 2: messages/s as it reports them (from its first fetch to the end offsets
+    taken at its start) and the CPU time of it and its processes (start-up included)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "rebuild", "--no-switch", "--processes",
+         str(processes), "--progress-every", "3600"],
+        env=ns.env(**env, CX_POLICY_VERSION="2"), capture_output=True, text=True,
+        timeout=1800, cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = re.findall(r"v2: ([\d,]+) of ([\d,]+) messages \([\d.]+%\), ([\d,]+)/s",
+                       done.stdout)
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"rebuild failed ({done.returncode}): {done.stdout[-3000:]} "
+                           f"{done.stderr[-2000:]}")
+    replayed, _, rate = lines[-1]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"events": int(replayed.replace(",", "")),
+            "events_per_s": float(rate.replace(",", "")), "cpu_s": cpu}

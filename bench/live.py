@@ -223,6 +223,65 @@ async def lookup_load(base_url: str, paths: list[str], concurrency: int, seconds
             "requests": len(times)}
 
 
+async def lookup_open_loop(base_url: str, paths: list[str], rate: float, seconds: float,
+                           check: Callable[[str, bytes], bool] = lambda path, body: True,
+                           timeout: float = 5.0) -> dict[str, Any]:
+    """GET requests for `paths` at a fixed `rate` per second for `seconds` (open loop: a
+    request is sent when its time comes, whether or not earlier ones answered), each on an
+    idle keep-alive connection or a new one. A request's latency runs from the time it was
+    due, so a server that falls behind is charged for the wait (no coordinated omission); one
+    not answered within `timeout` seconds counts as an error (TimeoutError)."""
+    url = urlsplit(base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    errors: dict[str, int] = {}
+    idle: list[_HttpConnection] = []
+    rng = random.Random(7)
+    requests = {p: (f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    "Accept: application/json\r\n\r\n").encode() for p in paths}
+    connections = 0
+
+    async def one(path: str, due: float) -> None:
+        nonlocal connections
+        outcome = "200"
+        connection = idle.pop() if idle else None
+        try:
+            if connection is None:
+                _, connection = await loop.create_connection(_HttpConnection, host, port)
+                connections += 1
+            status, body = await asyncio.wait_for(connection.get(requests[path]), timeout)
+            outcome = (str(status) if status != 200
+                       else "200" if check(path, body) else "unexpected body")
+        except (OSError, ValueError, TimeoutError) as exc:
+            outcome = type(exc).__name__
+            if connection is not None and connection.transport is not None:
+                connection.transport.close()
+            connection = None
+        times.append(time.perf_counter() - due)
+        if outcome != "200":
+            errors[outcome] = errors.get(outcome, 0) + 1
+        if connection is not None:
+            idle.append(connection)
+
+    total = int(rate * seconds)
+    tasks = []
+    started = time.perf_counter()
+    for i in range(total):
+        due = started + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(rng.choice(paths), due)))
+    sent = time.perf_counter() - started
+    await asyncio.gather(*tasks)
+    for connection in idle:
+        if connection.transport is not None:
+            connection.transport.close()
+    return {**quantiles(times), "rate": rate, "sent_per_s": total / sent, "errors": errors,
+            "requests": len(times), "connections": connections}
+
+
 FIXED_BODY = orjson.dumps({"customer_id": "bare", "perception": {"score": 50.0}})
 
 

@@ -1,3 +1,4 @@
 from service.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a process of `rebuild --processes` starts (spawn)
+    raise SystemExit(main())

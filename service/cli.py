@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--switch-lag", type=int, default=None, metavar="MESSAGES",
                          help="switch once at most this many live messages are left to "
                               "replay (default CX_BATCH_MAX_EVENTS)")
+    rebuild.add_argument("--processes", type=int, default=None, metavar="N",
+                         help="replay with the partitions split over N processes (default: "
+                              "the number of cores)")
     rebuild.add_argument("--no-switch", action="store_true",
                          help="catch up but leave readers on the served version (run again "
                               "to resume and switch)")

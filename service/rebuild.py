@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from queue import Empty
 from typing import Any, TextIO
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -138,8 +141,11 @@ async def group_is_active(settings: Settings, group: str) -> bool:
 
 async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | None = None,
                   progress_every: float = 10.0, out: TextIO,
-                  stop: asyncio.Event | None = None) -> RebuildReport:
-    """Replay into version CX_POLICY_VERSION; switch the readers to it unless told not to."""
+                  stop: asyncio.Event | None = None, processes: int = 1) -> RebuildReport:
+    """Replay into version CX_POLICY_VERSION; switch the readers to it unless told not to.
+    `processes` > 1: the replay up to the end offsets taken at the start is split by
+    partition over that many processes; this one then catches up with live traffic and
+    switches."""
     stop = stop or asyncio.Event()
     version = settings.policy_version
     switch_lag = settings.batch_max_events if switch_lag is None else switch_lag
@@ -177,9 +183,29 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
             position = beginning[tp] if applied is None else max(beginning[tp], applied + 1)
             consumer.seek(tp, position)
             total += max(target[tp] - position, 0)
+        processes = max(1, min(processes, partitions))
+        split = f" with {processes} processes" if processes > 1 and total else ""
         print(f"rebuild v{version}: replaying {total:,} messages of {len(tps)} partitions into "
-              f"policy version {version} (readers serve version {served} meanwhile)",
+              f"policy version {version}{split} (readers serve version {served} meanwhile)",
               file=out, flush=True)
+
+        report = RebuildReport(version, previous, switched=False, total=total)
+        started = time.monotonic()
+        if processes > 1 and total:
+            consumer.pause(*tps)  # nothing to fetch here until the processes are done
+            await _replay_in_processes(settings, processes, target, report, out,
+                                       progress_every, stop, started)
+            if stop.is_set():
+                report.seconds = time.monotonic() - started
+                print(f"rebuild v{version}: interrupted; run the same command again to resume "
+                      "from where it stopped", file=out, flush=True)
+                return report
+            clocks = await state.read_clocks(partitions)  # where the processes got to
+            for tp in tps:
+                applied = clocks[tp.partition].offsets.get(tp.topic)
+                consumer.seek(tp, beginning[tp] if applied is None
+                              else max(beginning[tp], applied + 1))
+            consumer.resume(*tps)
 
         def lagging(topic: str, partition: int, last: int | None) -> bool:
             tp = TopicPartition(topic, partition)
@@ -189,15 +215,8 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
             return bool(high - ((-1 if last is None else last) + 1) > 0)
 
         sink = DiscardedOutputs()
-        caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents,
-                         settings.max_reasons, settings.contact_costs,
-                         topics=settings.max_topics)
-        processor = IngestProcessor(
-            store=state, sink=sink, metrics=PipelineMetrics(settings.input_topics),
-            settings=IngestSettings.of(settings, versions.own, lagging, caps),
-            suppression=suppression)
-        report = RebuildReport(version, previous, switched=False, total=total)
-        started = last_report = last_commit = time.monotonic()
+        processor = _processor(settings, versions, state, sink, suppression, lagging)
+        last_report = last_commit = time.monotonic()
         replaying = True
         live_lag: int | None = None
         while not stop.is_set():
@@ -227,7 +246,8 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
                                     report.outcome, live_lag), file=out, flush=True)
                 last_report = now
         report.seconds = time.monotonic() - started
-        report.suppressed = dict(sink.by_topic)
+        for topic, n in sink.by_topic.items():
+            report.suppressed[topic] = report.suppressed.get(topic, 0) + n
         await _commit(consumer)
         print(progress_line(version, report.replayed, total, report.seconds, report.outcome,
                             live_lag), file=out, flush=True)
@@ -250,6 +270,153 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
                   f"(run again without --no-switch to catch up and switch)", file=out,
                   flush=True)
         return report
+    finally:
+        if consumer is not None:
+            await consumer.stop()
+        await client.aclose()
+
+
+def _processor(settings: Settings, versions: PolicyVersions, state: RedisState,
+               sink: DiscardedOutputs, suppression: Suppression,
+               lagging: Any) -> IngestProcessor:
+    caps = LabelCaps(settings.max_queues, settings.max_segments, settings.max_agents,
+                     settings.max_reasons, settings.contact_costs, topics=settings.max_topics)
+    return IngestProcessor(
+        store=state, sink=sink, metrics=PipelineMetrics(settings.input_topics),
+        settings=IngestSettings.of(settings, versions.own, lagging, caps),
+        suppression=suppression)
+
+
+# What a replaying process reports to the rebuild: (messages replayed, applied, duplicates,
+# invalid, too late, updates, alerts, suppressed) since its last report, or at its end
+# ("done", records not published by topic) or ("failed", what went wrong).
+_COUNTS = ("applied", "duplicates", "invalid", "too_late", "updates", "alerts", "suppressed")
+
+
+async def _replay_in_processes(settings: Settings, processes: int,
+                               target: dict[TopicPartition, int], report: RebuildReport,
+                               out: TextIO, progress_every: float, stop: asyncio.Event,
+                               started: float) -> None:
+    """Replay up to `target` with the partitions split over `processes` processes (partition
+    p goes to process p mod N), each with its own consumer, store client and pipeline; add
+    what they did to `report`. Each commits its offsets and its partitions' clocks as a
+    single rebuild would, so an interrupted rebuild resumes from them."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    halt = context.Event()
+    shares = [context.Process(target=_share_main, name=f"cx-rebuild-{i}",
+                              args=(settings, i, processes, dict(target), queue, halt),
+                              daemon=True)
+              for i in range(processes)]
+    for share in shares:
+        share.start()
+    running = len(shares)
+    failure: str | None = None
+    last_report = time.monotonic()
+    try:
+        while running:
+            if stop.is_set():
+                halt.set()  # each process stops after the batch in hand
+            try:
+                item = queue.get_nowait()
+            except Empty:
+                if not any(share.is_alive() for share in shares) and queue.empty():
+                    failure = failure or "a replaying process exited unexpectedly"
+                    break
+                await asyncio.sleep(0.05)
+                continue
+            if item[0] == "done":
+                running -= 1
+                for topic, n in item[1].items():
+                    report.suppressed[topic] = report.suppressed.get(topic, 0) + n
+            elif item[0] == "failed":
+                running -= 1
+                failure = item[1]
+                halt.set()
+            else:
+                report.replayed += item[0]
+                for name, n in zip(_COUNTS, item[1:], strict=True):
+                    setattr(report.outcome, name, getattr(report.outcome, name) + n)
+                now = time.monotonic()
+                if now - last_report >= progress_every:
+                    print(progress_line(settings.policy_version, report.replayed,
+                                        report.total, now - started, report.outcome),
+                          file=out, flush=True)
+                    last_report = now
+    finally:
+        halt.set()
+        for share in shares:
+            share.join(60)
+            if share.is_alive():
+                share.kill()
+    if failure is not None:
+        raise RuntimeError(f"the rebuild's replay failed: {failure}")
+
+
+def _share_main(settings: Settings, index: int, count: int, target: dict[TopicPartition, int],
+                queue: Any, halt: Any) -> None:
+    """A replaying process of `_replay_in_processes` (signals are the rebuild's to handle)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tune_garbage_collector()
+    try:
+        asyncio.run(_replay_share(settings, index, count, target, queue, halt))
+    except BaseException as exc:
+        queue.put(("failed", f"process {index + 1} of {count}: {exc!r}"))
+        raise
+
+
+async def _replay_share(settings: Settings, index: int, count: int,
+                        target: dict[TopicPartition, int], queue: Any, halt: Any) -> None:
+    client = redis_state.connect(settings.redis_url, **redis_options(settings))
+    versions = _versions(settings, client)
+    consumer: AIOKafkaConsumer | None = None
+    try:
+        suppression = Suppression(ErasureStore(client, settings.key_prefix),
+                                  erasure_key(settings))
+        await suppression.load()
+        state = versions.state_of(settings.policy_version)
+        tps = [tp for tp in target if tp.partition % count == index]
+        clocks = await state.read_clocks(max(tp.partition for tp in target) + 1)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=settings.batch_max_events, **kafka_options(settings))
+        await consumer.start()
+        consumer.assign(tps)
+        beginning = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            applied = clocks[tp.partition].offsets.get(tp.topic)
+            consumer.seek(tp, beginning[tp] if applied is None
+                          else max(beginning[tp], applied + 1))
+
+        def lagging(topic: str, partition: int, last: int | None) -> bool:
+            tp = TopicPartition(topic, partition)
+            high = consumer.highwater(tp) if consumer is not None else None
+            if high is None:
+                high = target.get(tp, 0)
+            return bool(high - ((-1 if last is None else last) + 1) > 0)
+
+        sink = DiscardedOutputs()
+        processor = _processor(settings, versions, state, sink, suppression, lagging)
+        last_commit = time.monotonic()
+        left = [tp for tp in tps if await consumer.position(tp) < target[tp]]
+        while left and not halt.is_set():
+            fetched = await consumer.getmany(*left, timeout_ms=200,
+                                             max_records=settings.batch_max_events)
+            batch = [InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                     for msgs in fetched.values() for m in msgs]
+            if batch:
+                outcome = await processor.process(batch)
+                replayed = sum(1 for m in batch
+                               if m.offset < target[TopicPartition(m.topic, m.partition)])
+                queue.put((replayed, *(getattr(outcome, name) for name in _COUNTS)))
+            left = [tp for tp in left if await consumer.position(tp) < target[tp]]
+            if time.monotonic() - last_commit >= COMMIT_EVERY:
+                await _commit(consumer)
+                last_commit = time.monotonic()
+        await _commit(consumer)
+        queue.put(("done", dict(sink.by_topic)))
     finally:
         if consumer is not None:
             await consumer.stop()
@@ -307,7 +474,8 @@ def run_rebuild(settings: Settings, args: Any, out: TextIO) -> int:
                 return 0
             report = await rebuild(settings, switch=not args.no_switch,
                                    switch_lag=args.switch_lag,
-                                   progress_every=args.progress_every, out=out, stop=stop)
+                                   progress_every=args.progress_every, out=out, stop=stop,
+                                   processes=args.processes or os.cpu_count() or 1)
         except (Refused, PolicyMismatch, ErasureKeyError) as exc:
             print(f"cx-stream rebuild: {exc}", file=out, flush=True)
             return 2

@@ -42,12 +42,13 @@ done
 # them in a few minutes), so that the first screen already has final FCR, a week-over-week
 # trend, repeat drivers and customers at risk; then live traffic in real time. Event times
 # never run ahead of the present (the worker would dead-letter them as from_future).
-# The traffic's density: --rate contacts per wall-clock second at --speed, i.e. 600 contacts
-# an hour of event time by default.
+# The traffic's density: --rate contacts per wall-clock second at --speed, i.e. 180 contacts
+# an hour of event time by default, from 100,000 customers: a customer calls again within the
+# week as often as in a real centre (a few in ten), not every few hours.
 start=$(date -u -d "14 days ago" +%Y-%m-%dT%H:00:00Z)
 until=$(date -u -d "1 day" +%Y-%m-%dT%H:00:00Z)
-"$bin/cx-stream" simulate --catch-up --rate "${CX_SIM_RATE:-10}" --speed "${CX_SIM_SPEED:-60}" \
-  --customers "${CX_SIM_CUSTOMERS:-5000}" --start "$start" &
+"$bin/cx-stream" simulate --catch-up --rate "${CX_SIM_RATE:-3}" --speed "${CX_SIM_SPEED:-60}" \
+  --customers "${CX_SIM_CUSTOMERS:-100000}" --start "$start" &
 simulator=$!
 
 cat <<EOT

@@ -25,7 +25,13 @@ from service.domain.perception import (
     voice_signals,
 )
 from service.domain.policy import Policy
-from service.domain.records import ContactRecord, CustomerState, SurveyRecord, TransferRecord
+from service.domain.records import (
+    BY_ORDER,
+    ContactRecord,
+    CustomerState,
+    SurveyRecord,
+    TransferRecord,
+)
 from service.domain.verdicts import Verdict
 
 
@@ -77,7 +83,7 @@ def _signal_time(signal: Signal) -> float:
 
 def baseline_of(state: CustomerState, policy: Policy) -> float:
     """The baseline of the segment of the customer's latest contact."""
-    latest = max(state.contacts.values(), key=ContactRecord.order, default=None)
+    latest = max(state.contacts.values(), key=BY_ORDER, default=None)
     if latest is not None:
         return policy.perception.baseline_for(latest.segment)
     return policy.perception.baseline_for(state.history.segment if state.history else None)

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from service.domain.counters import STATUS_UNRESOLVED
@@ -98,6 +99,11 @@ class ContactRecord:
         return ContactRecord(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
                              v[11], v[12], v[13], v[14] or {}, voice[0], voice[1],
                              None if voice[2] is None else tuple(voice[2]))
+
+
+# `ContactRecord.order` as a key function written in C: (t, contact_id). The settle of a
+# customer looks for its latest contact among all it holds; this saves a Python call each.
+BY_ORDER = attrgetter("t", "contact_id")
 
 
 def _bounded_extra(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from service.domain.counters import STATUS_PENDING, STATUS_RESOLVED, STATUS_UNRESOLVED
 from service.domain.policy import Policy
-from service.domain.records import ContactRecord, CustomerState
+from service.domain.records import BY_ORDER, ContactRecord, CustomerState
 
 LAST_CONTACTS = 3  # the latest contacts a work-list entry shows
 NO_SEGMENT = "none"  # the segment label of customers whose contacts carried none
@@ -40,7 +40,7 @@ def remember_value(state: CustomerState, record: ContactRecord, value: float) ->
 
 def segment_of(state: CustomerState) -> str | None:
     """The segment of the customer's latest contact (the latest dropped one when none held)."""
-    latest = max(state.contacts.values(), key=ContactRecord.order, default=None)
+    latest = max(state.contacts.values(), key=BY_ORDER, default=None)
     if latest is not None:
         return latest.segment
     return state.history.segment if state.history is not None else None
@@ -85,7 +85,7 @@ class RiskEntry:
 def last_contacts(state: CustomerState, statuses: dict[str, int]
                   ) -> tuple[tuple[str, float, str, str, str, str], ...]:
     """The customer's latest contacts, newest first: held ones, then dropped ones."""
-    held = sorted(state.contacts.values(), key=ContactRecord.order, reverse=True)
+    held = sorted(state.contacts.values(), key=BY_ORDER, reverse=True)
     out = [(c.contact_id, c.t, c.queue, c.channel, c.outcome,
             _STATUS.get(statuses.get(c.contact_id, -1), "none"))
            for c in held[:LAST_CONTACTS]]

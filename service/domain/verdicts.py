@@ -32,7 +32,13 @@ from service.domain.counters import (
     hour_of,
 )
 from service.domain.policy import Policy
-from service.domain.records import ContactRecord, CustomerState, SurveyRecord, TransferRecord
+from service.domain.records import (
+    BY_ORDER,
+    ContactRecord,
+    CustomerState,
+    SurveyRecord,
+    TransferRecord,
+)
 
 REPEAT_CONTACT = "repeat_contact"
 TRANSFERRED = "transferred"
@@ -120,7 +126,7 @@ def derive_verdicts(
 
     handled = sorted((c.t, c.contact_id) for c in contacts.values()
                      if identified and c.outcome == "handled")
-    everyone = sorted(c.order() for c in contacts.values()) if identified else []
+    everyone = sorted(map(BY_ORDER, contacts.values())) if identified else []
     around = {cid: scan_neighbours(contacts[cid], i, handled, contacts, policy)
               for i, (_, cid) in enumerate(handled)}
     verdicts: dict[str, Verdict] = {}
