@@ -38,6 +38,7 @@ from service.adapters.policy_versions import PolicyMismatch, PolicyVersions
 from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of, worker_group
 from service.domain.cardinality import LabelCaps
+from service.domain.partition import PartitionClock
 from service.gc_settings import tune_garbage_collector
 from service.service_layer.ingest import (
     BatchOutcome,
@@ -177,12 +178,7 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
         beginning = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
         target = dict(ends)  # the end offsets when the rebuild started
-        total = 0
-        for tp in tps:
-            applied = clocks[tp.partition].offsets.get(tp.topic)
-            position = beginning[tp] if applied is None else max(beginning[tp], applied + 1)
-            consumer.seek(tp, position)
-            total += max(target[tp] - position, 0)
+        total = _seek_to_applied(consumer, tps, beginning, target, clocks)
         processes = max(1, min(processes, partitions))
         split = f" with {processes} processes" if processes > 1 and total else ""
         print(f"rebuild v{version}: replaying {total:,} messages of {len(tps)} partitions into "
@@ -197,14 +193,10 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
                                        progress_every, stop, started)
             if stop.is_set():
                 report.seconds = time.monotonic() - started
-                print(f"rebuild v{version}: interrupted; run the same command again to resume "
-                      "from where it stopped", file=out, flush=True)
-                return report
-            clocks = await state.read_clocks(partitions)  # where the processes got to
-            for tp in tps:
-                applied = clocks[tp.partition].offsets.get(tp.topic)
-                consumer.seek(tp, beginning[tp] if applied is None
-                              else max(beginning[tp], applied + 1))
+                return _interrupted(report, out)
+            # where the processes got to
+            _seek_to_applied(consumer, tps, beginning, target,
+                             await state.read_clocks(partitions))
             consumer.resume(*tps)
 
         def lagging(topic: str, partition: int, last: int | None) -> bool:
@@ -252,19 +244,9 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
         print(progress_line(version, report.replayed, total, report.seconds, report.outcome,
                             live_lag), file=out, flush=True)
         if stop.is_set():
-            print(f"rebuild v{version}: interrupted; run the same command again to resume "
-                  "from where it stopped", file=out, flush=True)
-            return report
+            return _interrupted(report, out)
         if switch:
-            now_served = await versions.switch(previous, version)
-            if now_served != version:
-                raise Refused(f"the served version changed to {now_served} during the "
-                              f"rebuild; readers were not switched to {version}")
-            report.switched = True
-            print(f"rebuild v{version}: readers switched from version {served} to {version}. "
-                  f"Now restart the workers with CX_POLICY_VERSION={version} and the new "
-                  f"rules; they continue from this rebuild's offsets (consumer group "
-                  f"{settings.worker_group_id}).", file=out, flush=True)
+            await _switch(versions, previous, report, settings, served, out)
         else:
             print(f"rebuild v{version}: caught up; readers still serve version {served} "
                   f"(run again without --no-switch to catch up and switch)", file=out,
@@ -274,6 +256,41 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
         if consumer is not None:
             await consumer.stop()
         await client.aclose()
+
+
+def _interrupted(report: RebuildReport, out: TextIO) -> RebuildReport:
+    print(f"rebuild v{report.version}: interrupted; run the same command again to resume "
+          "from where it stopped", file=out, flush=True)
+    return report
+
+
+def _seek_to_applied(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                     beginning: dict[TopicPartition, int], target: dict[TopicPartition, int],
+                     clocks: dict[int, PartitionClock]) -> int:
+    """Seek each input partition to the offset after the last one applied in this version;
+    the messages left to replay up to `target`."""
+    total = 0
+    for tp in tps:
+        applied = clocks[tp.partition].offsets.get(tp.topic)
+        position = beginning[tp] if applied is None else max(beginning[tp], applied + 1)
+        consumer.seek(tp, position)
+        total += max(target[tp] - position, 0)
+    return total
+
+
+async def _switch(versions: PolicyVersions, previous: str | None, report: RebuildReport,
+                  settings: Settings, served: str, out: TextIO) -> None:
+    """Switch the readers to the rebuilt version (refused if another switch came first)."""
+    version = report.version
+    now_served = await versions.switch(previous, version)
+    if now_served != version:
+        raise Refused(f"the served version changed to {now_served} during the "
+                      f"rebuild; readers were not switched to {version}")
+    report.switched = True
+    print(f"rebuild v{version}: readers switched from version {served} to {version}. "
+          f"Now restart the workers with CX_POLICY_VERSION={version} and the new "
+          f"rules; they continue from this rebuild's offsets (consumer group "
+          f"{settings.worker_group_id}).", file=out, flush=True)
 
 
 def _processor(settings: Settings, versions: PolicyVersions, state: RedisState,

@@ -15,7 +15,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from service.adapters.http_pages import install_pages
-from service.adapters.http_ranges import json_reply, range_status, sum_over_range
+from service.adapters.http_ranges import (
+    checked_names,
+    json_reply,
+    range_status,
+    sum_over_range,
+)
 from service.adapters.http_surveys import install_surveys_routes
 from service.adapters.http_value import install_value_routes
 from service.adapters.kafka_publish import partition_of
@@ -57,15 +62,10 @@ def fcr_query(params: Mapping[str, str] | Sequence[tuple[str, str]]
     `params` may be the query's (name, value) pairs: a parameter given twice is refused, not
     silently picked."""
     pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-    names = [name for name, _ in pairs]
-    unknown = set(names) - {"from", "to", *_DIMENSIONS}
-    if unknown:
-        shown = ", ".join(repr(n[:40]) for n in sorted(unknown)[:5])
-        return f"unknown parameter(s): {shown}"
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        return f"parameter(s) given more than once: {', '.join(repeated)}"
-    params = dict(pairs)
+    checked = checked_names(pairs, ("from", "to", *_DIMENSIONS))
+    if isinstance(checked, str):
+        return checked
+    params = checked
     bounds = []
     for name in ("from", "to"):
         text = params.get(name)

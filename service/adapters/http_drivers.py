@@ -16,7 +16,7 @@ from service.adapters.http import (
     fcr_query,
     query_pairs,
 )
-from service.adapters.http_ranges import json_reply, range_status, sum_over_range
+from service.adapters.http_ranges import checked_names, json_reply, range_status, sum_over_range
 from service.domain.costs import ContactCosts, avoidable, money, per_resolution
 from service.domain.counters import HOUR, driver_name, driver_value
 from service.domain.drivers import (
@@ -41,15 +41,9 @@ _COST_NAMES = ("handled", "cost", "repeats", "repeat_cost", "settled_cost", "res
 def drivers_query(pairs: list[tuple[str, str]]
                   ) -> tuple[int, int, str, str | None, int] | str:
     """(from hour, to hour, by, queue or None, limit) from the query, or the message of a 400."""
-    names = [name for name, _ in pairs]
-    unknown = set(names) - {"from", "to", "by", "queue", "limit"}
-    if unknown:
-        shown = ", ".join(repr(n[:40]) for n in sorted(unknown)[:5])
-        return f"unknown parameter(s): {shown}"
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        return f"parameter(s) given more than once: {', '.join(repeated)}"
-    params = dict(pairs)
+    params = checked_names(pairs, ("from", "to", "by", "queue", "limit"))
+    if isinstance(params, str):
+        return params
     by = params.get("by", "")
     if by not in BY:
         return f"'by' must be one of {', '.join(BY)}"

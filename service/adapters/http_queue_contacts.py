@@ -17,7 +17,7 @@ import faust
 import orjson
 from aiohttp import web
 
-from service.adapters.http_ranges import json_reply
+from service.adapters.http_ranges import checked_names, json_reply, whole_number
 from service.adapters.redis_state import RedisState
 from service.domain.engine import rfc3339
 from service.domain.partition import clock_summary
@@ -36,18 +36,11 @@ FIELDS = ("contact_id", "customer_id", "occurred_at", "channel", "queue", "agent
 
 def limit_of(pairs: Sequence[tuple[str, str]]) -> int | str:
     """The `limit` of the query (the only parameter), or the message of a 400."""
-    names = [name for name, _ in pairs]
-    unknown = sorted(set(names) - {"limit"})
-    if unknown:
-        return f"unknown parameter(s): {', '.join(repr(n[:40]) for n in unknown[:5])}"
-    if len(names) > 1:
-        return "parameter(s) given more than once: limit"
-    if not names:
-        return DEFAULT_LIMIT
-    text = pairs[0][1]
-    if not (text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
-        return f"'limit' must be a whole number from 1 to {MAX_LIMIT}"
-    return int(text)
+    params = checked_names(pairs, ("limit",))
+    if isinstance(params, str):
+        return params
+    limit = whole_number(params.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT)
+    return f"'limit' must be a whole number from 1 to {MAX_LIMIT}" if limit is None else limit
 
 
 def install_queue_contacts_routes(

@@ -5,7 +5,7 @@ call through the lookups' read gate, and the range's status (final, watermark, v
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -19,6 +19,27 @@ from service.domain.policy import Policy
 # Hours summed per call (one script per partition sums them inside Redis): each call goes
 # through the read gate, so lookups and batches get Redis and the loop in between.
 HOURS_PER_READ = 24 * 7
+
+
+def checked_names(pairs: Sequence[tuple[str, str]], allowed: Iterable[str]
+                  ) -> dict[str, str] | str:
+    """The query's parameters by name, or the message of a 400: a name not `allowed`, or one
+    given more than once (refused, not silently picked)."""
+    names = [name for name, _ in pairs]
+    unknown = set(names) - set(allowed)
+    if unknown:
+        return f"unknown parameter(s): {', '.join(repr(n[:40]) for n in sorted(unknown)[:5])}"
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return f"parameter(s) given more than once: {', '.join(repeated)}"
+    return dict(pairs)
+
+
+def whole_number(text: str, low: int, high: int) -> int | None:
+    """`text` as a whole number from `low` to `high` (ASCII digits only), else None."""
+    if text.isascii() and text.isdigit() and low <= int(text) <= high:
+        return int(text)
+    return None
 
 
 def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None

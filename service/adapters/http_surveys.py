@@ -17,7 +17,7 @@ from typing import Any, cast
 import faust
 from aiohttp import web
 
-from service.adapters.http_ranges import json_reply, range_status, sum_over_range
+from service.adapters.http_ranges import json_reply, range_status, sum_over_range, whole_number
 from service.adapters.redis_state import RedisState
 from service.domain import survey_truth, voice
 from service.domain.counters import HOUR, driver_name, driver_value
@@ -107,12 +107,11 @@ def install_surveys_routes(
         if isinstance(parsed, str):
             return json_reply({"error": parsed}, 400)
         (start, end, dimension), limit_text = parsed
-        limit = DEFAULT_TOPICS
-        if limit_text is not None:
-            if not (limit_text.isdigit() and 1 <= int(limit_text) <= MAX_TOPICS_LISTED):
-                return json_reply({"error": "'limit' must be a whole number from 1 to "
-                                            f"{MAX_TOPICS_LISTED}"}, 400)
-            limit = int(limit_text)
+        limit = whole_number(str(DEFAULT_TOPICS) if limit_text is None else limit_text, 1,
+                             MAX_TOPICS_LISTED)
+        if limit is None:
+            return json_reply({"error": "'limit' must be a whole number from 1 to "
+                                        f"{MAX_TOPICS_LISTED}"}, 400)
         prefix = topic_dimension(dimension, "")
         if prefix is None:
             return json_reply({"error": "topics are counted over all queues and per 'queue' "

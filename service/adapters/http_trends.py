@@ -19,7 +19,7 @@ from typing import Any, cast
 import faust
 from aiohttp import web
 
-from service.adapters.http_ranges import json_reply
+from service.adapters.http_ranges import checked_names, json_reply
 from service.adapters.kafka_publish import partition_of
 from service.adapters.redis_state import RedisState
 from service.domain.counters import HOUR
@@ -43,14 +43,9 @@ _FIELDS = ("fcr_total", "unresolved", "resolved")
 
 def hourly_query(pairs: Sequence[tuple[str, str]]) -> tuple[int, str] | str:
     """(hours, dimension) from the query's pairs, or the message of a 400."""
-    names = [name for name, _ in pairs]
-    unknown = set(names) - {"hours", *_DIMENSIONS}
-    if unknown:
-        return f"unknown parameter(s): {', '.join(repr(n[:40]) for n in sorted(unknown)[:5])}"
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        return f"parameter(s) given more than once: {', '.join(repeated)}"
-    params = dict(pairs)
+    params = checked_names(pairs, ("hours", *_DIMENSIONS))
+    if isinstance(params, str):
+        return params
     text = params.get("hours", "24")
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_HOURS:
         return f"'hours' must be a whole number from 1 to {MAX_HOURS}, got {text[:20]!r}"

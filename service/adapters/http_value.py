@@ -17,7 +17,7 @@ import faust
 import orjson
 from aiohttp import web
 
-from service.adapters.http_ranges import json_reply
+from service.adapters.http_ranges import checked_names, json_reply
 from service.adapters.redis_state import RedisState
 from service.domain.engine import rfc3339
 from service.domain.partition import clock_summary
@@ -32,14 +32,9 @@ MAX_SEGMENT_LENGTH = 128
 
 def at_risk_query(pairs: Sequence[tuple[str, str]]) -> tuple[int, int, str, str | None] | str:
     """(limit, offset, order, segment) from the query's pairs, or the message of a 400."""
-    names = [name for name, _ in pairs]
-    unknown = set(names) - {"limit", "offset", "order", "segment"}
-    if unknown:
-        return f"unknown parameter(s): {', '.join(repr(n[:40]) for n in sorted(unknown)[:5])}"
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        return f"parameter(s) given more than once: {', '.join(repeated)}"
-    params = dict(pairs)
+    params = checked_names(pairs, ("limit", "offset", "order", "segment"))
+    if isinstance(params, str):
+        return params
     numbers = []
     for name, default, high in (("limit", DEFAULT_LIMIT, MAX_LIMIT),
                                 ("offset", 0, MAX_OFFSET)):

@@ -180,6 +180,27 @@ def test_every_bad_fcr_query_gets_a_400_with_its_reason(stack: Stack) -> None:
     asyncio.run(scenario())
 
 
+# Every whole-number parameter, with values that are not whole numbers in its range: a
+# superscript digit (`str.isdigit()` is true, `int()` fails), a sign, an exponent, too large.
+NUMBER_PARAMETERS = [
+    "/api/v1/queues/sales/contacts?limit={}", f"/api/v1/topics?{HOUR_RANGE}&limit={{}}",
+    f"/api/v1/repeat-drivers?{HOUR_RANGE}&by=reason&limit={{}}",
+    "/api/v1/customers/at-risk?limit={}", "/api/v1/customers/at-risk?offset={}",
+    "/api/v1/fcr/hourly?hours={}",
+]
+
+
+def test_every_whole_number_parameter_refuses_what_is_not_one(stack: Stack) -> None:
+    async def scenario() -> None:
+        async with serve(stack.redis_url) as server:
+            for template in NUMBER_PARAMETERS:
+                for value in ("%C2%B2", "-1", "1e3", "99999999999999999999", "", "%EF%BC%91"):
+                    answer = await server.get(template.format(value))
+                    assert answer.status == 400, (template, value, answer)
+
+    asyncio.run(scenario())
+
+
 LOOKUP_BAD_IDS = [
     ("%FF", "not valid UTF-8"),
     ("ab%C3", "not valid UTF-8"),
