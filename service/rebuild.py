@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from queue import Empty
 from typing import Any, TextIO
@@ -199,15 +199,9 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
                              await state.read_clocks(partitions))
             consumer.resume(*tps)
 
-        def lagging(topic: str, partition: int, last: int | None) -> bool:
-            tp = TopicPartition(topic, partition)
-            high = consumer.highwater(tp) if consumer is not None else None
-            if high is None:
-                high = ends.get(tp, 0)
-            return bool(high - ((-1 if last is None else last) + 1) > 0)
-
         sink = DiscardedOutputs()
-        processor = _processor(settings, versions, state, sink, suppression, lagging)
+        processor = _processor(settings, versions, state, sink, suppression,
+                               _lagging(consumer, ends))
         last_report = last_commit = time.monotonic()
         replaying = True
         live_lag: int | None = None
@@ -262,6 +256,21 @@ def _interrupted(report: RebuildReport, out: TextIO) -> RebuildReport:
     print(f"rebuild v{report.version}: interrupted; run the same command again to resume "
           "from where it stopped", file=out, flush=True)
     return report
+
+
+def _lagging(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
+             ) -> Callable[[str, int, int | None], bool]:
+    """Whether a partition has messages after `last` (the consumer's high watermark, else the
+    end offsets read at the start): the pipeline's rule for holding a watermark back."""
+
+    def lagging(topic: str, partition: int, last: int | None) -> bool:
+        tp = TopicPartition(topic, partition)
+        high = consumer.highwater(tp)
+        if high is None:
+            high = ends.get(tp, 0)
+        return bool(high - ((-1 if last is None else last) + 1) > 0)
+
+    return lagging
 
 
 def _seek_to_applied(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
@@ -402,20 +411,10 @@ async def _replay_share(settings: Settings, index: int, count: int,
         await consumer.start()
         consumer.assign(tps)
         beginning = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            applied = clocks[tp.partition].offsets.get(tp.topic)
-            consumer.seek(tp, beginning[tp] if applied is None
-                          else max(beginning[tp], applied + 1))
-
-        def lagging(topic: str, partition: int, last: int | None) -> bool:
-            tp = TopicPartition(topic, partition)
-            high = consumer.highwater(tp) if consumer is not None else None
-            if high is None:
-                high = target.get(tp, 0)
-            return bool(high - ((-1 if last is None else last) + 1) > 0)
-
+        _seek_to_applied(consumer, tps, beginning, target, clocks)
         sink = DiscardedOutputs()
-        processor = _processor(settings, versions, state, sink, suppression, lagging)
+        processor = _processor(settings, versions, state, sink, suppression,
+                               _lagging(consumer, target))
         last_commit = time.monotonic()
         left = [tp for tp in tps if await consumer.position(tp) < target[tp]]
         while left and not halt.is_set():

@@ -273,23 +273,16 @@ def expand(counts: dict[BucketKey, list[int]]) -> dict[int, dict[str, int]]:
         if agent is not None:
             dims.append(queue_agent_dimension(queue, agent))
         for dim in dims:
-            names = _field_row(dim)
-            for i, n in changes:
-                name = names[i]
-                total = bucket.get(name, 0) + n
-                if total:
-                    bucket[name] = total
-                else:
-                    del bucket[name]
+            _add_some(bucket, dim, changes)
     return {hour: bucket for hour, bucket in out.items() if bucket}
 
 
 def _add_some(bucket: dict[str, int], dimension: str, changes: list[tuple[int, int]],
-              wanted: frozenset[int]) -> None:
-    """Add the `changes` of the FIELDS in `wanted` under `dimension`."""
+              wanted: frozenset[int] | None = None) -> None:
+    """Add the `changes` (of the FIELDS in `wanted`; None: all) under `dimension`."""
     names = _field_row(dimension)
     for i, n in changes:
-        if i in wanted:
+        if wanted is None or i in wanted:
             name = names[i]
             total = bucket.get(name, 0) + n
             if total:
