@@ -218,21 +218,14 @@ class _Reader:
 
     def amount(self, name: str, high: float) -> float | None:
         """An optional number from 0 to `high` (absent or null: None)."""
-        value = self._get(name, False)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._fail(
-                RejectReason.WRONG_TYPE, name, f"must be a number, got {_json_type(value)}"
-            )
-        if not 0 <= value <= high:
-            raise self._fail(
-                RejectReason.INVALID_VALUE, name, f"must be from 0 to {high:g}, got {value}"
-            )
-        return float(value)
+        return self.number_in(name, 0, high)
 
     def sentiment(self, name: str) -> float | None:
         """An optional number from -1 to 1 (absent or null: None)."""
+        return self.number_in(name, -1, 1)
+
+    def number_in(self, name: str, low: float, high: float) -> float | None:
+        """An optional number from `low` to `high` (absent or null: None)."""
         value = self._get(name, False)
         if value is None:
             return None
@@ -240,8 +233,9 @@ class _Reader:
             raise self._fail(
                 RejectReason.WRONG_TYPE, name, f"must be a number, got {_json_type(value)}"
             )
-        if not -1 <= value <= 1:
-            raise self._fail(RejectReason.INVALID_VALUE, name, f"must be from -1 to 1, got {value}")
+        if not low <= value <= high:
+            raise self._fail(RejectReason.INVALID_VALUE, name,
+                             f"must be from {low:g} to {high:g}, got {value}")
         return float(value)
 
     def topics(self, name: str) -> tuple[str, ...] | None:
