@@ -52,6 +52,27 @@ def _traffic() -> list[Any]:
 
 
 SHORT_WINDOWS = {"CX_REPEAT_WINDOW": "2h", "CX_ALLOWED_LATENESS": "6h"}
+TRICKLE_SPAN = 2 * 3600.0
+
+
+def _trickle(messages: list[Any]) -> list[list[Any]]:
+    """The messages in chunks of at most TRICKLE_SPAN of publish time. A chunk reaches the
+    broker at once, and the worker may read one topic's part of it before the broker has even
+    stored another's (the hold on the watermark knows only the end offsets of its last fetch):
+    the watermark can run to the chunk's end while an event from its start is unread. The span
+    plus the longest publish delay stays within the allowed lateness, so that no arrival order
+    inside a chunk makes an event too late, as in live traffic, where a fetch covers seconds."""
+    delay = max(m.publish_at - datetime.fromisoformat(orjson.loads(m.value)["occurred_at"])
+                .timestamp() for m in messages)
+    assert delay > 0
+    assert TRICKLE_SPAN + delay < 6 * 3600  # SHORT_WINDOWS' allowed lateness
+    chunks: list[list[Any]] = []
+    for m in messages:
+        if not chunks or m.publish_at - chunks[-1][0].publish_at >= TRICKLE_SPAN:
+            chunks.append([])
+        chunks[-1].append(m)
+    assert len(chunks) >= 25
+    return chunks
 
 
 def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
@@ -68,7 +89,7 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
     worker = Worker(preloaded, tmp_path / "preloaded.log", **SHORT_WINDOWS)
     try:
         worker.wait_ready()
-        wait_settled(preloaded, distinct, what="the backlog applied")
+        wait_settled(preloaded, distinct, what="the backlog applied", worker=worker)
         assert worker.metric("cx_events_invalid_total", topic=preloaded.topic("survey-answered"),
                              reason="too_late") == 0
     finally:
@@ -79,14 +100,14 @@ def test_preloaded_and_trickled_give_identical_verdicts_and_counters(
     worker = Worker(trickled, tmp_path / "trickled.log", **SHORT_WINDOWS)
     try:
         worker.wait_ready()
-        records = [(trickled.topic(m.kind), m.key, m.value) for m in messages]
-        chunk = len(records) // 25 + 1
-        for i in range(0, len(records), chunk):
-            # Each chunk is consumed before the next one is sent: 25 batches or more, whatever
-            # the machine's speed.
-            asyncio.run(produce(stack.kafka_bootstrap, records[i:i + chunk]))
-            _wait_consumed(worker, min(i + chunk, len(records)))
-        wait_settled(trickled, distinct, what="the trickle applied")
+        sent = 0
+        for chunk in _trickle(messages):
+            # Each chunk is consumed before the next one is sent, whatever the machine's speed.
+            asyncio.run(produce(stack.kafka_bootstrap,
+                                [(trickled.topic(m.kind), m.key, m.value) for m in chunk]))
+            sent += len(chunk)
+            _wait_consumed(worker, sent)
+        wait_settled(trickled, distinct, what="the trickle applied", worker=worker)
     finally:
         assert worker.stop() == 0, worker.logs()
 

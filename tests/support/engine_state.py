@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.adapters.redis_state import RedisState, connect
 from tests.support.stack import Namespace, Worker
@@ -59,10 +60,44 @@ def wait_settled(ns: Namespace, applied: int, *, stall: float = 120, what: str =
         if now != seen:
             seen, changed = now, time.monotonic()
         elif time.monotonic() - changed > stall:
-            logs = f"\n{worker.logs()}" if worker is not None else ""
             raise AssertionError(
                 f"{what or 'settling'}: no progress for {stall:.0f}s at (applied, outbox, "
-                f"partitions with a due timer) = {seen}, expected ({applied}, 0, 0){logs}")
+                f"partitions with a due timer) = {seen}, expected ({applied}, 0, 0)\n"
+                f"{diagnosis(ns, worker)}")
+
+
+def diagnosis(ns: Namespace, worker: Worker | None) -> str:
+    """What a stalled run looks like: per input partition the clock's offsets and counts
+    against Kafka's end offsets, the worker's event counters, and its last logs."""
+
+    async def read() -> list[str]:
+        store = store_of(ns)
+        consumer = AIOKafkaConsumer(bootstrap_servers=ns.stack.kafka_bootstrap)
+        await consumer.start()
+        try:
+            kinds = ("call-ended", "transfer", "survey-answered")
+            tps = [TopicPartition(ns.topic(k), p) for k in kinds for p in range(PARTITIONS)]
+            ends = await consumer.end_offsets(tps)
+            lines = []
+            for p, clock in sorted((await store.read_clocks(PARTITIONS)).items()):
+                for k in kinds:
+                    t = ns.topic(k)
+                    lines.append(f"partition {p} {k}: end offset {ends[TopicPartition(t, p)]}, "
+                                 f"last applied offset {clock.offsets.get(t)}, "
+                                 f"applied {clock.applied.get(t)}")
+            return lines
+        finally:
+            await consumer.stop()
+            await store.client.aclose()
+
+    lines = asyncio.run(read())
+    if worker is not None and worker.proc.poll() is None:
+        lines += [f"{name} {dict(labels)} = {value}"
+                  for (name, labels), value in sorted(worker.metrics().items(), key=str)
+                  if name.startswith("cx_events_") and value]
+    if worker is not None:
+        lines.append(worker.logs())
+    return "\n".join(lines)
 
 
 async def views_and_counters(client: Any, prefix: str) -> tuple[dict[str, Any], Counter[str]]:
