@@ -301,32 +301,49 @@ def _rebuilds(ns: Namespace, scale: Scale, runs: int, quix: float
     """`cx-stream rebuild` of the pre-loaded events with one process, then with one process
     per core (each run into a namespace of its own)."""
     cores = os.cpu_count() or 1
-    figures: dict[int, tuple[float, float]] = {}
+    figures: dict[int, tuple[float, float, float]] = {}
     for processes in sorted({1, cores}):
-        rates, cpus = [], []
+        rates, cpus, servers = [], [], []
         for i in range(runs):
             rns = SharedTopics(ns.stack, f"{ns.name}rb{processes}r{i}", topics_of=ns.name)
+            before = _servers_cpu(ns.stack)
             r = e2e.rebuild(rns, processes, {"CX_BATCH_MAX_EVENTS":
                                              WORKER_ENV["CX_BATCH_MAX_EVENTS"]})
             rates.append(r["events_per_s"])
             cpus.append(r["cpu_s"] * 1e6 / r["events"])
+            servers.append((_servers_cpu(ns.stack) - before) * 1e6 / r["events"])
             log(f"rebuild, {processes} process(es), run {i + 1}: {r['events_per_s']:,.0f} "
-                f"events/s (CPU {cpus[-1]:.0f} us per event, start-up included)")
-        figures[processes] = (median(rates), median(cpus))
-    one, one_cpu = figures[1]
+                f"events/s (CPU {cpus[-1]:.0f} us per event, start-up included; Kafka and "
+                f"Redis {servers[-1]:.0f} us per event)")
+        figures[processes] = (median(rates), median(cpus), median(servers))
+    one, one_cpu, one_servers = figures[1]
     rows = [("Rebuild (`cx-stream rebuild --processes 1`), one process",
              f"{one:,.0f} events/s, CPU {one_cpu:.0f} us per event",
              ">= 0.5 x the quix-streams peer",
              f"{scale.e2e_events:,} pre-loaded events; / quix-streams peer, same run: "
-             f"{one / quix:.2f}")]
+             f"{one / quix:.2f}; Kafka and Redis meanwhile {one_servers:.0f} us of CPU per "
+             "event")]
     if cores > 1:
-        many, many_cpu = figures[cores]
+        many, many_cpu, many_servers = figures[cores]
+        # What the cores allow: all of them, shared by the processes, Kafka and Redis.
+        bound = cores / ((one_cpu + one_servers) * 1e-6) / one
         rows.append((f"Rebuild with --processes {cores} (the cores)",
                      f"{many:,.0f} events/s = {many / one:.2f} x one process, CPU "
                      f"{many_cpu:.0f} us per event", ">= 1.7 x one process",
                      f"/ quix-streams peer, same run: {many / quix:.2f}; Kafka and Redis on "
-                     "the same cores"))
+                     f"the same cores took {many_servers:.0f} us per event, so with every "
+                     f"core busy at one process's CPU per event the most is {bound:.2f} x "
+                     "one process"))
     return rows
+
+
+def _servers_cpu(stack: Stack) -> float:
+    """CPU seconds used so far by the stack's Kafka broker and Redis server."""
+    total = 0.0
+    for pid_file in (stack.state_dir / "kafka/kafka.pid", stack.state_dir / "redis/redis.pid"):
+        pid = pid_file.read_text().strip() if pid_file.exists() else ""
+        total += e2e.cpu_seconds(int(pid)) if pid.isdigit() else 0.0
+    return total
 
 
 def _peers(stack: Stack, ns: Namespace, scale: Scale, runs: int, partitions: int,
@@ -384,13 +401,21 @@ def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str
     try:
         worker.wait_ready(120)
         asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 200, 3))
+        before = _batches(worker)
+        cpu, started = e2e.cpu_seconds(worker.proc.pid), time.perf_counter()
         lat = asyncio.run(live.latency(stack.kafka_bootstrap, lns, worker.base_url, 1000,
                                        scale.latency_seconds))
+        cpu = e2e.cpu_seconds(worker.proc.pid) - cpu
+        cores = cpu / (time.perf_counter() - started)
+        batches, events = (a - b for a, b in zip(_batches(worker), before, strict=True))
         e, k = lat["enriched"], lat["lookup"]
         rows.append(("Latency at 1,000 events/s: produce -> enriched readable",
                      f"p50 {e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms, "
                      f"max {e['max_ms']:.0f} ms", "p99 <= 250 ms",
-                     f"{e['n']:,} events at {lat['rate']:,.0f}/s, {lat['lost']} unmatched"))
+                     f"{e['n']:,} events at {lat['rate']:,.0f}/s, {lat['lost']} unmatched; "
+                     f"the worker's CPU {cores:.2f} cores, "
+                     f"{cpu / max(1, events) * 1e6:,.0f} "
+                     f"µs per event, batches of {events / max(1, batches):,.0f} events"))
         rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
                      f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
                      f"max {k['max_ms']:.0f} ms", "",
@@ -408,33 +433,55 @@ def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str
 OPEN_LOOP_RATES = (100, 250, 500, 1000, 1500, 2000, 3000)
 
 
+def _batches(worker: Worker) -> tuple[float, float]:
+    """The worker's batches applied so far, and their events."""
+    metrics = worker.metrics()
+    return (metrics.get(("cx_batch_events_count", frozenset()), 0.0),
+            metrics.get(("cx_batch_events_sum", frozenset()), 0.0))
+
+
 def _open_loop(stack: Stack, lns: Namespace, worker: Worker, known: list[str], seconds: float
                ) -> list[tuple[str, str, str, str]]:
     """The lookup as a router asks it: requests at a fixed rate (open loop) while the same
-    worker ingests 1,000 call-ended events per second; p99 per rate, up to the first rate at
-    which p99 passes 10 ms."""
+    worker ingests 1,000 call-ended events per second, then with no ingest; p99 and the
+    worker's CPU per rate, up to the first rate at which p99 passes 10 ms."""
     paths = [f"/api/v1/customers/{c}" for c in known]
     ids = {p: f'"customer_id":"{c}"'.encode() for p, c in zip(paths, known, strict=True)}
 
-    async def both(rate: float) -> dict[str, Any]:
-        ingest = asyncio.create_task(live.latency(stack.kafka_bootstrap, lns, worker.base_url,
-                                                  1000, seconds, lookups_per_s=1))
+    async def both(rate: float, ingest_rate: float) -> dict[str, Any]:
+        ingest = (asyncio.create_task(live.latency(stack.kafka_bootstrap, lns, worker.base_url,
+                                                   ingest_rate, seconds, lookups_per_s=1))
+                  if ingest_rate else None)
         found = await live.lookup_open_loop(worker.base_url, paths, rate, seconds,
                                             lambda path, body: ids[path] in body)
-        found["ingest"] = await ingest
+        found["ingest"] = await ingest if ingest is not None else None
         return found
 
-    results: dict[int, dict[str, Any]] = {}
-    for rate in OPEN_LOOP_RATES:
-        r = results[rate] = asyncio.run(both(rate))
-        log(f"open-loop lookups at {rate:,}/s while ingesting "
-            f"{r['ingest']['rate']:,.0f} events/s: p50 {r['p50_ms']:.1f} ms, p99 "
-            f"{r['p99_ms']:.1f} ms, {r['connections']} connections, errors "
-            f"{r['errors'] or 'none'}")
-        if r["p99_ms"] > 10:
-            break
-    over = next((rate for rate, r in results.items() if r["p99_ms"] > 10), None)
-    at = results.get(1000)
+    def series(ingest_rate: float) -> dict[int, dict[str, Any]]:
+        results: dict[int, dict[str, Any]] = {}
+        for rate in OPEN_LOOP_RATES:
+            cpu, started = e2e.cpu_seconds(worker.proc.pid), time.perf_counter()
+            r = results[rate] = asyncio.run(both(rate, ingest_rate))
+            r["worker_cores"] = ((e2e.cpu_seconds(worker.proc.pid) - cpu)
+                                 / (time.perf_counter() - started))
+            log(f"open-loop lookups at {rate:,}/s while ingesting {ingest_rate:,.0f} "
+                f"events/s: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, worker CPU "
+                f"{r['worker_cores']:.2f} cores, {r['connections']} connections, errors "
+                f"{r['errors'] or 'none'}")
+            if r["p99_ms"] > 10:
+                break
+        return results
+
+    def steps(results: dict[int, dict[str, Any]]) -> str:
+        return ", ".join(f"{rate:,}/s: {r['p99_ms']:.1f} ms ({r['worker_cores']:.2f} cores)"
+                         for rate, r in results.items())
+
+    def passes(results: dict[int, dict[str, Any]]) -> str:
+        over = next((rate for rate, r in results.items() if r["p99_ms"] > 10), None)
+        return "above " + f"{max(results):,}/s" if over is None else f"{over:,}/s"
+
+    loaded = series(1000)
+    at = loaded.get(1000)
     rows = []
     if at is None:
         rows.append(("GET /api/v1/customers/{id}, open loop at 1,000/s while the worker "
@@ -449,10 +496,13 @@ def _open_loop(stack: Stack, lns: Namespace, worker: Worker, known: list[str], s
                      f"each was due; enriched p99 meanwhile "
                      f"{at['ingest']['enriched']['p99_ms']:.0f} ms; errors: "
                      f"{at['errors'] or 'none'}"))
-    steps = ", ".join(f"{rate:,}/s: {r['p99_ms']:.1f} ms" for rate, r in results.items())
     rows.append(("Open loop: the lookup rate at which p99 passes 10 ms (ingesting 1,000 "
-                 "events/s)", "above " + f"{max(results):,}/s" if over is None
-                 else f"{over:,}/s", "(report)", f"p99 per rate: {steps}"))
+                 "events/s)", passes(loaded), "(report)",
+                 f"p99 per rate (the worker's CPU): {steps(loaded)}"))
+    # The lookup's own capacity: the same steps with nothing ingested.
+    alone = series(0)
+    rows.append(("Open loop: the lookup rate at which p99 passes 10 ms (nothing ingested)",
+                 passes(alone), "(report)", f"p99 per rate (the worker's CPU): {steps(alone)}"))
     return rows
 
 
