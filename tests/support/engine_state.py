@@ -90,11 +90,21 @@ def diagnosis(ns: Namespace, worker: Worker | None) -> str:
             await consumer.stop()
             await store.client.aclose()
 
-    lines = asyncio.run(read())
+    # What cannot be read (a server or the worker down) is said, not raised: the stall's own
+    # message must reach the test's report.
+    try:
+        lines = asyncio.run(read())
+    except Exception as exc:
+        lines = [f"offsets not read: {exc!r}"]
     if worker is not None and worker.proc.poll() is None:
-        lines += [f"{name} {dict(labels)} = {value}"
-                  for (name, labels), value in sorted(worker.metrics().items(), key=str)
-                  if name.startswith("cx_events_") and value]
+        try:
+            metrics = worker.metrics()
+        except OSError as exc:
+            lines.append(f"metrics not read: {exc!r}")
+        else:
+            lines += [f"{name} {dict(labels)} = {value}"
+                      for (name, labels), value in sorted(metrics.items(), key=str)
+                      if name.startswith("cx_events_") and value]
     if worker is not None:
         lines.append(worker.logs())
     return "\n".join(lines)
