@@ -84,7 +84,16 @@ def _parse_rfc3339(text: str) -> datetime | str:
     match = _RFC3339_RE.fullmatch(text)
     if match is None:
         return "must be an RFC 3339 timestamp with offset"
-    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
+    year = match.group(1)
+    if year != "0000" and year != "0001" and year != "9999":
+        # Within years 2 to 9998 every offset stays in range, and for what the pattern accepts
+        # (upper-case T and Z; fraction digits past the sixth dropped) fromisoformat, in C,
+        # gives the same datetime as the fields below; it refuses a day the month lacks.
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            pass
+    _, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
     if zulu:
         tz = UTC
     else:
