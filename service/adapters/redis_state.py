@@ -351,9 +351,10 @@ class RedisState:
                 keys.append(self.hour_key(partition, hour))
                 hour_index[hour] = len(keys)  # Lua indexes KEYS from 1
             ops: dict[str, Any] = {
-                "c": [[hour_index[h], name, n] for h, deltas in c.counters.items()
-                      for name, n in deltas.items()],
-                "ta": [[m, repr(s)] for m, s in c.timers_add.items()],  # "-inf" is valid
+                "c": [[hour_index[h], *(v for kv in deltas.items() for v in kv)]
+                      for h, deltas in c.counters.items() if deltas],
+                # score then member, as ZADD takes them; "-inf" is a valid score
+                "ta": [v for m, s in c.timers_add.items() for v in (repr(s), m)],
                 "tr": c.timers_remove,
                 "k": [v for kv in c.clock_fields.items() for v in kv],
                 "ci": [[name, n] for name, n in c.clock_increments.items() if n],
@@ -368,7 +369,8 @@ class RedisState:
             if c.recent_add:
                 keys.append(self.key(partition, names.RECENT))
                 ops["li"] = len(keys)
-                ops["la"] = [[repr(t), member.decode()] for member, t in c.recent_add.items()]
+                ops["la"] = [v for member, t in c.recent_add.items()
+                             for v in (repr(t), member.decode())]
                 ops["lb"] = "-inf" if c.recent_before is None else f"({c.recent_before!r}"
                 ops["lk"] = names.RECENT_PER_PARTITION
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,

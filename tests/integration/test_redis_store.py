@@ -60,6 +60,42 @@ def test_commit_writes_everything_and_guards_against_a_second_writer(stack: Stac
     asyncio.run(scenario())
 
 
+def test_counters_and_timers_add_up_over_commits_of_any_size(stack: Stack) -> None:
+    """The commit script adds each hour key's deltas to what is stored in one read and one
+    write per thousand fields: new fields, existing ones, retractions to zero and below, and
+    more fields and timers than one call takes."""
+    async def scenario() -> None:
+        store = _store(stack)
+        fields = [f"queue:q{i}|contacts" for i in range(2_500)]
+        first = PartitionCommit(
+            seq="", states={}, counters={3600: {f: i for i, f in enumerate(fields)},
+                                         7200: {"all|contacts": 3}},
+            timers_add={f"c:{i}": float(i) for i in range(1_200)}, timers_remove=[],
+            clock_fields={}, outbox=[])
+        assert await store.commit({2: first}) == set()
+        second = PartitionCommit(
+            seq="1", states={}, counters={3600: {fields[0]: 5, fields[1]: -1, fields[2]: -7,
+                                                 "all|new": 1},
+                                          7200: {"all|contacts": -3}},
+            timers_add={"c:0": float("-inf"), "c:new": 2.5}, timers_remove=["c:1"],
+            clock_fields={}, outbox=[])
+        assert await store.commit({2: second}) == set()
+        stored = await store.client.hgetall(store.hour_key(2, 3600))
+        expected = {f: i for i, f in enumerate(fields)}
+        expected.update({fields[0]: 5, fields[1]: 0, fields[2]: -5, "all|new": 1})
+        assert {k.decode(): int(v) for k, v in stored.items()} == expected
+        assert await store.read_counters(2, [7200], ["all|contacts"]) == [0]
+        assert 0 < await store.client.pttl(store.hour_key(2, 3600)) <= 3_600_000
+        timers = await store.client.zrange(store.key(2, "timers"), 0, -1, withscores=True)
+        assert len(timers) == 1_200  # 1,200 added, one removed, one new
+        assert timers[0] == (b"c:0", float("-inf"))
+        assert (b"c:new", 2.5) in timers
+        assert b"c:1" not in dict(timers)
+        await store.client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_one_partition_keys_share_a_cluster_slot() -> None:
     store = RedisState.__new__(RedisState)
     store.prefix = "cx"

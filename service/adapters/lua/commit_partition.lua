@@ -8,14 +8,15 @@
 -- ARGV[1] the clock's seq as read ('' when new): another writer since then -> CONFLICT
 -- ARGV[2] n, the number of state keys
 -- ARGV[3] idle time-to-live of a state, ms; ARGV[4] time-to-live of a counter key, ms
--- ARGV[5] JSON: {"c": [[key index, field, delta], ...], "ta": [[member, score], ...],
---                "tr": [member, ...], "k": [field, value, ...], "ci": [[field, delta], ...],
+-- ARGV[5] JSON: {"c": [[key index, field, delta, field, delta, ...], ...] (each key once,
+--                each field once per key), "ta": [score, member, ...], "tr": [member, ...],
+--                "k": [field, value, ...], "ci": [[field, delta], ...],
 --                "w": the committing worker's token, stored as the clock's `w` ('' or absent: none),
 --                "ri": index in KEYS of the work list's hash (its three sorted sets follow),
 --                "rd": [customer_id, ...] removed from the work list,
 --                "rp": [[customer_id, entry JSON, value, score, since], ...] written to it,
---                "li": index in KEYS of the latest contacts' sorted set, "la": [[occurred_at,
---                member], ...] added to it, "lb": the score below which they are dropped,
+--                "li": index in KEYS of the latest contacts' sorted set, "la": [occurred_at,
+--                member, ...] added to it, "lb": the score below which they are dropped,
 --                "lk": how many of the latest it keeps}
 -- ARGV[6 .. 5+n] the new state of each state key ('' deletes it)
 -- ARGV[6+n ..] outbox items to append
@@ -42,17 +43,27 @@ for i = 1, n do
     redis.call('SET', KEYS[3 + i], value, 'PX', state_ttl)
   end
 end
-local touched = {}
+-- Counters: each key's fields read at once, added to, and written at once (HINCRBY per field
+-- would cost a call from Lua each, most of this script's time; counters stay far below 2^53).
 for _, c in ipairs(ops['c']) do
-  redis.call('HINCRBY', KEYS[c[1]], c[2], c[3])
-  touched[c[1]] = true
+  local fields = {}
+  for j = 2, #c, 2 do
+    fields[#fields + 1] = c[j]
+  end
+  local sums = {}
+  for i = 1, #fields, 1000 do
+    local last = math.min(i + 999, #fields)
+    local current = redis.call('HMGET', KEYS[c[1]], unpack(fields, i, last))
+    for j = i, last do
+      local total = (tonumber(current[j - i + 1]) or 0) + c[2 * j + 1]
+      sums[#sums + 1] = fields[j]
+      sums[#sums + 1] = string.format('%d', total)
+    end
+  end
+  call_chunked('HSET', KEYS[c[1]], sums)
+  redis.call('PEXPIRE', KEYS[c[1]], counter_ttl)
 end
-for idx, _ in pairs(touched) do
-  redis.call('PEXPIRE', KEYS[idx], counter_ttl)
-end
-for _, t in ipairs(ops['ta']) do
-  redis.call('ZADD', KEYS[2], t[2], t[1])
-end
+call_chunked('ZADD', KEYS[2], ops['ta'])
 call_chunked('ZREM', KEYS[2], ops['tr'])
 call_chunked('HSET', KEYS[1], ops['k'])
 for _, c in ipairs(ops['ci']) do
@@ -71,9 +82,7 @@ if ri then
 end
 local li = ops['li']
 if li then
-  for _, r in ipairs(ops['la']) do
-    redis.call('ZADD', KEYS[li], r[1], r[2])
-  end
+  call_chunked('ZADD', KEYS[li], ops['la'])
   redis.call('ZREMRANGEBYSCORE', KEYS[li], '-inf', ops['lb'])
   redis.call('ZREMRANGEBYRANK', KEYS[li], 0, -1 - ops['lk'])
   redis.call('PEXPIRE', KEYS[li], counter_ttl)
