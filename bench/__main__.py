@@ -307,8 +307,10 @@ def _rebuilds(ns: Namespace, scale: Scale, runs: int, quix: float
         for i in range(runs):
             rns = SharedTopics(ns.stack, f"{ns.name}rb{processes}r{i}", topics_of=ns.name)
             before = _servers_cpu(ns.stack)
-            r = e2e.rebuild(rns, processes, {"CX_BATCH_MAX_EVENTS":
-                                             WORKER_ENV["CX_BATCH_MAX_EVENTS"]})
+            # the rebuild's own batch size (CX_REBUILD_BATCH_MAX_EVENTS), its default unless
+            # the bench is given another
+            r = e2e.rebuild(rns, processes, {
+                k: os.environ[k] for k in ("CX_REBUILD_BATCH_MAX_EVENTS",) if k in os.environ})
             rates.append(r["events_per_s"])
             cpus.append(r["cpu_s"] * 1e6 / r["events"])
             servers.append((_servers_cpu(ns.stack) - before) * 1e6 / r["events"])

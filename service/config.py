@@ -402,6 +402,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CX_BATCH_MAX_EVENTS", "500",
              "Most events the worker applies in one batch (one Redis round trip).",
              _int_range(1, 100_000), "batch_max_events"),
+    Variable("CX_REBUILD_BATCH_MAX_EVENTS", "20000",
+             "Most events `cx-stream rebuild` applies in one batch. Larger than a worker's: a "
+             "customer's events of one batch cost one read and one write of its state, and a "
+             "replay has no latency to keep (each batch's commit holds Redis a little longer).",
+             _int_range(1, 100_000), "rebuild_batch_max_events"),
     Variable("CX_STATE_CACHE_MB", "16",
              "Memory (estimated MB) for customer states the worker keeps between batches, so "
              "that it need not read and decode them again; 0 keeps none. Used only while no "
@@ -714,6 +719,7 @@ class Settings:
     max_clock_skew: float
     max_contacts_per_customer: int
     batch_max_events: int
+    rebuild_batch_max_events: int
     batch_max_wait: float
     state_cache_mb: int
     kafka_session_timeout: float

@@ -171,7 +171,7 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=settings.batch_max_events, **kafka_options(settings))
+            max_poll_records=settings.rebuild_batch_max_events, **kafka_options(settings))
         await consumer.start()
         tps = [TopicPartition(t, p) for t in settings.input_topics for p in range(partitions)]
         consumer.assign(tps)
@@ -207,7 +207,7 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
         live_lag: int | None = None
         while not stop.is_set():
             fetched = await consumer.getmany(timeout_ms=200,
-                                             max_records=settings.batch_max_events)
+                                             max_records=settings.rebuild_batch_max_events)
             batch = [InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
                      for msgs in fetched.values() for m in msgs]
             if batch:
@@ -407,7 +407,7 @@ async def _replay_share(settings: Settings, index: int, count: int,
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=settings.batch_max_events, **kafka_options(settings))
+            max_poll_records=settings.rebuild_batch_max_events, **kafka_options(settings))
         await consumer.start()
         consumer.assign(tps)
         beginning = await consumer.beginning_offsets(tps)
@@ -419,7 +419,7 @@ async def _replay_share(settings: Settings, index: int, count: int,
         left = [tp for tp in tps if await consumer.position(tp) < target[tp]]
         while left and not halt.is_set():
             fetched = await consumer.getmany(*left, timeout_ms=200,
-                                             max_records=settings.batch_max_events)
+                                             max_records=settings.rebuild_batch_max_events)
             batch = [InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
                      for msgs in fetched.values() for m in msgs]
             if batch:
