@@ -56,7 +56,7 @@ from service.adapters.redis_state import RedisState
 from service.config import Settings, policy_of
 from service.domain.cardinality import LabelCaps
 from service.domain.policy import Policy
-from service.gc_settings import freeze_startup_heap, tune_garbage_collector
+from service.gc_settings import FreeMemoryTrim, freeze_startup_heap, tune_garbage_collector
 from service.redrive import REDRIVE_HEADER
 from service.service_layer.ingest import IngestProcessor, IngestSettings, InputMessage
 from service.service_layer.ports import ProcessingDefect
@@ -229,6 +229,8 @@ def _batch_agent(settings: Settings, processor: IngestProcessor
                  ) -> Callable[[StreamT[Any]], Awaitable[None]]:
     """The agent: batches of events applied, and acknowledged only once applied."""
 
+    trim = FreeMemoryTrim()
+
     async def contact_events(stream: StreamT[Any]) -> None:
         # noack_take is on faust's Stream but not on its StreamT interface.
         async for events in stream.noack_take(  # type: ignore[attr-defined]
@@ -255,6 +257,8 @@ def _batch_agent(settings: Settings, processor: IngestProcessor
                 raise
             for event in events:
                 await stream.ack(event)
+            del events, batch, task  # what the batch fetched and built is free for the trim
+            trim()
 
     return contact_events
 

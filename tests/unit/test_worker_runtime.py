@@ -11,7 +11,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from service.adapters.event_loop import new_event_loop, uvloop_installed
 from service.adapters.metrics import watch_loop_lag
 from service.config import ConfigError, load_settings
-from service.gc_settings import THRESHOLDS, freeze_startup_heap, tune_garbage_collector
+from service.gc_settings import (
+    THRESHOLDS,
+    FreeMemoryTrim,
+    freeze_startup_heap,
+    tune_garbage_collector,
+)
 
 
 def test_event_loop_kind_is_the_one_asked_for() -> None:
@@ -96,3 +101,16 @@ def test_policy_cache_event_loop_and_reads_settings() -> None:
                         ("CX_API_MAX_READS", "64")):
         with pytest.raises(ConfigError, match=name):
             load_settings({name: value})
+
+
+def test_free_memory_is_given_back_to_the_system_at_most_once_per_interval() -> None:
+    """After a batch the worker trims glibc's free memory (this image's C library has
+    malloc_trim), but not again within the interval: a trim walks the heap."""
+    trim = FreeMemoryTrim(every=3600)
+    trim()
+    trim()
+    assert trim.trims == 1
+    every_time = FreeMemoryTrim(every=0)
+    for _ in range(3):
+        every_time()
+    assert every_time.trims == 3
