@@ -43,6 +43,7 @@ from service.service_layer.ingest_settings import IngestSettings
 from service.service_layer.outbox import Topics, publication
 from service.service_layer.partition_step import (
     BatchOutcome,
+    Fold,
     PartitionPlan,
     StepRules,
     fold_partition,
@@ -265,12 +266,25 @@ class IngestProcessor:
             self._metrics.state_reads_redis.inc(counted.store)
         await reads.held_apart(valid, data)
         writer = "" if self._cache is None else self._cache.token
-        folds = {p: fold_partition(p, valid[p], data[p], self._rules, writer=writer,
-                                   skip=skip.get(p) if skip else None,
-                                   dropped=suppressed.get(p, ()))
-                 for p in valid}
+        rules = self._rules
+
+        def fold() -> dict[int, Fold]:
+            return {p: fold_partition(p, valid[p], data[p], rules, writer=writer,
+                                      skip=skip.get(p) if skip else None,
+                                      dropped=suppressed.get(p, ()))
+                    for p in valid}
+
+        # Folding and settling (pure, most of a batch's CPU) run in a thread, so the event
+        # loop answers lookups and keeps fetching meanwhile instead of waiting for the batch:
+        # the loop takes the interpreter back every switch interval (the worker sets 1 ms).
+        # Nothing on the loop touches this batch's states: lookups read the store.
+        folds = await asyncio.to_thread(fold)
         await reads.due(data, {p: f.watermark for p, f in folds.items()}, current)
-        return {p: settle_partition(folds[p], data[p], self._rules) for p in valid}, data
+
+        def settle() -> dict[int, PartitionPlan]:
+            return {p: settle_partition(folds[p], data[p], rules) for p in valid}
+
+        return await asyncio.to_thread(settle), data
 
     async def _recheck(self, valid: Valid, data: Mapping[int, PartitionData],
                        suppressed: dict[int, list[InputMessage]]) -> None:

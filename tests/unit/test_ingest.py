@@ -5,6 +5,7 @@ events that make a batch fail quarantined while every other event is applied exa
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -256,3 +257,52 @@ def test_the_latest_contacts_are_those_of_the_last_hour_before_the_watermark() -
     latest = {tuple(orjson.loads(m)): t for m, t in store.partition(P).recent.items()}
     assert latest == {("sales", "new-1"): ts(2.6), ("billing", "new-2"): ts(3.0),
                       ("billing", "new-3"): ts(3.5)}
+
+
+def test_the_event_loop_runs_while_a_batch_folds_and_settles(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folding and settling run outside the event loop's thread: a coroutine on the loop
+    makes progress while they run (here they wait for it), and the batch's result is the
+    same as without the wait."""
+    from service.service_layer import ingest
+
+    steps = ("fold", "settle")
+    loop_ran = {step: threading.Event() for step in steps}  # set by the loop
+    entered: dict[str, asyncio.Event] = {}  # set for the loop when a step has started
+    threads: set[int] = set()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def waiting(step: str, real: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if not loop_ran[step].is_set():  # (the reference run below does not wait)
+                threads.add(threading.get_ident())
+                loops[0].call_soon_threadsafe(entered[step].set)
+                assert loop_ran[step].wait(5), f"the event loop did not run during {step}"
+            return real(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(ingest, "fold_partition", waiting("fold", ingest.fold_partition))
+    monkeypatch.setattr(ingest, "settle_partition", waiting("settle", ingest.settle_partition))
+    store, sink = MemoryStore(), MemorySink()
+    processor, _ = _processor(store, sink)
+
+    async def go() -> None:
+        loops.append(asyncio.get_running_loop())
+        entered.update({step: asyncio.Event() for step in steps})
+        task = asyncio.create_task(processor.process(_batches(Feed())[0]))
+        for step in steps:
+            started = asyncio.ensure_future(entered[step].wait())
+            await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+            assert started.done(), f"the batch ended before {step} started"
+            loop_ran[step].set()  # the loop got here while the step waits in its thread
+        outcome = await task
+        assert (outcome.applied, outcome.updates) == (2, 2)
+        assert threads
+        assert threading.get_ident() not in threads
+
+    asyncio.run(go())
+    # the same batch again, the steps no longer waiting: the same writes and outputs
+    reference_store, reference_sink = MemoryStore(), MemorySink()
+    _run(_processor(reference_store, reference_sink)[0], [_batches(Feed())[0]])
+    assert sink.records == reference_sink.records
+    assert _stored(store) == _stored(reference_store)
