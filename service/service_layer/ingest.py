@@ -81,8 +81,9 @@ class _Sorted:
 class IngestProcessor:
     def __init__(self, *, store: PartitionStore, sink: OutputSink, metrics: PipelineMetrics,
                  settings: IngestSettings, cache: StateCache | None = None,
-                 suppression: Suppression | None = None) -> None:
+                 suppression: Suppression | None = None, fold_in_thread: bool = False) -> None:
         self._store = store
+        self._fold_in_thread = fold_in_thread
         self._sink = sink
         self._metrics = metrics
         self._settings = settings
@@ -274,16 +275,20 @@ class IngestProcessor:
                                       dropped=suppressed.get(p, ()))
                     for p in valid}
 
-        # Folding and settling (pure, most of a batch's CPU) run in a thread, so the event
-        # loop answers lookups and keeps fetching meanwhile instead of waiting for the batch:
-        # the loop takes the interpreter back every switch interval (the worker sets 1 ms).
-        # Nothing on the loop touches this batch's states: lookups read the store.
-        folds = await asyncio.to_thread(fold)
-        await reads.due(data, {p: f.watermark for p, f in folds.items()}, current)
-
         def settle() -> dict[int, PartitionPlan]:
             return {p: settle_partition(folds[p], data[p], rules) for p in valid}
 
+        if not self._fold_in_thread:
+            folds = fold()
+            await reads.due(data, {p: f.watermark for p, f in folds.items()}, current)
+            return settle(), data
+        # `fold_in_thread` (a worker): folding and settling, pure and most of a batch's CPU,
+        # run in a thread, so the event loop answers lookups meanwhile instead of waiting for
+        # the batch; it takes the interpreter back every switch interval (the worker sets
+        # 1 ms). About 8% more CPU per event. Nothing on the loop touches this batch's states:
+        # lookups read the store.
+        folds = await asyncio.to_thread(fold)
+        await reads.due(data, {p: f.watermark for p, f in folds.items()}, current)
         return await asyncio.to_thread(settle), data
 
     async def _recheck(self, valid: Valid, data: Mapping[int, PartitionData],

@@ -54,8 +54,8 @@ class Feed:
         return InputMessage("call-ended", P, self.offset, customer.encode(), value, None)
 
 
-def _processor(store: MemoryStore, sink: MemorySink, cache: StateCache | None = None
-               ) -> tuple[IngestProcessor, PipelineMetrics]:
+def _processor(store: MemoryStore, sink: MemorySink, cache: StateCache | None = None,
+               fold_in_thread: bool = False) -> tuple[IngestProcessor, PipelineMetrics]:
     metrics = PipelineMetrics(list(KINDS))
     settings = IngestSettings(
         topics=TOPICS, rules=StepRules(policy=Policy(), topic_kinds=KINDS,
@@ -64,7 +64,7 @@ def _processor(store: MemoryStore, sink: MemorySink, cache: StateCache | None = 
         # deep enough to let a value through that cannot be written back (orjson: 254 levels)
         door=DoorLimits(max_depth=400))
     return IngestProcessor(store=store, sink=sink, metrics=metrics, settings=settings,
-                           cache=cache), metrics
+                           cache=cache, fold_in_thread=fold_in_thread), metrics
 
 
 def _views(sink: MemorySink) -> dict[str, list[dict[str, Any]]]:
@@ -261,7 +261,7 @@ def test_the_latest_contacts_are_those_of_the_last_hour_before_the_watermark() -
 
 def test_the_event_loop_runs_while_a_batch_folds_and_settles(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Folding and settling run outside the event loop's thread: a coroutine on the loop
+    """A worker's folding and settling run outside the event loop's thread: a coroutine on the loop
     makes progress while they run (here they wait for it), and the batch's result is the
     same as without the wait."""
     from service.service_layer import ingest
@@ -284,7 +284,7 @@ def test_the_event_loop_runs_while_a_batch_folds_and_settles(
     monkeypatch.setattr(ingest, "fold_partition", waiting("fold", ingest.fold_partition))
     monkeypatch.setattr(ingest, "settle_partition", waiting("settle", ingest.settle_partition))
     store, sink = MemoryStore(), MemorySink()
-    processor, _ = _processor(store, sink)
+    processor, _ = _processor(store, sink, fold_in_thread=True)
 
     async def go() -> None:
         loops.append(asyncio.get_running_loop())
