@@ -10,7 +10,7 @@ run every 50,000 allocations and full ones far more rarely; what is alive once t
 started (modules, Faust's machinery; again at its first partition assignment) is frozen, never
 walked again. Only reference cycles wait longer to be freed.
 
-After a batch, the C allocator's free memory is given back to the system (`trim_free_memory`):
+After a batch, the C allocator's free memory is given back to the system (`FreeMemoryTrim`):
 glibc keeps what a batch freed (fetched records, encoded states and views) for reuse, so without
 it the resident size follows the largest batch so far, not what the worker holds.
 """
