@@ -62,8 +62,9 @@ TOPIC_FIELDS = ("contacts", "voice_complaint_known", "voice_complaints",
                 "voice_sentiment_count", "voice_sentiment_milli")
 
 
-# Not frozen, but never changed once built: built per event or contact, and a frozen
-# dataclass's __init__ costs three times as much (object.__setattr__ per field).
+# Not frozen, but never changed once built. Classes built per event or contact are plain
+# slotted dataclasses: a frozen one's __init__ costs three times as much (object.__setattr__
+# per field).
 @dataclass(slots=True)
 class Counted:
     """Everything a contact's contribution depends on (stored, so it can be retracted)."""

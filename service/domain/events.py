@@ -52,8 +52,7 @@ class Rejection:
     message: str
 
 
-# Not frozen, but never changed once built: built per event or contact, and a frozen
-# dataclass's __init__ costs three times as much (object.__setattr__ per field).
+# Not frozen, never changed once built: see Counted (counters.py).
 @dataclass(slots=True)
 class EventHeader:
     event_id: str
@@ -62,8 +61,7 @@ class EventHeader:
     customer_id: str | None
 
 
-# Not frozen, but never changed once built: built per event or contact, and a frozen
-# dataclass's __init__ costs three times as much (object.__setattr__ per field).
+# Not frozen, never changed once built: see Counted (counters.py).
 @dataclass(slots=True)
 class CallEnded:
     header: EventHeader
@@ -89,8 +87,7 @@ class CallEnded:
     kind = EventKind.CALL_ENDED
 
 
-# Not frozen, but never changed once built: built per event or contact, and a frozen
-# dataclass's __init__ costs three times as much (object.__setattr__ per field).
+# Not frozen, never changed once built: see Counted (counters.py).
 @dataclass(slots=True)
 class Transfer:
     header: EventHeader
@@ -104,8 +101,7 @@ class Transfer:
     kind = EventKind.TRANSFER
 
 
-# Not frozen, but never changed once built: built per event or contact, and a frozen
-# dataclass's __init__ costs three times as much (object.__setattr__ per field).
+# Not frozen, never changed once built: see Counted (counters.py).
 @dataclass(slots=True)
 class SurveyAnswered:
     header: EventHeader

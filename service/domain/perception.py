@@ -114,8 +114,7 @@ class CurveState:
         return max(0.0, peak - self.score)
 
 
-# Not frozen, but never changed once built: built per event or contact, and a frozen
-# dataclass's __init__ costs three times as much (object.__setattr__ per field).
+# Not frozen, never changed once built: see Counted (counters.py).
 @dataclass(slots=True)
 class ContactPerception:
     before: float
