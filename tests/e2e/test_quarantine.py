@@ -22,7 +22,7 @@ from service.adapters.kafka_admin import ensure_topics
 from service.adapters.redis_state import RedisState, connect
 from service.config import load_settings
 from service.redrive import REDRIVE_HEADER, Selection, redrive
-from tests.support.engine_state import PARTITIONS
+from tests.support.engine_state import PARTITIONS, published
 from tests.support.stack import (
     ROOT,
     LocalRedis,
@@ -156,8 +156,9 @@ def test_poison_events_are_dead_lettered_and_the_worker_stays_up(
         where = {(m.partition, m.offset): r for m, r in zip(metas, stream, strict=True)}
 
         expected_applied = len(warmup) + len(valid)
-        wait_until(lambda: _applied(ns) == expected_applied, timeout=90,
-                   what="every valid event applied")
+        # Published, not only applied: the contact views are stored after the commit.
+        wait_until(lambda: published(ns, expected_applied), timeout=90,
+                   what="every valid event applied and published")
         contacts = [orjson.loads(v)["contact_id"] for _, _, v in valid if v is not None]
         views = _views(ns, [*contacts, "p-deep", "p-year0", "p-broken-1", "p-big"])
         assert sorted(views) == sorted(contacts)  # every valid contact, no poison one
@@ -295,7 +296,7 @@ def test_a_fixed_dead_letter_goes_back_with_redrive_and_is_applied(
             env=ns.env(), capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "redrive: sent 1 of 1 dead letters read"
-        wait_until(lambda: _applied(ns) == 2, what="the redriven event applied")
+        wait_until(lambda: published(ns, 2), what="the redriven event applied and published")
         assert set(_views(ns, ["r1", "ok1"])) == {"r1", "ok1"}
         assert len(_dead_letters(ns, 4)) == 3  # nothing dead-lettered again
         assert worker.metric("cx_events_applied_total", topic=ns.topic("call-ended")) == 2

@@ -43,6 +43,14 @@ def progress(ns: Namespace) -> tuple[int, int, int]:
     return asyncio.run(read())
 
 
+def published(ns: Namespace, applied: int) -> bool:
+    """All events applied and every outbox published. The contact views are then stored too:
+    a commit counts its events and fills the outbox at once, and the views are stored in the
+    round trip that trims the outbox, before the trim (RedisState.finish_outbox)."""
+    done, outbox, _ = progress(ns)
+    return (done, outbox) == (applied, 0)
+
+
 def settled(ns: Namespace, applied: int) -> bool:
     """All events applied, every outbox published, and no timer left due."""
     return progress(ns) == (applied, 0, 0)
