@@ -375,12 +375,12 @@ class RedisState:
                 ops["lk"] = names.RECENT_PER_PARTITION
             args: list[Any] = [c.seq, len(state_names), self._state_ttl_ms,
                                self._counter_ttl_ms, orjson.dumps(ops)]
-            sizes = c.sizes
+            sizes, ready = c.sizes, c.encoded
             for name, s in c.states.items():
                 if s is None:
                     args.append(b"")
                 else:
-                    encoded = encode_state(s)
+                    encoded = ready.get(name) or encode_state(s)
                     sizes[name] = len(encoded)
                     args.append(encoded)
             args += c.outbox

@@ -164,6 +164,9 @@ class PartitionCommit:
     # added; and the event time before which they are dropped (None: nothing to drop).
     recent_add: dict[bytes, float] = field(default_factory=dict)
     recent_before: float | None = None
+    # States already encoded as the store writes them (by the service layer, off the event
+    # loop); the store encodes the others itself.
+    encoded: dict[str, bytes] = field(default_factory=dict)
     # Set by the store once committed: the clock's new seq, and each written state's encoded
     # size in bytes.
     committed_seq: str | None = None

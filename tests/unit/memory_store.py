@@ -104,7 +104,8 @@ class MemoryStore:
         conflicts = {p for p, c in commits.items()
                      if self.partition(p).clock.get(CLOCK_SEQ, "") != c.seq}
         # Encode every state first: a state that cannot be written fails the whole call.
-        encoded = {p: {k: None if s is None else encode_state(s) for k, s in c.states.items()}
+        encoded = {p: {k: None if s is None else c.encoded.get(k) or encode_state(s)
+                       for k, s in c.states.items()}
                    for p, c in commits.items() if p not in conflicts}
         for p, states in encoded.items():
             c, part = commits[p], self.partition(p)

@@ -259,14 +259,14 @@ def test_the_latest_contacts_are_those_of_the_last_hour_before_the_watermark() -
                       ("billing", "new-3"): ts(3.5)}
 
 
-def test_the_event_loop_runs_while_a_batch_folds_and_settles(
+def test_the_event_loop_runs_while_a_batch_is_decoded_folded_settled_and_encoded(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker's folding and settling run outside the event loop's thread: a coroutine on the loop
-    makes progress while they run (here they wait for it), and the batch's result is the
-    same as without the wait."""
+    """A worker's decoding of the events, folding, settling and encoding of the states run
+    outside the event loop's thread: a coroutine on the loop makes progress while each runs
+    (here each waits for it), and the batch's result is the same as without the wait."""
     from service.service_layer import ingest
 
-    steps = ("fold", "settle")
+    steps = ("decode", "fold", "settle", "encode")
     loop_ran = {step: threading.Event() for step in steps}  # set by the loop
     entered: dict[str, asyncio.Event] = {}  # set for the loop when a step has started
     threads: set[int] = set()
@@ -283,7 +283,9 @@ def test_the_event_loop_runs_while_a_batch_folds_and_settles(
 
     monkeypatch.setattr(ingest, "fold_partition", waiting("fold", ingest.fold_partition))
     monkeypatch.setattr(ingest, "settle_partition", waiting("settle", ingest.settle_partition))
+    monkeypatch.setattr(ingest, "decode_event", waiting("decode", ingest.decode_event))
     store, sink = MemoryStore(), MemorySink()
+    monkeypatch.setattr(store, "encode", waiting("encode", store.encode))
     processor, _ = _processor(store, sink, fold_in_thread=True)
 
     async def go() -> None:
