@@ -421,7 +421,8 @@ def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str
         rows.append(("Latency at 1,000 events/s: produce -> customer lookup shows it",
                      f"p50 {k['p50_ms']:.0f} ms, p99 {k['p99_ms']:.0f} ms, "
                      f"max {k['max_ms']:.0f} ms", "",
-                     f"{k['n']} sampled events, polled every 5 ms (50 ms after 500 ms)"))
+                     f"{k['n']} sampled events, polled every 10 ms (50 ms after 500 ms), "
+                     f"at most {live.POLLS_PER_S} polls/s in all"))
         customers = [f"live-cust-{i}" for i in range(20_000)]
         known = [c for c in customers[:5000]
                  if worker.get(f"/api/v1/customers/{c}")[0] == 200][:2000]
