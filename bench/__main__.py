@@ -436,6 +436,23 @@ def _latency(stack: Stack, scale: Scale, logs: Path) -> list[tuple[str, str, str
 OPEN_LOOP_RATES = (100, 250, 500, 1000, 1500, 2000, 3000)
 
 
+def _wait_caught_up(worker: Worker, timeout: float = 180) -> None:
+    """Wait until the worker applied every event it was sent (its consumer lag is 0 on every
+    partition), for at most `timeout` seconds."""
+    started = time.perf_counter()
+    while True:
+        lag = sum(v for (name, _), v in worker.metrics().items()
+                  if name == "cx_consumer_lag_messages")
+        waited = time.perf_counter() - started
+        if lag == 0:
+            log(f"the worker caught up in {waited:.1f} s")
+            return
+        if waited > timeout:
+            log(f"the worker is still {lag:,.0f} events behind after {timeout:.0f} s")
+            return
+        time.sleep(0.5)
+
+
 def _batches(worker: Worker) -> tuple[float, float]:
     """The worker's batches applied so far, and their events."""
     metrics = worker.metrics()
@@ -462,6 +479,8 @@ def _open_loop(stack: Stack, lns: Namespace, worker: Worker, known: list[str], s
 
     def series(ingest_rate: float) -> dict[int, dict[str, Any]]:
         results: dict[int, dict[str, Any]] = {}
+        # What an earlier step left the worker to apply would be measured as this step's.
+        _wait_caught_up(worker)
         for rate in OPEN_LOOP_RATES:
             cpu, started = e2e.cpu_seconds(worker.proc.pid), time.perf_counter()
             r = results[rate] = asyncio.run(both(rate, ingest_rate))
