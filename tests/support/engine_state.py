@@ -44,9 +44,11 @@ def progress(ns: Namespace) -> tuple[int, int, int]:
 
 
 def published(ns: Namespace, applied: int) -> bool:
-    """All events applied and every outbox published. The contact views are then stored too:
-    a commit counts its events and fills the outbox at once, and the views are stored in the
-    round trip that trims the outbox, before the trim (RedisState.finish_outbox)."""
+    """All events applied and every outbox published. On one Redis server the contact views
+    are then stored too: a commit counts its events and fills the outbox at once, and the views
+    are stored in the round trip that trims the outbox, before the trim
+    (RedisState.finish_outbox). On a Redis Cluster the keys may be on different nodes, served
+    in any order: wait for the views themselves there."""
     done, outbox, _ = progress(ns)
     return (done, outbox) == (applied, 0)
 
