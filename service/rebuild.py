@@ -57,6 +57,17 @@ COMMIT_EVERY = 5.0
 REBUILD_FETCH_BYTES = 8 * 1024 * 1024
 
 
+def _replay_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer of the input topics for a replay, in the new version's group: the caller
+    assigns the partitions, seeks and commits (`_commit`); batches of
+    CX_REBUILD_BATCH_MAX_EVENTS, fetches of REBUILD_FETCH_BYTES per partition."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group_id,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        max_poll_records=settings.rebuild_batch_max_events,
+        max_partition_fetch_bytes=REBUILD_FETCH_BYTES, **kafka_options(settings))
+
+
 class Refused(Exception):
     """The rebuild or drop would break what readers or workers rely on; nothing was done."""
 
@@ -171,11 +182,7 @@ async def rebuild(settings: Settings, *, switch: bool = True, switch_lag: int | 
         await suppression.load()  # a key that cannot recognise them stops the rebuild here
         state = versions.state_of(version)
         clocks = await state.read_clocks(partitions)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=settings.rebuild_batch_max_events,
-            max_partition_fetch_bytes=REBUILD_FETCH_BYTES, **kafka_options(settings))
+        consumer = _replay_consumer(settings)
         await consumer.start()
         tps = [TopicPartition(t, p) for t in settings.input_topics for p in range(partitions)]
         consumer.assign(tps)
@@ -408,11 +415,7 @@ async def _replay_share(settings: Settings, index: int, count: int,
         state = versions.state_of(settings.policy_version)
         tps = [tp for tp in target if tp.partition % count == index]
         clocks = await state.read_clocks(max(tp.partition for tp in target) + 1)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=settings.rebuild_batch_max_events,
-            max_partition_fetch_bytes=REBUILD_FETCH_BYTES, **kafka_options(settings))
+        consumer = _replay_consumer(settings)
         await consumer.start()
         consumer.assign(tps)
         beginning = await consumer.beginning_offsets(tps)
